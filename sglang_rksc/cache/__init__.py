@@ -1,0 +1,1 @@
+"""The radix tree that RKSC extends (semantic matching, eviction)."""

@@ -1,0 +1,1 @@
+"""Glue between sglang_rksc and the SGLang server: plugin, hooks, launcher."""
