@@ -12,7 +12,29 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+
+
+class Program(Protocol):
+    """What a program module provides; `program_main` and the benchmark drive it."""
+
+    NAME: str
+    DESCRIPTION: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The program's own flags (branches, samples, ...), with defaults."""
+
+    def load_problems(self, start: int, count: int) -> Sequence[Any]: ...
+
+    def run(
+        self, backend: Any, problems: Sequence[Any], options: argparse.Namespace, *, parallel: int, progress_bar: bool
+    ) -> list[dict[str, Any]]:
+        """One row per problem, in order, each with index, gold, prediction, correct and tokens."""
+
+    def describe_row(self, row: Mapping[str, Any]) -> str: ...
+
+    def summarize(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Program-specific figures beside the common ones (baselines, verification counts)."""
 
 
 def positive_int(text: str) -> int:
@@ -155,3 +177,118 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def sum_tokens(rows: Iterable[Mapping[str, Any]]) -> TokenCounts:
+    total = TokenCounts()
+    for row in rows:
+        total += TokenCounts(**row["tokens"])
+    return total
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], seconds: float) -> dict[str, Any]:
+    """Figures every program reports: accuracy against the dataset and the server's token counts."""
+    tokens = sum_tokens(rows)
+    return {
+        "problems": len(rows),
+        "accuracy": sum(bool(r["correct"]) for r in rows) / len(rows) if rows else 0.0,
+        "seconds": seconds,
+        **tokens.as_dict(),
+        "cache_hit_rate": tokens.cache_hit_rate,
+    }
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """Errors raise ValueError instead of printing usage and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ValueError(message)
+
+
+def program_parser(program: Program, *, with_run_args: bool = True) -> argparse.ArgumentParser:
+    """The program's command line; without run args, only its own flags (the benchmark uses that)."""
+    parser_class = argparse.ArgumentParser if with_run_args else _RaisingParser
+    parser = parser_class(
+        prog=f"python -m sglang_rksc.programs.{program.NAME}", description=program.DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    if with_run_args:
+        data = parser.add_argument_group("problems")
+        data.add_argument("--start", type=non_negative_int, default=0,
+                          help="index of the first problem (GSM8K: 0-299 calibrate, 300+ report)")
+        data.add_argument("--num-problems", type=positive_int, default=3, help="how many problems")
+    program.add_arguments(parser.add_argument_group(program.NAME))
+    if with_run_args:
+        run = parser.add_argument_group("run")
+        run.add_argument("--parallel", type=positive_int, default=4, help="problems in flight at once")
+        run.add_argument("--output", help="write one JSON line per problem to this file")
+        run.add_argument("--quiet", action="store_true", help="no progress bar and no per-problem lines")
+        add_endpoint_args(parser)
+    return parser
+
+
+def program_options(program: Program, argv: Sequence[str] = ()) -> argparse.Namespace:
+    """The program's own options from `argv` (its defaults for what is not given); ValueError if bad."""
+    return program_parser(program, with_run_args=False).parse_args(list(argv))
+
+
+def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
+    """Parse flags, start or reach the server, run, print answers and a summary, write JSON lines."""
+    import time
+
+    args = program_parser(program).parse_args(argv)
+    try:
+        problems = program.load_problems(args.start, args.num_problems)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with endpoint(args) as url:
+        backend = make_backend(url, args.chat_template)
+        started = time.perf_counter()
+        rows = program.run(backend, problems, args, parallel=args.parallel, progress_bar=not args.quiet)
+        seconds = time.perf_counter() - started
+    if not args.quiet:
+        for row in rows:
+            t = row["tokens"]
+            print(f"{program.describe_row(row)}; cache hits {t['cached_tokens']}/{t['prompt_tokens']} prompt tokens "
+                  f"over {t['requests']} generations")
+    summary = {**summarize(rows, seconds), **program.summarize(rows)}
+    print(
+        f"{summary['problems']} problems in {seconds:.1f} s: accuracy {summary['accuracy']:.2f}; "
+        f"server-reported cache hits {summary['cached_tokens']}/{summary['prompt_tokens']} prompt tokens "
+        f"({summary['cache_hit_rate']:.0%}); {summary['completion_tokens']} tokens generated"
+    )
+    extras = program.summarize(rows)
+    if extras:
+        print("; ".join(f"{k.replace('_', ' ')} {v:.2f}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                        for k, v in extras.items()))
+    if args.output:
+        write_jsonl(args.output, rows)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def run_batch_rows(
+    function: Any, arguments: list[dict[str, Any]], backend: Any, *, parallel: int, progress_bar: bool
+) -> list[Any]:
+    """`function.run_batch`, raising if a program failed instead of returning a silent None."""
+    states = function.run_batch(arguments, backend=backend, num_threads=parallel, progress_bar=progress_bar)
+    values = []
+    for i, state in enumerate(states):
+        if state.ret_value is None:
+            error = state.error() if hasattr(state, "error") else None
+            raise RuntimeError(f"program {function.func.__name__} failed on item {i}: {error!r}")
+        values.append(state.ret_value)
+    return values
+
+
+def count_calls(metas: Iterable[Mapping[str, Any] | None]) -> TokenCounts:
+    """Token counts over generation calls; a call shared by several branches is counted once."""
+    seen: set[str] = set()
+    tokens = TokenCounts()
+    for meta in metas:
+        if meta is None or meta.get("id") in seen:
+            continue
+        seen.add(meta.get("id"))
+        tokens.add_meta(meta)
+    return tokens

@@ -9,7 +9,7 @@ import pytest
 import requests
 import sglang as sgl
 
-from sglang_rksc.programs import common, gsm8k, tree_of_thought
+from sglang_rksc.programs import common
 from sglang_rksc.runtime import cpu
 from sglang_rksc.srt.server_process import LaunchedServer
 
@@ -76,20 +76,6 @@ def test_bad_request_is_refused_and_the_server_keeps_serving(rksc_server):
         timeout=60,
     )
     assert good.status_code == 200 and good.json()["meta_info"]["completion_tokens"] == 4
-
-
-def test_tree_of_thought_program_reports_cache_hits(rksc_server):
-    backend = common.make_backend(rksc_server.url)
-    problems = gsm8k.load_problems(0, 1)
-    rows = tree_of_thought.run(
-        backend, problems, branches=2, depth=2, max_tokens=24, temperature=0.0, parallel=1, progress_bar=False
-    )
-    (row,) = rows
-    assert row["index"] == 0 and row["gold"] == "18"
-    assert len(row["branches"]) == 4 and all(1 <= s <= 5 for s in row["branch_scores"])
-    # 2 plans + 4 solutions + 4 reflections, each with its prompt partly cached.
-    assert row["tokens"]["requests"] == 10
-    assert 0 < row["tokens"]["cached_tokens"] < row["tokens"]["prompt_tokens"]
 
 
 def test_stock_sglang_launcher_picks_up_the_plugin(default_model_dir: Path, tmp_path: Path):

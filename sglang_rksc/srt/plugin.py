@@ -16,6 +16,7 @@ _INTERNAL_STATE_TARGET = (
     "sglang.srt.managers.scheduler_components.internal_state."
     "SchedulerInternalStateController.get_internal_state"
 )
+_RUN_BATCH_TARGET = "sglang.srt.managers.scheduler.Scheduler.run_batch"
 _hooks_registered = False
 
 
@@ -25,12 +26,14 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from sglang_rksc.cache.radix_cache import BACKEND_NAME, build_tree_cache
+    from sglang_rksc.srt.counters import count_batch
 
     global _hooks_registered
     if get_radix_cache_factory(BACKEND_NAME) is None:
         register_radix_cache_backend(BACKEND_NAME, build_tree_cache)
     if not _hooks_registered:
         HookRegistry.register(_INTERNAL_STATE_TARGET, _report_tree_cache, HookType.AFTER)
+        HookRegistry.register(_RUN_BATCH_TARGET, count_batch, HookType.BEFORE)
         _hooks_registered = True
 
 
@@ -43,8 +46,10 @@ def describe_tree_cache(tree_cache: Any) -> dict[str, Any]:
 
 
 def _report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) -> Any:
-    """AFTER hook: add the tree cache's description to `/server_info`'s internal states."""
+    """AFTER hook: add the live tree cache and our counters to `/server_info`'s internal states."""
+    from sglang_rksc.srt.counters import COUNTERS
+
     tree_cache = getattr(controller.scheduler, "tree_cache", None)
-    if tree_cache is not None:
-        result.internal_state[INTERNAL_STATE_KEY] = describe_tree_cache(tree_cache)
+    state = describe_tree_cache(tree_cache) if tree_cache is not None else {"backend": None, "impl": None}
+    result.internal_state[INTERNAL_STATE_KEY] = {**state, "counters": COUNTERS.as_dict()}
     return result

@@ -5,7 +5,7 @@ prompts (problems 300-307), greedy, exactly --max-new-tokens tokens each
 (EOS ignored), with 1 request at a time and with 8 at once. Measurements are
 interleaved and repeated in one run, so machine noise shows as a spread.
 
-    python benchmarks/decode_throughput.py --repeats 3
+    python -m sglang_rksc.bench.decode_throughput --repeats 3
 
 Writes results/decode_throughput.{json,md} and prints the table.
 """
@@ -131,7 +131,7 @@ def to_markdown(result: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/decode_throughput.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sglang_rksc.bench.decode_throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens per request; default 64")
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved repeats of every case; default 3")
     parser.add_argument("--url", help="measure this server instead of starting the embedded one (same model expected)")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         with LaunchedServer() as server:
             result = measure(args, server.url, hf, prompts)
     result.update(max_new_tokens=args.max_new_tokens, repeats=args.repeats, torch_threads=torch.get_num_threads())
-    command = "python benchmarks/decode_throughput.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+    command = "python -m sglang_rksc.bench.decode_throughput" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     markdown = to_markdown(result, command)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

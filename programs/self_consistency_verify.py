@@ -1,0 +1,130 @@
+"""Self-consistency with verification on GSM8K, as an ordinary SGLang program.
+
+N solutions are sampled per question (`fork`), each is checked by a yes/no
+verification step (`select`), and the answer is a vote weighted by the
+verifier's probability of "yes". The unweighted majority vote is reported
+beside it as the baseline.
+
+    python -m sglang_rksc.programs.self_consistency_verify --num-problems 3 --samples 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any, Mapping, Sequence
+
+import sglang as sgl
+
+from sglang_rksc.programs import common, gsm8k
+
+NAME = "self_consistency_verify"
+DESCRIPTION = "Self-consistency on GSM8K: N sampled solutions (fork), a yes/no verification each, weighted vote."
+
+SOLVE_PROMPT = "Solve this math problem step by step. End with the line 'The answer is <number>.'\nProblem: {question}"
+VERIFY_PROMPT = "Is the solution above correct? Answer yes or no."
+VERDICTS = ["yes", "no"]
+
+
+def yes_probability(meta: Mapping[str, Any] | None) -> float:
+    """P(yes) among the verdicts, from the length-normalised logprobs that `select` reports."""
+    logprobs = (meta or {}).get("normalized_prompt_logprobs")
+    if not logprobs or len(logprobs) != len(VERDICTS):
+        raise ValueError(f"select meta info without one logprob per verdict: {meta!r}")
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    return weights[0] / sum(weights)
+
+
+@sgl.function
+def self_consistency_verify(s, question: str, samples: int, max_tokens: int, temperature: float):
+    s += sgl.user(SOLVE_PROMPT.format(question=question))
+    forks = common.fork(s, samples)
+    forks += sgl.assistant(sgl.gen("solution", max_tokens=max_tokens, temperature=temperature))
+    forks += sgl.user(VERIFY_PROMPT)
+    forks += sgl.assistant(sgl.select("verdict", choices=VERDICTS))
+    return [
+        {
+            "solution": f["solution"],
+            "verdict": f["verdict"],
+            "p_yes": yes_probability(f.get_meta_info("verdict")),
+            "meta": f.get_meta_info("solution"),
+        }
+        for f in forks
+    ]
+
+
+def score_problem(problem: gsm8k.Problem, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    answers = [gsm8k.extract_answer(x["solution"]) for x in samples]
+    p_yes = [x["p_yes"] for x in samples]
+    prediction = gsm8k.weighted_vote(answers, p_yes)
+    majority = gsm8k.weighted_vote(answers)
+    return {
+        "index": problem.index,
+        "question": problem.question,
+        "gold": problem.answer,
+        "prediction": prediction,
+        "correct": prediction == problem.answer,
+        "majority_prediction": majority,
+        "majority_correct": majority == problem.answer,
+        "sample_answers": answers,
+        "verdicts": [x["verdict"] for x in samples],
+        "p_yes": p_yes,
+        # Is each verdict right about its own sample? (yes for a correct answer, no otherwise)
+        "verdicts_right": [(v == "yes") == (a == problem.answer) for v, a in zip((x["verdict"] for x in samples), answers)],
+        "tokens": common.count_calls(x["meta"] for x in samples).as_dict(),
+        "solutions": [x["solution"] for x in samples],
+    }
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--samples", type=common.positive_int, default=4, help="solutions sampled per question")
+    group.add_argument("--max-tokens", type=common.positive_int, default=160, help="tokens per solution")
+    group.add_argument("--temperature", type=common.temperature, default=0.7,
+                       help="sampling temperature of the solutions; 0 is greedy (all samples then agree)")
+
+
+def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
+    return gsm8k.load_problems(start, count)
+
+
+def run(
+    backend: Any, problems: Sequence[gsm8k.Problem], options: argparse.Namespace, *, parallel: int,
+    progress_bar: bool = True,
+) -> list[dict[str, Any]]:
+    arguments = [
+        dict(question=p.question, samples=options.samples, max_tokens=options.max_tokens,
+             temperature=options.temperature)
+        for p in problems
+    ]
+    values = common.run_batch_rows(
+        self_consistency_verify, arguments, backend, parallel=parallel, progress_bar=progress_bar
+    )
+    return [score_problem(p, v) for p, v in zip(problems, values)]
+
+
+def describe_row(row: Mapping[str, Any]) -> str:
+    mark = "correct" if row["correct"] else "wrong"
+    return (f"problem {row['index']}: answer {row['prediction']} (gold {row['gold']}, {mark}; majority "
+            f"{row['majority_prediction']}); samples {row['sample_answers']}, verdicts {row['verdicts']}")
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    n = len(rows) or 1
+    verdicts = [v for r in rows for v in r["verdicts"]]
+    right = [v for r in rows for v in r["verdicts_right"]]
+    return {
+        "majority_vote_accuracy": sum(r["majority_correct"] for r in rows) / n,
+        "verifications": len(verdicts),
+        "verdict_yes_rate": verdicts.count("yes") / len(verdicts) if verdicts else 0.0,
+        "verdict_accuracy": sum(right) / len(right) if right else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.program_main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Turning the runs of a comparison into one row per mode, a Markdown table and a chart."""
+
+from __future__ import annotations
+
+import statistics
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from sglang_rksc.bench.modes import REFERENCE, Mode
+
+# Figures later features report through the server's counters; "n/a" until a mode has them.
+FEATURE_COUNTERS = ("semantic_hits", "verifications_skipped", "mean_exit_layer")
+
+
+@dataclass
+class Run:
+    """One program run under one mode."""
+
+    mode: str
+    repeat: int
+    seconds: float
+    rows: list[dict[str, Any]]
+    server: dict[str, float]  # counters during the run (after - before)
+    log_path: str = ""
+
+
+@dataclass
+class ModeSummary:
+    mode: str
+    description: str
+    pending: str | None = None
+    runs: int = 0
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def agreement(rows: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> float:
+    """Share of problems whose final answer equals the reference run's answer for the same problem."""
+    ref = {r["index"]: r["prediction"] for r in reference}
+    same = [r["prediction"] == ref[r["index"]] for r in rows if r["index"] in ref]
+    if len(same) != len(rows):
+        raise ValueError("the reference run covers other problems")
+    return sum(same) / len(same) if same else 0.0
+
+
+def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run]) -> ModeSummary:
+    summary = ModeSummary(mode.name, mode.description, mode.pending, len(runs))
+    if not runs:
+        return summary
+    seconds = [r.seconds for r in runs]
+
+    def per_run(key: str) -> list[float]:
+        return [r.server[key] for r in runs if key in r.server]
+
+    def rate(key: str) -> float | None:
+        return _median([r.server[key] / r.seconds for r in runs if key in r.server])
+
+    prompt, cached = _median(per_run("prompt_tokens")), _median(per_run("cached_tokens"))
+    steps, rows = _median(per_run("decode_steps")), _median(per_run("decode_rows"))
+    ref_by_repeat = {r.repeat: r for r in reference_runs}
+    agreements = [agreement(r.rows, ref_by_repeat[r.repeat].rows) for r in runs if r.repeat in ref_by_repeat]
+    summary.figures = {
+        "wall_s_median": _median(seconds),
+        "wall_s_min": min(seconds),
+        "wall_s_max": max(seconds),
+        "requests": _median(per_run("requests")),
+        "requests_per_s": rate("requests"),
+        "generated_tokens": _median(per_run("generated_tokens")),
+        "generated_tokens_per_s": rate("generated_tokens"),
+        "prompt_tokens": prompt,
+        "prompt_tokens_cached": cached,
+        "prompt_tokens_computed": (prompt - cached) if prompt is not None and cached is not None else None,
+        "prefill_tokens_forwarded": _median(per_run("prefill_tokens")),
+        "decode_steps": steps,
+        "mean_decode_batch": (rows / steps) if steps else None,
+        **{k: _median(per_run(k)) for k in FEATURE_COUNTERS},
+        "accuracy": statistics.mean(sum(bool(x["correct"]) for x in r.rows) / len(r.rows) for r in runs),
+        "agreement_with_radix": statistics.mean(agreements) if agreements else None,
+    }
+    return summary
+
+
+def add_speedups(summaries: Sequence[ModeSummary]) -> None:
+    """Wall-time ratios against `radix` and `no-cache` from the same comparison (>1: faster)."""
+    walls = {s.mode: s.figures.get("wall_s_median") for s in summaries if s.figures}
+    for s in summaries:
+        if not s.figures:
+            continue
+        for ref in (REFERENCE, "no-cache"):
+            key = f"speedup_vs_{ref.replace('-', '_')}"
+            s.figures[key] = walls[ref] / s.figures["wall_s_median"] if walls.get(ref) else None
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+COLUMNS = [
+    ("mode", lambda s, f: s.mode),
+    ("wall s (median, min-max)", lambda s, f: f"{_fmt(f['wall_s_median'])} ({_fmt(f['wall_s_min'])}-{_fmt(f['wall_s_max'])})"),
+    ("vs radix", lambda s, f: f"{_fmt(f['speedup_vs_radix'], 2)}x" if f["speedup_vs_radix"] else "n/a"),
+    ("vs no-cache", lambda s, f: f"{_fmt(f['speedup_vs_no_cache'], 2)}x" if f["speedup_vs_no_cache"] else "n/a"),
+    ("req/s", lambda s, f: _fmt(f["requests_per_s"], 2)),
+    ("gen tok/s", lambda s, f: _fmt(f["generated_tokens_per_s"])),
+    ("generated tokens", lambda s, f: _fmt(f["generated_tokens"], 0)),
+    ("prompt tokens computed / cached", lambda s, f: f"{_fmt(f['prompt_tokens_computed'], 0)} / {_fmt(f['prompt_tokens_cached'], 0)}"),
+    ("decode steps (mean batch)", lambda s, f: f"{_fmt(f['decode_steps'], 0)} ({_fmt(f['mean_decode_batch'])})"),
+    ("semantic hits", lambda s, f: _fmt(f["semantic_hits"], 0)),
+    ("verifs skipped", lambda s, f: _fmt(f["verifications_skipped"], 0)),
+    ("mean exit layer", lambda s, f: _fmt(f["mean_exit_layer"])),
+    ("accuracy", lambda s, f: _fmt(f["accuracy"], 2)),
+    ("agreement w/ radix", lambda s, f: _fmt(f["agreement_with_radix"], 2)),
+]
+
+
+def markdown_table(summaries: Sequence[ModeSummary]) -> str:
+    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for s in summaries:
+        if s.figures:
+            cells = [fn(s, s.figures) for _, fn in COLUMNS]
+        else:
+            cells = [s.mode, s.pending or "no run", *[""] * (len(COLUMNS) - 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_chart(summaries: Sequence[ModeSummary], path: Path, title: str) -> None:
+    """Wall time (median, min-max) and prompt tokens computed vs cached, per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ran = [s for s in summaries if s.figures]
+    names = [s.mode for s in ran]
+    fig, (ax_time, ax_tokens) = plt.subplots(1, 2, figsize=(11, 0.6 * len(ran) + 2.2))
+    medians = [s.figures["wall_s_median"] for s in ran]
+    spread = [[m - s.figures["wall_s_min"] for m, s in zip(medians, ran)],
+              [s.figures["wall_s_max"] - m for m, s in zip(medians, ran)]]
+    ax_time.barh(names, medians, xerr=spread, color="#4C72B0", capsize=4)
+    ax_time.set_xlabel("wall time, s (median; bars: min-max over repeats)")
+    ax_time.invert_yaxis()
+    computed = [s.figures["prompt_tokens_computed"] or 0 for s in ran]
+    cached = [s.figures["prompt_tokens_cached"] or 0 for s in ran]
+    ax_tokens.barh(names, computed, color="#DD8452", label="computed")
+    ax_tokens.barh(names, cached, left=computed, color="#55A868", label="served from cache")
+    ax_tokens.set_xlabel("prompt tokens")
+    ax_tokens.invert_yaxis()
+    ax_tokens.legend(loc="lower right")
+    fig.suptitle(textwrap.fill(title, 150), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

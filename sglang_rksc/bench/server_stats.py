@@ -1,0 +1,54 @@
+"""What a server did during a run: SGLang's Prometheus counters plus our forward counters.
+
+Counters are read before and after a run and subtracted, so warm-up requests
+and earlier runs never count.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import requests
+
+from sglang_rksc.srt.plugin import INTERNAL_STATE_KEY
+
+# Our names for SGLang's counters (needs --enable-metrics on the server).
+PROMETHEUS_COUNTERS = {
+    "requests": "sglang:num_requests_total",
+    "prompt_tokens": "sglang:prompt_tokens_total",
+    "cached_tokens": "sglang:cached_tokens_total",
+    "generated_tokens": "sglang:generation_tokens_total",
+}
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Sum every sample of each metric over its label sets."""
+    totals: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_and_labels, _, value = line.rpartition(" ")
+        name = name_and_labels.split("{", 1)[0]
+        try:
+            totals[name] += float(value)
+        except ValueError:
+            continue
+    return dict(totals)
+
+
+def snapshot(url: str) -> dict[str, float]:
+    """The server's counters now; keys missing where the server does not report them."""
+    out: dict[str, float] = {}
+    resp = requests.get(url + "/metrics", timeout=30)
+    if resp.status_code == 200:
+        metrics = parse_prometheus(resp.text)
+        # A labelled counter appears only once it was first incremented: absent means 0.
+        out.update({ours: metrics.get(theirs, 0.0) for ours, theirs in PROMETHEUS_COUNTERS.items()})
+    info = requests.get(url + "/server_info", timeout=30).json()
+    state = (info.get("internal_states") or [{}])[0].get(INTERNAL_STATE_KEY) or {}
+    out.update({k: float(v) for k, v in (state.get("counters") or {}).items()})
+    return out
+
+
+def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}

@@ -1,0 +1,70 @@
+"""The benchmark's bookkeeping, without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from sglang_rksc.bench import modes, report, server_stats
+from sglang_rksc.bench.compare import check_slice
+from sglang_rksc.bench.report import Run
+
+
+def test_modes_resolve_in_order_and_refuse_unknown_names():
+    assert [m.name for m in modes.resolve(["radix", "no-cache"])] == ["radix", "no-cache"]
+    assert not modes.MODES["rksc-asks"].available and "issue 4" in modes.MODES["rksc-asks"].pending
+    with pytest.raises(ValueError, match="unknown mode"):
+        modes.resolve(["radix", "turbo"])
+    with pytest.raises(ValueError, match="twice"):
+        modes.resolve(["radix", "radix"])
+
+
+def test_slices_never_mix():
+    assert check_slice("tree_of_thought", 300, 20) == "reporting"
+    assert check_slice("tree_of_thought", 0, 300) == "calibration"
+    with pytest.raises(ValueError, match="mix"):
+        check_slice("self_consistency_verify", 290, 20)
+    assert check_slice("game_of_24", 290, 20) == "game24"
+
+
+def test_parse_prometheus_sums_label_sets():
+    text = """# HELP sglang:prompt_tokens_total x
+# TYPE sglang:prompt_tokens_total counter
+sglang:prompt_tokens_total{model_name="m",stream="0"} 100.0
+sglang:prompt_tokens_total{model_name="m",stream="1"} 20.0
+sglang:num_requests_total{model_name="m"} 7.0
+"""
+    assert server_stats.parse_prometheus(text) == {"sglang:prompt_tokens_total": 120.0,
+                                                    "sglang:num_requests_total": 7.0}
+    assert server_stats.difference({"a": 5.0, "b": 2.0}, {"a": 1.0}) == {"a": 4.0, "b": 2.0}
+
+
+def _run(mode: str, repeat: int, seconds: float, predictions: list, generated: float = 100.0) -> Run:
+    rows = [{"index": i, "prediction": p, "correct": p == "1"} for i, p in enumerate(predictions)]
+    server = {"requests": 10.0, "generated_tokens": generated, "prompt_tokens": 1000.0, "cached_tokens": 900.0,
+              "decode_steps": 50.0, "decode_rows": 200.0, "prefill_tokens": 100.0}
+    return Run(mode, repeat, seconds, rows, server)
+
+
+def test_summaries_ratios_and_agreement():
+    radix = [_run("radix", 0, 10.0, ["1", "2"]), _run("radix", 1, 12.0, ["1", "2"])]
+    fast = [_run("rksc", 0, 5.0, ["1", "3"]), _run("rksc", 1, 6.0, ["1", "2"])]
+    slow = [_run("no-cache", 0, 20.0, ["1", "2"]), _run("no-cache", 1, 22.0, ["1", "2"])]
+    summaries = [report.summarize_mode(modes.MODES[name], runs, radix)
+                 for name, runs in (("no-cache", slow), ("radix", radix), ("rksc", fast))]
+    summaries.append(report.summarize_mode(modes.MODES["rksc-cgee"], [], radix))
+    report.add_speedups(summaries)
+    nocache, rad, rksc, cgee = (s.figures for s in summaries)
+    assert rad["speedup_vs_radix"] == 1.0 and rksc["speedup_vs_radix"] == pytest.approx(11.0 / 5.5)
+    assert rksc["speedup_vs_no_cache"] == pytest.approx(21.0 / 5.5)
+    assert rksc["agreement_with_radix"] == pytest.approx(0.75)  # one of four answers differs
+    assert rksc["wall_s_min"] == 5.0 and rksc["wall_s_max"] == 6.0
+    assert rksc["prompt_tokens_computed"] == 100.0 and rksc["mean_decode_batch"] == 4.0
+    assert rksc["semantic_hits"] is None and cgee == {}
+    table = report.markdown_table(summaries)
+    assert "| rksc-cgee | not implemented yet (CGEE, issue 5) |" in table
+    assert "2.00x" in table
+
+
+def test_agreement_needs_the_same_problems():
+    with pytest.raises(ValueError):
+        report.agreement([{"index": 5, "prediction": "1"}], [{"index": 6, "prediction": "1"}])
