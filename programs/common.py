@@ -7,12 +7,14 @@ import json
 import re
 import shlex
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 
 class Program(Protocol):
@@ -21,7 +23,7 @@ class Program(Protocol):
     NAME: str
     DESCRIPTION: str
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+    def add_arguments(self, parser: argparse._ActionsContainer) -> None:
         """The program's own flags (branches, samples, ...), with defaults."""
 
     def load_problems(self, start: int, count: int) -> Sequence[Any]: ...
@@ -68,7 +70,7 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--server-args",
         default="",
-        help="extra flags for the embedded server, as one quoted string (e.g. \"--disable-radix-cache\"); "
+        help='extra flags for the embedded server, as one quoted string (e.g. "--disable-radix-cache"); '
         "ignored with --url",
     )
     group.add_argument(
@@ -158,7 +160,7 @@ class TokenCounts:
         self.cached_tokens += int(meta.get("cached_tokens", 0))
         self.completion_tokens += int(meta.get("completion_tokens", 0))
 
-    def __iadd__(self, other: "TokenCounts") -> "TokenCounts":
+    def __iadd__(self, other: TokenCounts) -> TokenCounts:
         for name, value in asdict(other).items():
             setattr(self, name, getattr(self, name) + value)
         return self
@@ -209,13 +211,18 @@ def program_parser(program: Program, *, with_run_args: bool = True) -> argparse.
     """The program's command line; without run args, only its own flags (the benchmark uses that)."""
     parser_class = argparse.ArgumentParser if with_run_args else _RaisingParser
     parser = parser_class(
-        prog=f"python -m sglang_rksc.programs.{program.NAME}", description=program.DESCRIPTION,
+        prog=f"python -m sglang_rksc.programs.{program.NAME}",
+        description=program.DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     if with_run_args:
         data = parser.add_argument_group("problems")
-        data.add_argument("--start", type=non_negative_int, default=0,
-                          help="index of the first problem (GSM8K: 0-299 calibrate, 300+ report)")
+        data.add_argument(
+            "--start",
+            type=non_negative_int,
+            default=0,
+            help="index of the first problem (GSM8K: 0-299 calibrate, 300+ report)",
+        )
         data.add_argument("--num-problems", type=positive_int, default=3, help="how many problems")
     program.add_arguments(parser.add_argument_group(program.NAME))
     if with_run_args:
@@ -234,8 +241,6 @@ def program_options(program: Program, argv: Sequence[str] = ()) -> argparse.Name
 
 def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
     """Parse flags, start or reach the server, run, print answers and a summary, write JSON lines."""
-    import time
-
     args = program_parser(program).parse_args(argv)
     try:
         problems = program.load_problems(args.start, args.num_problems)
@@ -250,8 +255,10 @@ def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
     if not args.quiet:
         for row in rows:
             t = row["tokens"]
-            print(f"{program.describe_row(row)}; cache hits {t['cached_tokens']}/{t['prompt_tokens']} prompt tokens "
-                  f"over {t['requests']} generations")
+            print(
+                f"{program.describe_row(row)}; cache hits {t['cached_tokens']}/{t['prompt_tokens']} prompt tokens "
+                f"over {t['requests']} generations"
+            )
     summary = {**summarize(rows, seconds), **program.summarize(rows)}
     print(
         f"{summary['problems']} problems in {seconds:.1f} s: accuracy {summary['accuracy']:.2f}; "
@@ -260,8 +267,12 @@ def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
     )
     extras = program.summarize(rows)
     if extras:
-        print("; ".join(f"{k.replace('_', ' ')} {v:.2f}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
-                        for k, v in extras.items()))
+        print(
+            "; ".join(
+                f"{k.replace('_', ' ')} {v:.2f}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                for k, v in extras.items()
+            )
+        )
     if args.output:
         write_jsonl(args.output, rows)
         print(f"wrote {args.output}")

@@ -42,7 +42,7 @@ class State:
     steps: tuple[str, ...] = ()
 
     @classmethod
-    def start(cls, numbers: tuple[int, ...]) -> "State":
+    def start(cls, numbers: tuple[int, ...]) -> State:
         return cls(tuple(sorted(Fraction(n) for n in numbers)))
 
     @property
@@ -110,7 +110,7 @@ def load_puzzles(start: int = 0, count: int | None = None, path: Path = DATA_PAT
         raise ValueError(f"start must be >= 0, got {start}")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    chosen = rows[start:] if count is None else rows[start:start + count]
+    chosen = rows[start:] if count is None else rows[start : start + count]
     if count is not None and len(chosen) < count:
         raise ValueError(f"asked for {count} puzzles from {start}, but {path.name} has only {len(chosen)} there")
     return [Puzzle(start + i, tuple(int(x) for x in row["Puzzles"].split())) for i, row in enumerate(chosen)]

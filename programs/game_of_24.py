@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sglang as sgl
 
 from sglang_rksc.programs import common, game24
 
 NAME = "game_of_24"
-DESCRIPTION = "Game of 24 by breadth-first tree-of-thought: propose steps (fork), value states (select), keep the best b."
+DESCRIPTION = (
+    "Game of 24 by breadth-first tree-of-thought: propose steps (fork), value states (select), keep the best b."
+)
 
 PROPOSE_PREFIX = """Reach 24 with + - * /. A step combines two of the numbers left into one new number.
 Input: 3 5 7 9
@@ -58,11 +61,11 @@ def game_of_24(s, numbers: list[int], breadth: int, proposals: int, max_tokens: 
     metas, trace = [], []
     for _ in range(len(numbers) - 1):
         forks = common.fork(proposer, len(frontier))
-        for f, state in zip(forks, frontier):
+        for f, state in zip(forks, frontier, strict=True):
             f += f"Input: {state.left_text()}\nPossible next steps:\n"
             f += sgl.gen("steps", max_tokens=max_tokens, temperature=temperature, stop=["Input:", "\n\n"])
         candidates, seen = [], set()
-        for f, state in zip(forks, frontier):
+        for f, state in zip(forks, frontier, strict=True):
             metas.append(f.get_meta_info("steps"))
             for child in game24.parse_proposals(state, f["steps"], limit=proposals):
                 if child.left not in seen:
@@ -75,9 +78,9 @@ def game_of_24(s, numbers: list[int], breadth: int, proposals: int, max_tokens: 
         values = {c: (VALUES["sure"] if c.solved else 0.0) for c in candidates if c.done}
         if open_states:
             judges = common.fork(valuer, len(open_states))
-            for judge, c in zip(judges, open_states):
+            for judge, c in zip(judges, open_states, strict=True):
                 judge += f"{c.left_text()}:" + sgl.select("value", choices=[f" {v}" for v in VALUES])
-            for judge, c in zip(judges, open_states):
+            for judge, c in zip(judges, open_states, strict=True):
                 values[c] = VALUES[judge["value"].strip()]
         # sorted() is stable: among equal values the order the model proposed them wins.
         frontier = sorted(candidates, key=lambda c: -values[c])[:breadth]
@@ -105,13 +108,15 @@ def score_puzzle(puzzle: game24.Puzzle, result: Mapping[str, Any]) -> dict[str, 
     }
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
+def add_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--breadth", type=common.positive_int, default=3, help="states kept after each step (b)")
-    group.add_argument("--proposals", type=common.positive_int, default=5,
-                       help="valid proposals taken from each state's list")
+    group.add_argument(
+        "--proposals", type=common.positive_int, default=5, help="valid proposals taken from each state's list"
+    )
     group.add_argument("--max-tokens", type=common.positive_int, default=96, help="tokens per list of proposals")
-    group.add_argument("--temperature", type=common.temperature, default=0.0,
-                       help="sampling temperature of the proposals; 0 is greedy")
+    group.add_argument(
+        "--temperature", type=common.temperature, default=0.0, help="sampling temperature of the proposals; 0 is greedy"
+    )
 
 
 def load_problems(start: int, count: int) -> list[game24.Puzzle]:
@@ -119,16 +124,25 @@ def load_problems(start: int, count: int) -> list[game24.Puzzle]:
 
 
 def run(
-    backend: Any, problems: Sequence[game24.Puzzle], options: argparse.Namespace, *, parallel: int,
+    backend: Any,
+    problems: Sequence[game24.Puzzle],
+    options: argparse.Namespace,
+    *,
+    parallel: int,
     progress_bar: bool = True,
 ) -> list[dict[str, Any]]:
     arguments = [
-        dict(numbers=list(p.numbers), breadth=options.breadth, proposals=options.proposals,
-             max_tokens=options.max_tokens, temperature=options.temperature)
+        dict(
+            numbers=list(p.numbers),
+            breadth=options.breadth,
+            proposals=options.proposals,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+        )
         for p in problems
     ]
     values = common.run_batch_rows(game_of_24, arguments, backend, parallel=parallel, progress_bar=progress_bar)
-    return [score_puzzle(p, v) for p, v in zip(problems, values)]
+    return [score_puzzle(p, v) for p, v in zip(problems, values, strict=True)]
 
 
 def describe_row(row: Mapping[str, Any]) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 DATA_PATH = Path(__file__).resolve().parent / "data" / "gsm8k" / "test.jsonl"
 
@@ -82,7 +82,7 @@ def weighted_vote(answers: Sequence[str | None], weights: Sequence[float] | None
     if len(weights) != len(answers):
         raise ValueError("one weight per answer")
     totals: dict[str, float] = defaultdict(float)
-    for answer, weight in zip(answers, weights):
+    for answer, weight in zip(answers, weights, strict=True):
         if answer is not None:
             totals[answer] += weight
     if not totals:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sglang as sgl
 
@@ -72,17 +73,23 @@ def score_problem(problem: gsm8k.Problem, samples: list[dict[str, Any]]) -> dict
         "verdicts": [x["verdict"] for x in samples],
         "p_yes": p_yes,
         # Is each verdict right about its own sample? (yes for a correct answer, no otherwise)
-        "verdicts_right": [(v == "yes") == (a == problem.answer) for v, a in zip((x["verdict"] for x in samples), answers)],
+        "verdicts_right": [
+            (x["verdict"] == "yes") == (a == problem.answer) for x, a in zip(samples, answers, strict=True)
+        ],
         "tokens": common.count_calls(x["meta"] for x in samples).as_dict(),
         "solutions": [x["solution"] for x in samples],
     }
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
+def add_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--samples", type=common.positive_int, default=4, help="solutions sampled per question")
     group.add_argument("--max-tokens", type=common.positive_int, default=160, help="tokens per solution")
-    group.add_argument("--temperature", type=common.temperature, default=0.7,
-                       help="sampling temperature of the solutions; 0 is greedy (all samples then agree)")
+    group.add_argument(
+        "--temperature",
+        type=common.temperature,
+        default=0.7,
+        help="sampling temperature of the solutions; 0 is greedy (all samples then agree)",
+    )
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
@@ -90,24 +97,31 @@ def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
 
 
 def run(
-    backend: Any, problems: Sequence[gsm8k.Problem], options: argparse.Namespace, *, parallel: int,
+    backend: Any,
+    problems: Sequence[gsm8k.Problem],
+    options: argparse.Namespace,
+    *,
+    parallel: int,
     progress_bar: bool = True,
 ) -> list[dict[str, Any]]:
     arguments = [
-        dict(question=p.question, samples=options.samples, max_tokens=options.max_tokens,
-             temperature=options.temperature)
+        dict(
+            question=p.question, samples=options.samples, max_tokens=options.max_tokens, temperature=options.temperature
+        )
         for p in problems
     ]
     values = common.run_batch_rows(
         self_consistency_verify, arguments, backend, parallel=parallel, progress_bar=progress_bar
     )
-    return [score_problem(p, v) for p, v in zip(problems, values)]
+    return [score_problem(p, v) for p, v in zip(problems, values, strict=True)]
 
 
 def describe_row(row: Mapping[str, Any]) -> str:
     mark = "correct" if row["correct"] else "wrong"
-    return (f"problem {row['index']}: answer {row['prediction']} (gold {row['gold']}, {mark}; majority "
-            f"{row['majority_prediction']}); samples {row['sample_answers']}, verdicts {row['verdicts']}")
+    return (
+        f"problem {row['index']}: answer {row['prediction']} (gold {row['gold']}, {mark}; majority "
+        f"{row['majority_prediction']}); samples {row['sample_answers']}, verdicts {row['verdicts']}"
+    )
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

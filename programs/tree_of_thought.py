@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sglang as sgl
 
@@ -26,8 +27,7 @@ PLAN_PROMPT = (
     "order, without doing the arithmetic yet.\nProblem: {question}"
 )
 EXECUTE_PROMPT = (
-    "Now follow the plan: compute step by step with the real numbers. "
-    "End with the line 'The answer is <number>.'"
+    "Now follow the plan: compute step by step with the real numbers. End with the line 'The answer is <number>.'"
 )
 REFLECT_PROMPT = "Check the solution above carefully. Is every step right? Point out any mistake."
 SCORE_PROMPT = "Rate the solution from 1 (wrong) to 5 (certainly right). Reply with the number only."
@@ -98,15 +98,26 @@ def score_problem(problem: gsm8k.Problem, leaves: list[dict[str, Any]]) -> dict[
     }
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--branches", type=common.positive_int, default=2,
-                       help="how many ways each forking level branches")
-    group.add_argument("--depth", type=int, choices=[1, 2, 3], default=2,
-                       help="how many levels fork: 1 plan, 2 plan and execution, 3 also reflection")
-    group.add_argument("--max-tokens", type=common.positive_int, default=128,
-                       help="tokens per plan or solution (reflections get half)")
-    group.add_argument("--temperature", type=common.temperature, default=0.7,
-                       help="sampling temperature; 0 is greedy (all branches then agree)")
+def add_arguments(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--branches", type=common.positive_int, default=2, help="how many ways each forking level branches"
+    )
+    group.add_argument(
+        "--depth",
+        type=int,
+        choices=[1, 2, 3],
+        default=2,
+        help="how many levels fork: 1 plan, 2 plan and execution, 3 also reflection",
+    )
+    group.add_argument(
+        "--max-tokens", type=common.positive_int, default=128, help="tokens per plan or solution (reflections get half)"
+    )
+    group.add_argument(
+        "--temperature",
+        type=common.temperature,
+        default=0.7,
+        help="sampling temperature; 0 is greedy (all branches then agree)",
+    )
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
@@ -114,23 +125,34 @@ def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
 
 
 def run(
-    backend: Any, problems: Sequence[gsm8k.Problem], options: argparse.Namespace, *, parallel: int,
+    backend: Any,
+    problems: Sequence[gsm8k.Problem],
+    options: argparse.Namespace,
+    *,
+    parallel: int,
     progress_bar: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the program on `problems`; one result row per problem, in order."""
     arguments = [
-        dict(question=p.question, branches=options.branches, depth=options.depth, max_tokens=options.max_tokens,
-             temperature=options.temperature)
+        dict(
+            question=p.question,
+            branches=options.branches,
+            depth=options.depth,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+        )
         for p in problems
     ]
     leaves = common.run_batch_rows(tree_of_thought, arguments, backend, parallel=parallel, progress_bar=progress_bar)
-    return [score_problem(p, value) for p, value in zip(problems, leaves)]
+    return [score_problem(p, value) for p, value in zip(problems, leaves, strict=True)]
 
 
 def describe_row(row: Mapping[str, Any]) -> str:
     mark = "correct" if row["correct"] else "wrong"
-    return (f"problem {row['index']}: answer {row['prediction']} (gold {row['gold']}, {mark}); "
-            f"branch answers {row['branch_answers']}, scores {row['branch_scores']}")
+    return (
+        f"problem {row['index']}: answer {row['prediction']} (gold {row['gold']}, {mark}); "
+        f"branch answers {row['branch_answers']}, scores {row['branch_scores']}"
+    )
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -14,10 +14,28 @@ pytestmark = pytest.mark.server
 
 def test_compare_runs_modes_side_by_side(default_model_dir, tmp_path: Path):
     done = subprocess.run(
-        [sys.executable, "-m", "sglang_rksc.bench.compare", "--program", "game_of_24", "--start", "1",
-         "--num-problems", "1", "--modes", "no-cache,radix,rksc-asks", "--repeats", "1",
-         "--program-args", "--breadth 1 --max-tokens 32", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "sglang_rksc.bench.compare",
+            "--program",
+            "game_of_24",
+            "--start",
+            "1",
+            "--num-problems",
+            "1",
+            "--modes",
+            "no-cache,radix,rksc-asks",
+            "--repeats",
+            "1",
+            "--program-args",
+            "--breadth 1 --max-tokens 32",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| rksc-asks | not implemented yet (ASKS, issue 4) |" in done.stdout

@@ -33,15 +33,24 @@ sglang:prompt_tokens_total{model_name="m",stream="0"} 100.0
 sglang:prompt_tokens_total{model_name="m",stream="1"} 20.0
 sglang:num_requests_total{model_name="m"} 7.0
 """
-    assert server_stats.parse_prometheus(text) == {"sglang:prompt_tokens_total": 120.0,
-                                                    "sglang:num_requests_total": 7.0}
+    assert server_stats.parse_prometheus(text) == {
+        "sglang:prompt_tokens_total": 120.0,
+        "sglang:num_requests_total": 7.0,
+    }
     assert server_stats.difference({"a": 5.0, "b": 2.0}, {"a": 1.0}) == {"a": 4.0, "b": 2.0}
 
 
 def _run(mode: str, repeat: int, seconds: float, predictions: list, generated: float = 100.0) -> Run:
     rows = [{"index": i, "prediction": p, "correct": p == "1"} for i, p in enumerate(predictions)]
-    server = {"requests": 10.0, "generated_tokens": generated, "prompt_tokens": 1000.0, "cached_tokens": 900.0,
-              "decode_steps": 50.0, "decode_rows": 200.0, "prefill_tokens": 100.0}
+    server = {
+        "requests": 10.0,
+        "generated_tokens": generated,
+        "prompt_tokens": 1000.0,
+        "cached_tokens": 900.0,
+        "decode_steps": 50.0,
+        "decode_rows": 200.0,
+        "prefill_tokens": 100.0,
+    }
     return Run(mode, repeat, seconds, rows, server)
 
 
@@ -49,8 +58,10 @@ def test_summaries_ratios_and_agreement():
     radix = [_run("radix", 0, 10.0, ["1", "2"]), _run("radix", 1, 12.0, ["1", "2"])]
     fast = [_run("rksc", 0, 5.0, ["1", "3"]), _run("rksc", 1, 6.0, ["1", "2"])]
     slow = [_run("no-cache", 0, 20.0, ["1", "2"]), _run("no-cache", 1, 22.0, ["1", "2"])]
-    summaries = [report.summarize_mode(modes.MODES[name], runs, radix)
-                 for name, runs in (("no-cache", slow), ("radix", radix), ("rksc", fast))]
+    summaries = [
+        report.summarize_mode(modes.MODES[name], runs, radix)
+        for name, runs in (("no-cache", slow), ("radix", radix), ("rksc", fast))
+    ]
     summaries.append(report.summarize_mode(modes.MODES["rksc-cgee"], [], radix))
     report.add_speedups(summaries)
     nocache, rad, rksc, cgee = (s.figures for s in summaries)

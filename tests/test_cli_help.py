@@ -11,8 +11,14 @@ COMMANDS = {
     "sglang_rksc.programs.tree_of_thought": ["--branches", "--depth", "--temperature", "--url", "--output"],
     "sglang_rksc.programs.self_consistency_verify": ["--samples", "--temperature", "--url", "--output"],
     "sglang_rksc.programs.game_of_24": ["--breadth", "--proposals", "--url", "--output"],
-    "sglang_rksc.bench.compare": ["--program", "--modes", "--repeats", "--temperature", "--program-args",
-                                  "not implemented yet"],
+    "sglang_rksc.bench.compare": [
+        "--program",
+        "--modes",
+        "--repeats",
+        "--temperature",
+        "--program-args",
+        "not implemented yet",
+    ],
     "sglang_rksc.bench.decode_throughput": ["--max-new-tokens", "--repeats", "--url"],
 }
 

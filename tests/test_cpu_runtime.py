@@ -55,8 +55,9 @@ def test_cpu_flags_pass():
 
 
 def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_standin_imports_and_raises_clearly_when_called():
@@ -81,8 +82,9 @@ def test_standin_imports_and_raises_clearly_when_called():
 def test_standin_reaches_spawned_children(tmp_path: Path):
     """The scheduler runs in a spawned child: it must import the stand-in too."""
     script = tmp_path / "spawn_check.py"
-    script.write_text(textwrap.dedent(
-        """
+    script.write_text(
+        textwrap.dedent(
+            """
         import multiprocessing as mp
         from sglang_rksc.runtime import cpu
 
@@ -99,7 +101,8 @@ def test_standin_reaches_spawned_children(tmp_path: Path):
             print("CHILD", q.get(timeout=60))
             p.join()
         """
-    ))
+        )
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SGLANG_USE_CPU_ENGINE")}
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -17,9 +17,9 @@ def test_valid_step_computes_what_is_left():
     [
         "4 * 6 = 25 (left: 1 1 25)",  # wrong arithmetic
         "4 * 7 = 28 (left: 1 1 28)",  # 7 is not among the numbers
-        "1 / 0 = 0",                  # division by zero
-        "4 and 6 make 24",            # not a step
-        "6 * 6 = 36",                 # 6 is there only once
+        "1 / 0 = 0",  # division by zero
+        "4 and 6 make 24",  # not a step
+        "6 * 6 = 36",  # 6 is there only once
     ],
 )
 def test_invalid_steps_are_rejected(line):
@@ -36,13 +36,15 @@ def test_exact_fractions_and_other_operator_signs():
 
 def test_parse_proposals_keeps_valid_distinct_steps_in_order():
     state = State.start((2, 3, 4, 5))
-    text = "\n".join([
-        "2 + 3 = 5 (left: 4 5 5)",
-        "3 + 2 = 5 (left: 4 5 5)",   # same numbers left as the first: dropped
-        "2 * 3 = 7 (left: 4 5 7)",   # wrong: dropped
-        "4 * 5 = 20 (left: 2 3 20)",
-        "5 - 4 = 1 (left: 1 2 3)",
-    ])
+    text = "\n".join(
+        [
+            "2 + 3 = 5 (left: 4 5 5)",
+            "3 + 2 = 5 (left: 4 5 5)",  # same numbers left as the first: dropped
+            "2 * 3 = 7 (left: 4 5 7)",  # wrong: dropped
+            "4 * 5 = 20 (left: 2 3 20)",
+            "5 - 4 = 1 (left: 1 2 3)",
+        ]
+    )
     children = parse_proposals(state, text)
     assert [c.steps[-1] for c in children] == ["2 + 3 = 5", "4 * 5 = 20", "5 - 4 = 1"]
     assert len(parse_proposals(state, text, limit=2)) == 2

@@ -45,7 +45,7 @@ def test_game_of_24_steps_are_exact(backend):
     options = common.program_options(game_of_24, ["--breadth", "2", "--max-tokens", "48"])
     puzzles = game24.load_puzzles(0, 2)
     rows = game_of_24.run(backend, puzzles, options, parallel=2, progress_bar=False)
-    for puzzle, row in zip(puzzles, rows):
+    for puzzle, row in zip(puzzles, rows, strict=True):
         assert row["numbers"] == list(puzzle.numbers) and 1 <= len(row["search"]) <= 3
         assert all(len(level) <= 2 for level in row["search"])
         # Whatever the model proposed, the kept steps replay exactly from the puzzle.
@@ -59,9 +59,26 @@ def test_game_of_24_steps_are_exact(backend):
 def test_program_command_line_writes_json_lines(rksc_server, tmp_path: Path):
     out = tmp_path / "rows.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "sglang_rksc.programs.tree_of_thought", "--url", rksc_server.url,
-         "--start", "5", "--num-problems", "1", "--depth", "1", "--max-tokens", "16", "--output", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "sglang_rksc.programs.tree_of_thought",
+            "--url",
+            rksc_server.url,
+            "--start",
+            "5",
+            "--num-problems",
+            "1",
+            "--depth",
+            "1",
+            "--max-tokens",
+            "16",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     assert "problem 5: answer" in done.stdout and "1 problems in" in done.stdout

@@ -18,19 +18,38 @@ def _meta(rid: str, prompt: int, cached: int, completion: int) -> dict:
 def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
     plan = _meta("p", 40, 30, 10)
     leaves = [
-        {"plan": "", "solution": "The answer is 18.", "reflection": "", "score": 5,
-         "meta": [plan, _meta("s1", 60, 50, 12), _meta("r1", 80, 70, 6)]},
-        {"plan": "", "solution": "The answer is 20.", "reflection": "", "score": 1,
-         "meta": [plan, _meta("s2", 60, 50, 12), _meta("r2", 80, 70, 6)]},
-        {"plan": "", "solution": "The answer is 20.", "reflection": "", "score": 1,
-         "meta": [plan, _meta("s3", 60, 50, 12), _meta("r3", 80, 70, 6)]},
+        {
+            "plan": "",
+            "solution": "The answer is 18.",
+            "reflection": "",
+            "score": 5,
+            "meta": [plan, _meta("s1", 60, 50, 12), _meta("r1", 80, 70, 6)],
+        },
+        {
+            "plan": "",
+            "solution": "The answer is 20.",
+            "reflection": "",
+            "score": 1,
+            "meta": [plan, _meta("s2", 60, 50, 12), _meta("r2", 80, 70, 6)],
+        },
+        {
+            "plan": "",
+            "solution": "The answer is 20.",
+            "reflection": "",
+            "score": 1,
+            "meta": [plan, _meta("s3", 60, 50, 12), _meta("r3", 80, 70, 6)],
+        },
     ]
     row = tree_of_thought.score_problem(PROBLEM, leaves)
     assert row["prediction"] == "18" and row["correct"]  # 5 outweighs 1 + 1
     assert row["majority_prediction"] == "20" and not row["majority_correct"]
     # The plan request is shared by all three leaves: 1 + 3 + 3 calls.
-    assert row["tokens"] == {"requests": 7, "prompt_tokens": 40 + 6 * 70, "cached_tokens": 30 + 3 * 50 + 3 * 70,
-                             "completion_tokens": 10 + 3 * 12 + 3 * 6}
+    assert row["tokens"] == {
+        "requests": 7,
+        "prompt_tokens": 40 + 6 * 70,
+        "cached_tokens": 30 + 3 * 50 + 3 * 70,
+        "completion_tokens": 10 + 3 * 12 + 3 * 6,
+    }
 
 
 def test_fan_out_follows_depth():
@@ -40,7 +59,8 @@ def test_fan_out_follows_depth():
 
 def test_yes_probability_from_select_logprobs():
     assert self_consistency_verify.yes_probability(
-        {"normalized_prompt_logprobs": [math.log(0.2), math.log(0.6)]}) == pytest.approx(0.25)
+        {"normalized_prompt_logprobs": [math.log(0.2), math.log(0.6)]}
+    ) == pytest.approx(0.25)
     with pytest.raises(ValueError):
         self_consistency_verify.yes_probability({"normalized_prompt_logprobs": [0.0]})
 
@@ -55,16 +75,29 @@ def test_self_consistency_weights_by_the_verifier():
     assert row["prediction"] == "18" and row["majority_prediction"] == "3"
     assert row["verdicts_right"] == [True, True, True]
     summary = self_consistency_verify.summarize([row])
-    assert summary == {"majority_vote_accuracy": 0.0, "verifications": 3, "verdict_yes_rate": pytest.approx(1 / 3),
-                       "verdict_accuracy": 1.0}
+    assert summary == {
+        "majority_vote_accuracy": 0.0,
+        "verifications": 3,
+        "verdict_yes_rate": pytest.approx(1 / 3),
+        "verdict_accuracy": 1.0,
+    }
 
 
 def test_game_of_24_row():
     puzzle = game_of_24.game24.Puzzle(1, (1, 1, 11, 11))
-    row = game_of_24.score_puzzle(puzzle, {"solved": True, "steps": ["1 + 11 = 12", "1 + 11 = 12", "12 + 12 = 24"],
-                                          "trace": [[], [], []], "meta": [_meta("x", 300, 200, 40)]})
+    row = game_of_24.score_puzzle(
+        puzzle,
+        {
+            "solved": True,
+            "steps": ["1 + 11 = 12", "1 + 11 = 12", "12 + 12 = 24"],
+            "trace": [[], [], []],
+            "meta": [_meta("x", 300, 200, 40)],
+        },
+    )
     assert row["correct"] and row["prediction"] == "1 + 11 = 12; 1 + 11 = 12; 12 + 12 = 24"
-    assert game_of_24.score_puzzle(puzzle, {"solved": False, "steps": [], "trace": [], "meta": []})["prediction"] is None
+    assert (
+        game_of_24.score_puzzle(puzzle, {"solved": False, "steps": [], "trace": [], "meta": []})["prediction"] is None
+    )
 
 
 def test_program_options_parse_and_validate():
@@ -77,8 +110,10 @@ def test_program_options_parse_and_validate():
 
 
 def test_summarize_sums_tokens():
-    rows = [{"correct": True, "tokens": _meta("a", 10, 5, 3) | {"requests": 1}},
-            {"correct": False, "tokens": _meta("b", 20, 15, 4) | {"requests": 2}}]
+    rows = [
+        {"correct": True, "tokens": _meta("a", 10, 5, 3) | {"requests": 1}},
+        {"correct": False, "tokens": _meta("b", 20, 15, 4) | {"requests": 2}},
+    ]
     for row in rows:
         row["tokens"].pop("id")
     summary = common.summarize(rows, 2.0)

@@ -39,8 +39,13 @@ def test_describe_reports_the_backend():
     cache = RkscRadixCache.create_simulated()
     _exercise(cache)
     assert cache.describe() == {
-        "backend": "rksc", "impl": "RkscRadixCache", "disabled": False, "page_size": 1,
-        "eviction_policy": "lru", "evictable_tokens": 5, "protected_tokens": 0,
+        "backend": "rksc",
+        "impl": "RkscRadixCache",
+        "disabled": False,
+        "page_size": 1,
+        "eviction_policy": "lru",
+        "evictable_tokens": 5,
+        "protected_tokens": 0,
     }
 
 

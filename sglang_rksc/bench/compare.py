@@ -28,9 +28,7 @@ from sglang_rksc.bench.report import Run, add_speedups, markdown_table, summariz
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
 from sglang_rksc.srt.server_process import LaunchedServer, ServerStartError
 
-PROGRAMS: dict[str, Any] = {
-    p.NAME: p for p in (tree_of_thought, self_consistency_verify, game_of_24)
-}
+PROGRAMS: dict[str, Any] = {p.NAME: p for p in (tree_of_thought, self_consistency_verify, game_of_24)}
 GSM8K_CALIBRATION_END = 300  # problems 0-299 tune thresholds; 300+ are reported
 
 
@@ -52,28 +50,56 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--program", choices=sorted(PROGRAMS), default=tree_of_thought.NAME, help="program to run")
-    parser.add_argument("--start", type=common.non_negative_int, default=300,
-                        help="first problem (GSM8K: 0-299 calibrate, 300+ report; a run may not mix them)")
+    parser.add_argument(
+        "--start",
+        type=common.non_negative_int,
+        default=300,
+        help="first problem (GSM8K: 0-299 calibrate, 300+ report; a run may not mix them)",
+    )
     parser.add_argument("--num-problems", type=common.positive_int, default=20, help="how many problems")
-    parser.add_argument("--modes", default=",".join(modes_mod.DEFAULT_MODES),
-                        help=f"comma-separated modes, from: {', '.join(modes_mod.MODES)} "
-                             "(a mode not implemented yet is listed as such in the table)")
-    parser.add_argument("--repeats", type=common.positive_int, default=2,
-                        help="runs of every mode, interleaved; the spread shows machine noise")
-    parser.add_argument("--temperature", type=common.temperature, default=0.0,
-                        help="sampling temperature given to the program; 0 (greedy) makes agreement meaningful")
-    parser.add_argument("--program-args", default="",
-                        help="the program's own flags as one quoted string, e.g. \"--branches 3 --depth 3\"")
+    parser.add_argument(
+        "--modes",
+        default=",".join(modes_mod.DEFAULT_MODES),
+        help=f"comma-separated modes, from: {', '.join(modes_mod.MODES)} "
+        "(a mode not implemented yet is listed as such in the table)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=common.positive_int,
+        default=2,
+        help="runs of every mode, interleaved; the spread shows machine noise",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=common.temperature,
+        default=0.0,
+        help="sampling temperature given to the program; 0 (greedy) makes agreement meaningful",
+    )
+    parser.add_argument(
+        "--program-args",
+        default="",
+        help='the program\'s own flags as one quoted string, e.g. "--branches 3 --depth 3"',
+    )
     parser.add_argument("--parallel", type=common.positive_int, default=4, help="problems in flight at once")
-    parser.add_argument("--server-args", default="",
-                        help="extra flags for every mode's server, e.g. \"--max-total-tokens 4096\"")
+    parser.add_argument(
+        "--server-args", default="", help='extra flags for every mode\'s server, e.g. "--max-total-tokens 4096"'
+    )
     parser.add_argument("--chat-template", default="auto", help="SGLang frontend chat template ('auto': see programs)")
-    parser.add_argument("--output-dir", help="where bench.json, bench.md, bench.png go (default results/bench/<program>)")
+    parser.add_argument(
+        "--output-dir", help="where bench.json, bench.md, bench.png go (default results/bench/<program>)"
+    )
     return parser
 
 
-def run_mode(mode: modes_mod.Mode, program: Any, problems: list, options: argparse.Namespace,
-             args: argparse.Namespace, repeat: int, log_dir: Path) -> Run:
+def run_mode(
+    mode: modes_mod.Mode,
+    program: Any,
+    problems: list,
+    options: argparse.Namespace,
+    args: argparse.Namespace,
+    repeat: int,
+    log_dir: Path,
+) -> Run:
     """A fresh server for this mode, the program once, and the server's counters during it."""
     server_args = [*mode.server_args, "--enable-metrics", *shlex.split(args.server_args)]
     log_path = log_dir / f"server-{mode.name}-{repeat}.log"
@@ -111,17 +137,24 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         order = runnable if repeat % 2 == 0 else list(reversed(runnable))
         for mode in order:
-            print(f"[{len(runs) + 1}/{total}] repeat {repeat + 1}, mode {mode.name}: {mode.description}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{len(runs) + 1}/{total}] repeat {repeat + 1}, mode {mode.name}: {mode.description}",
+                file=sys.stderr,
+                flush=True,
+            )
             try:
                 run = run_mode(mode, program, problems, options, args, repeat, out_dir)
             except ServerStartError as exc:
                 print(f"error: mode {mode.name}: {exc}", file=sys.stderr)
                 return 1
             runs.append(run)
-            print(f"    {run.seconds:.1f} s, {run.server.get('generated_tokens', 0):.0f} tokens generated, "
-                  f"{run.server.get('cached_tokens', 0):.0f}/{run.server.get('prompt_tokens', 0):.0f} prompt tokens "
-                  f"from cache", file=sys.stderr, flush=True)
+            print(
+                f"    {run.seconds:.1f} s, {run.server.get('generated_tokens', 0):.0f} tokens generated, "
+                f"{run.server.get('cached_tokens', 0):.0f}/{run.server.get('prompt_tokens', 0):.0f} prompt tokens "
+                f"from cache",
+                file=sys.stderr,
+                flush=True,
+            )
 
     reference = [r for r in runs if r.mode == modes_mod.REFERENCE]
     summaries = [summarize_mode(m, [r for r in runs if r.mode == m.name], reference) for m in modes]
@@ -129,27 +162,37 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python -m sglang_rksc.bench.compare " + shlex.join(argv if argv is not None else sys.argv[1:])
     option_text = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(options).items()))
-    heading = (f"{args.program} on {args.num_problems} problems from {args.start} ({slice_name} slice), "
-               f"{args.repeats} interleaved repeats, program options: {option_text}, parallel {args.parallel}")
+    heading = (
+        f"{args.program} on {args.num_problems} problems from {args.start} ({slice_name} slice), "
+        f"{args.repeats} interleaved repeats, program options: {option_text}, parallel {args.parallel}"
+    )
     table = markdown_table(summaries)
     markdown = f"`{command}`\n\n{heading}\n\n{table}\n"
     (out_dir / "bench.md").write_text(markdown)
-    (out_dir / "bench.json").write_text(json.dumps({
-        "command": command,
-        "program": args.program,
-        "slice": slice_name,
-        "start": args.start,
-        "num_problems": args.num_problems,
-        "program_options": vars(options),
-        "parallel": args.parallel,
-        "server_args": args.server_args,
-        "summaries": [asdict(s) for s in summaries],
-        "runs": [asdict(r) for r in runs],
-    }, indent=1, default=str))
+    (out_dir / "bench.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "program": args.program,
+                "slice": slice_name,
+                "start": args.start,
+                "num_problems": args.num_problems,
+                "program_options": vars(options),
+                "parallel": args.parallel,
+                "server_args": args.server_args,
+                "summaries": [asdict(s) for s in summaries],
+                "runs": [asdict(r) for r in runs],
+            },
+            indent=1,
+            default=str,
+        )
+    )
     if runnable:
         write_chart(summaries, out_dir / "bench.png", heading)
     print(markdown)
-    print(f"wrote {out_dir / 'bench.md'}, {out_dir / 'bench.json'}" + (f", {out_dir / 'bench.png'}" if runnable else ""))
+    print(
+        f"wrote {out_dir / 'bench.md'}, {out_dir / 'bench.json'}" + (f", {out_dir / 'bench.png'}" if runnable else "")
+    )
     return 0
 
 

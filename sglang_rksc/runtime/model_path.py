@@ -40,8 +40,8 @@ def check_model_path(model_path: str) -> Path:
         if cached is not None:
             return cached
         raise ModelPathError(
-            f"model path {model_path!r} is neither a local folder nor in the Hugging Face cache (give a local model folder; "
-            "sglang-rksc does not download models)"
+            f"model path {model_path!r} is neither a local folder nor in the Hugging Face cache "
+            "(give a local model folder; sglang-rksc does not download models)"
         )
     if not path.is_dir():
         raise ModelPathError(f"model path {model_path!r} is a file, not a Hugging Face model folder")

@@ -43,7 +43,7 @@ sglang-rksc defaults (each applies only when you do not give the flag):
                              to bf16 in ~/.cache/sglang_rksc); PATH must be a
                              local Hugging Face folder or already in the HF cache
   --radix-cache-backend NAME rksc; 'default' keeps SGLang's own cache selection
-  on a CPU-only machine:     {' '.join(k if v is None else f'{k} {v}' for k, v in cpu.CPU_DEFAULT_ARGS.items())}
+  on a CPU-only machine:     {" ".join(k if v is None else f"{k} {v}" for k, v in cpu.CPU_DEFAULT_ARGS.items())}
 
 All other flags are SGLang's own:
 """

@@ -13,8 +13,7 @@ from typing import Any
 PLUGIN_NAME = "rksc"
 INTERNAL_STATE_KEY = "rksc"
 _INTERNAL_STATE_TARGET = (
-    "sglang.srt.managers.scheduler_components.internal_state."
-    "SchedulerInternalStateController.get_internal_state"
+    "sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController.get_internal_state"
 )
 _RUN_BATCH_TARGET = "sglang.srt.managers.scheduler.Scheduler.run_batch"
 _hooks_registered = False

@@ -17,9 +17,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Sequence
 
 
 class ServerStartError(RuntimeError):
@@ -73,11 +73,17 @@ class LaunchedServer:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", self.module,
-            *self.server_args, "--host", self.host, "--port", str(self.port),
+            sys.executable,
+            "-m",
+            self.module,
+            *self.server_args,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
         ]
 
-    def start(self) -> "LaunchedServer":
+    def start(self) -> LaunchedServer:
         assert self.proc is None, "already started"
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -138,7 +144,7 @@ class LaunchedServer:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def __enter__(self) -> "LaunchedServer":
+    def __enter__(self) -> LaunchedServer:
         return self.start()
 
     def __exit__(

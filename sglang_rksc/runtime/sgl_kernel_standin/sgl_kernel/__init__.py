@@ -11,7 +11,8 @@ sglang_rksc puts this folder on the path only after checking that the real
 `sgl_kernel` fails to import and that no CUDA device is usable.
 """
 
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 STANDIN = True
 __version__ = "0.0.0+sglang-rksc-standin"
