@@ -131,6 +131,24 @@ def make_backend(url: str, chat_template: str = "auto") -> Any:
     return backend
 
 
+class ProgramError(RuntimeError):
+    """A request of an SGLang program failed on the server."""
+
+
+def sync(state: Any) -> None:
+    """Wait until `state`'s queued work is done; raise if a request of it failed.
+
+    SGLang's `state.sync()` waits forever once a request of the state failed
+    (its worker thread stops, later work is never taken off the queue).
+    """
+    executor = state.stream_executor
+    while executor.queue.unfinished_tasks and not executor.is_finished:
+        time.sleep(0.005)
+    error = state.error()
+    if error is not None:
+        raise ProgramError(f"a request of the program failed: {error}") from error
+
+
 def fork(state: Any, size: int) -> Any:
     """`state.fork(size)`, with the shared prefix committed to the server's cache first.
 
@@ -139,8 +157,29 @@ def fork(state: Any, size: int) -> Any:
     `s += ...` it often is not yet, and the branches then race to prefill the
     same prefix. Syncing first makes the commit happen every time.
     """
-    state.sync()
+    sync(state)
     return state.fork(size)
+
+
+# Openings that make greedy branches differ deterministically (`--diversify`): without them,
+# greedy branches of one fork generate the same text.
+BRANCH_OPENINGS = (
+    "",
+    "Let me think about this carefully. ",
+    "Here is one way to do it: ",
+    "Step by step: ",
+    "A careful approach: ",
+    "To begin with, ",
+)
+
+
+def assistant_turns(forks: Any, make_expr: Any, diversify: bool) -> None:
+    """Append an assistant turn to every branch; with `diversify`, branch i opens with its own phrase."""
+    import sglang as sgl
+
+    for i, branch in enumerate(forks):
+        opening = BRANCH_OPENINGS[i % len(BRANCH_OPENINGS)] if diversify else ""
+        branch += sgl.assistant(opening + make_expr() if opening else make_expr())
 
 
 @dataclass

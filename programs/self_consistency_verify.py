@@ -39,10 +39,14 @@ def yes_probability(meta: Mapping[str, Any] | None) -> float:
 
 
 @sgl.function
-def self_consistency_verify(s, question: str, samples: int, max_tokens: int, temperature: float):
+def self_consistency_verify(
+    s, question: str, samples: int, max_tokens: int, temperature: float, diversify: bool = False
+):
     s += sgl.user(SOLVE_PROMPT.format(question=question))
     forks = common.fork(s, samples)
-    forks += sgl.assistant(sgl.gen("solution", max_tokens=max_tokens, temperature=temperature))
+    common.assistant_turns(
+        forks, lambda: sgl.gen("solution", max_tokens=max_tokens, temperature=temperature), diversify
+    )
     forks += sgl.user(VERIFY_PROMPT)
     forks += sgl.assistant(sgl.select("verdict", choices=VERDICTS))
     return [
@@ -85,6 +89,11 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--samples", type=common.positive_int, default=4, help="solutions sampled per question")
     group.add_argument("--max-tokens", type=common.positive_int, default=160, help="tokens per solution")
     group.add_argument(
+        "--diversify",
+        action="store_true",
+        help="open each solution with its own phrase, so that greedy samples differ",
+    )
+    group.add_argument(
         "--temperature",
         type=common.temperature,
         default=0.7,
@@ -106,7 +115,11 @@ def run(
 ) -> list[dict[str, Any]]:
     arguments = [
         dict(
-            question=p.question, samples=options.samples, max_tokens=options.max_tokens, temperature=options.temperature
+            question=p.question,
+            samples=options.samples,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+            diversify=options.diversify,
         )
         for p in problems
     ]

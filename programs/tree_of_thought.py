@@ -40,17 +40,21 @@ def _fan_out(depth: int, level: int, branches: int) -> int:
 
 
 @sgl.function
-def tree_of_thought(s, question: str, branches: int, depth: int, max_tokens: int, temperature: float):
+def tree_of_thought(
+    s, question: str, branches: int, depth: int, max_tokens: int, temperature: float, diversify: bool = False
+):
     """Plan (level 1) -> execute (level 2) -> reflect and score (level 3); returns the leaves."""
     s += sgl.user(PLAN_PROMPT.format(question=question))
     plans = common.fork(s, _fan_out(depth, 1, branches))
-    plans += sgl.assistant(sgl.gen("plan", max_tokens=max_tokens, temperature=temperature))
+    common.assistant_turns(plans, lambda: sgl.gen("plan", max_tokens=max_tokens, temperature=temperature), diversify)
 
     solutions = []
     for plan in plans:
         plan += sgl.user(EXECUTE_PROMPT)
         forks = common.fork(plan, _fan_out(depth, 2, branches))
-        forks += sgl.assistant(sgl.gen("solution", max_tokens=max_tokens, temperature=temperature))
+        common.assistant_turns(
+            forks, lambda: sgl.gen("solution", max_tokens=max_tokens, temperature=temperature), diversify
+        )
         solutions.extend((plan, f) for f in forks)
 
     leaves = []
@@ -113,6 +117,11 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
         "--max-tokens", type=common.positive_int, default=128, help="tokens per plan or solution (reflections get half)"
     )
     group.add_argument(
+        "--diversify",
+        action="store_true",
+        help="open each branch's turn with its own phrase, so that greedy branches differ",
+    )
+    group.add_argument(
         "--temperature",
         type=common.temperature,
         default=0.7,
@@ -140,6 +149,7 @@ def run(
             depth=options.depth,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
+            diversify=options.diversify,
         )
         for p in problems
     ]

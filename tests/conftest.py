@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from sglang_rksc.runtime.default_model import prepare_default_model
 from sglang_rksc.srt.server_process import LaunchedServer
 
 REPO = Path(__file__).resolve().parents[1]
+# SGLang's idle check then raises (and the server fails loudly) on a leaked, double-freed or
+# used-after-free KV slot, instead of only logging it.
+STRICT_MEMORY_ENV = {**os.environ, "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE": "1"}
+LEAK_MARKERS = ("memory leak detected", "double free", "use-after-free")
 
 
 @pytest.fixture(scope="session")
@@ -25,5 +30,14 @@ def rksc_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     The context manager stops its whole process group, also when a test fails.
     """
     log = tmp_path_factory.mktemp("server") / "rksc-server.log"
-    with LaunchedServer(log_path=log) as server:
+    with LaunchedServer(log_path=log, env=STRICT_MEMORY_ENV) as server:
         yield server
+
+
+@pytest.fixture
+def sglang_context() -> Iterator[None]:
+    """SGLang's process-wide config, published as its own unit tests do (no server runs)."""
+    from sglang.test.test_utils import published_topology
+
+    with published_topology():
+        yield

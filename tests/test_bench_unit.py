@@ -11,7 +11,8 @@ from sglang_rksc.bench.report import Run
 
 def test_modes_resolve_in_order_and_refuse_unknown_names():
     assert [m.name for m in modes.resolve(["radix", "no-cache"])] == ["radix", "no-cache"]
-    assert not modes.MODES["rksc-asks"].available and "issue 4" in modes.MODES["rksc-asks"].pending
+    assert not modes.MODES["rksc-cgee"].available and "issue 5" in modes.MODES["rksc-cgee"].pending
+    assert modes.MODES["rksc-asks"].available
     with pytest.raises(ValueError, match="unknown mode"):
         modes.resolve(["radix", "turbo"])
     with pytest.raises(ValueError, match="twice"):
@@ -79,3 +80,14 @@ def test_summaries_ratios_and_agreement():
 def test_agreement_needs_the_same_problems():
     with pytest.raises(ValueError):
         report.agreement([{"index": 5, "prediction": "1"}], [{"index": 6, "prediction": "1"}])
+
+
+def test_threshold_variants_of_the_semantic_mode():
+    plain, strict = modes.resolve(["rksc-asks", "rksc-asks@0.9/0.95"])
+    assert strict.name == "rksc-asks@0.9/0.95"
+    assert strict.server_args[-4:] == ("--rksc-threshold", "0.9", "--rksc-probe-threshold", "0.95")
+    assert "--rksc-threshold" not in plain.server_args
+    with pytest.raises(ValueError, match="takes no thresholds"):
+        modes.resolve(["radix@0.9"])
+    with pytest.raises(ValueError, match="cosines"):
+        modes.resolve(["rksc-asks@2"])

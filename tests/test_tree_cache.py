@@ -8,8 +8,9 @@ import torch
 from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams
 from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey
 
-from sglang_rksc.cache.radix_cache import BACKEND_NAME, RkscRadixCache, build_tree_cache
+from sglang_rksc.cache.radix_cache import BACKEND_NAME, RkscRadixCache
 from sglang_rksc.srt import plugin
+from sglang_rksc.srt.backend import build_tree_cache
 
 
 def _exercise(cache: RadixCache) -> list:

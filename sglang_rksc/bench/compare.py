@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir", help="where bench.json, bench.md, bench.png go (default results/bench/<program>)"
     )
+    parser.add_argument(
+        "--rerender",
+        type=Path,
+        metavar="BENCH_JSON",
+        help="run nothing: write the report of an earlier comparison again from its bench.json",
+    )
     return parser
 
 
@@ -116,6 +122,8 @@ def run_mode(
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.rerender:
+        return rerender(args.rerender)
     try:
         modes = modes_mod.resolve([m.strip() for m in args.modes.split(",") if m.strip()])
         slice_name = check_slice(args.program, args.start, args.num_problems)
@@ -156,43 +164,59 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    reference = [r for r in runs if r.mode == modes_mod.REFERENCE]
-    summaries = [summarize_mode(m, [r for r in runs if r.mode == m.name], reference) for m in modes]
-    add_speedups(summaries)
-
     command = "python -m sglang_rksc.bench.compare " + shlex.join(argv if argv is not None else sys.argv[1:])
     option_text = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(options).items()))
     heading = (
         f"{args.program} on {args.num_problems} problems from {args.start} ({slice_name} slice), "
         f"{args.repeats} interleaved repeats, program options: {option_text}, parallel {args.parallel}"
     )
-    table = markdown_table(summaries)
-    markdown = f"`{command}`\n\n{heading}\n\n{table}\n"
+    record = {
+        "command": command,
+        "heading": heading,
+        "modes": [m.name for m in modes],
+        "program": args.program,
+        "slice": slice_name,
+        "start": args.start,
+        "num_problems": args.num_problems,
+        "program_options": vars(options),
+        "parallel": args.parallel,
+        "server_args": args.server_args,
+    }
+    write_report(out_dir, record, modes, runs)
+    return 0
+
+
+def write_report(out_dir: Path, record: dict[str, Any], modes: list[modes_mod.Mode], runs: list[Run]) -> None:
+    """Summaries, ratios, the Markdown table, the JSON record and the chart, from the runs."""
+    reference = [r for r in runs if r.mode == modes_mod.REFERENCE]
+    summaries = [summarize_mode(m, [r for r in runs if r.mode == m.name], reference) for m in modes]
+    add_speedups(summaries)
+    markdown = f"`{record['command']}`\n\n{record['heading']}\n\n{markdown_table(summaries)}\n"
     (out_dir / "bench.md").write_text(markdown)
-    (out_dir / "bench.json").write_text(
-        json.dumps(
-            {
-                "command": command,
-                "program": args.program,
-                "slice": slice_name,
-                "start": args.start,
-                "num_problems": args.num_problems,
-                "program_options": vars(options),
-                "parallel": args.parallel,
-                "server_args": args.server_args,
-                "summaries": [asdict(s) for s in summaries],
-                "runs": [asdict(r) for r in runs],
-            },
-            indent=1,
-            default=str,
-        )
-    )
-    if runnable:
-        write_chart(summaries, out_dir / "bench.png", heading)
+    full = {**record, "summaries": [asdict(s) for s in summaries], "runs": [asdict(r) for r in runs]}
+    (out_dir / "bench.json").write_text(json.dumps(full, indent=1, default=str))
+    written = [out_dir / "bench.md", out_dir / "bench.json"]
+    if runs:
+        write_chart(summaries, out_dir / "bench.png", record["heading"])
+        written.append(out_dir / "bench.png")
     print(markdown)
-    print(
-        f"wrote {out_dir / 'bench.md'}, {out_dir / 'bench.json'}" + (f", {out_dir / 'bench.png'}" if runnable else "")
+    print("wrote " + ", ".join(map(str, written)))
+
+
+def rerender(path: Path) -> int:
+    """Write the report of an earlier comparison again from its bench.json (e.g. after new columns)."""
+    data = json.loads(path.read_text())
+    runs = [Run(**r) for r in data["runs"]]
+    names = data.get("modes") or [s["mode"] for s in data["summaries"]]
+    heading = data.get("heading") or (
+        f"{data['program']} on {data['num_problems']} problems from {data['start']} ({data['slice']} slice), "
+        f"{1 + max((r.repeat for r in runs), default=0)} interleaved repeats, program options: "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(data["program_options"].items()))
+        + f", parallel {data['parallel']}"
     )
+    record = {k: v for k, v in data.items() if k not in ("summaries", "runs")}
+    record.update(heading=heading, modes=names)
+    write_report(path.parent, record, modes_mod.resolve(names), runs)
     return 0
 
 

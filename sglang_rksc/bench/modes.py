@@ -39,7 +39,11 @@ MODES: dict[str, Mode] = {
             "the rksc backend with every RKSC feature off (the plugin's own cost)",
             ("--radix-cache-backend", "rksc"),
         ),
-        Mode("rksc-asks", "semantic prefix sharing (ASKS)", pending="not implemented yet (ASKS, issue 4)"),
+        Mode(
+            "rksc-asks",
+            "semantic sharing (ASKS): dedupe at release, fork at admission",
+            ("--radix-cache-backend", "rksc", "--rksc-semantic", "on"),
+        ),
         Mode(
             "rksc-cgee",
             "confidence-gated verification with layer exit (CGEE)",
@@ -56,18 +60,42 @@ MODES: dict[str, Mode] = {
             "merging of near-duplicate branches",
             pending="not implemented yet (decode-side sharing, issue 8)",
         ),
-        Mode("rksc-full", "every RKSC feature together", pending="not implemented yet (issues 4, 5, 6, 8)"),
+        Mode("rksc-full", "every RKSC feature together", pending="not implemented yet (issues 5, 6, 8)"),
     )
 }
 REFERENCE = "radix"
 DEFAULT_MODES = ("no-cache", "radix", "rksc")
 
 
+def _with_thresholds(mode: Mode, spec: str) -> Mode:
+    """`rksc-asks@0.9` (hidden-state threshold) or `rksc-asks@0.9/0.95` (and probe threshold)."""
+    parts = spec.split("/")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"mode {mode.name}@{spec}: thresholds must be numbers") from None
+    if len(values) > 2 or not all(-1.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"mode {mode.name}@{spec}: give one or two cosines in [-1, 1]")
+    args = [*mode.server_args, "--rksc-threshold", parts[0]]
+    if len(values) == 2:
+        args += ["--rksc-probe-threshold", parts[1]]
+    return Mode(f"{mode.name}@{spec}", f"{mode.description}, thresholds {spec}", tuple(args), mode.pending)
+
+
 def resolve(names: list[str]) -> list[Mode]:
-    """Modes by name, in the order given; unknown names raise ValueError listing the known ones."""
-    unknown = [n for n in names if n not in MODES]
+    """Modes by name, in the order given; `name@t[/p]` sets ASKS thresholds. Unknown names raise ValueError."""
+    base = [n.split("@", 1)[0] for n in names]
+    unknown = [n for n in base if n not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}")
     if len(set(names)) != len(names):
         raise ValueError(f"a mode is named twice in {', '.join(names)}")
-    return [MODES[n] for n in names]
+    modes = []
+    for name, root in zip(names, base, strict=True):
+        mode = MODES[root]
+        if "@" in name:
+            if "--rksc-semantic" not in mode.server_args:
+                raise ValueError(f"mode {root} takes no thresholds")
+            mode = _with_thresholds(mode, name.split("@", 1)[1])
+        modes.append(mode)
+    return modes

@@ -49,6 +49,11 @@ def agreement(rows: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]
     return sum(same) / len(same) if same else 0.0
 
 
+def _self_agreement(runs: Sequence[Run]) -> float | None:
+    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]]
+    return statistics.mean(agreement(a.rows, b.rows) for a, b in pairs) if pairs else None
+
+
 def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run]) -> ModeSummary:
     summary = ModeSummary(mode.name, mode.description, mode.pending, len(runs))
     if not runs:
@@ -80,8 +85,14 @@ def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run
         "decode_steps": steps,
         "mean_decode_batch": (rows / steps) if steps else None,
         **{k: _median(per_run(k)) for k in FEATURE_COUNTERS},
+        "forks_alias": _median(per_run("forks_alias")),
+        "forks_probe": _median(per_run("forks_probe")),
+        "slots_freed_by_dedupe": _median(per_run("slots_freed")),
+        "kv_tokens_held": _median(per_run("tree_tokens")),
         "accuracy": statistics.mean(sum(bool(x["correct"]) for x in r.rows) / len(r.rows) for r in runs),
         "agreement_with_radix": statistics.mean(agreements) if agreements else None,
+        # Under sampling, how much a mode agrees with itself between repeats: the noise floor.
+        "self_agreement": _self_agreement(runs),
     }
     return summary
 
@@ -105,6 +116,12 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:,}"
 
 
+def _semantic(f: dict[str, Any]) -> str:
+    if f["semantic_hits"] is None:
+        return "n/a"
+    return f"{_fmt(f['semantic_hits'], 0)} ({_fmt(f['forks_alias'], 0)}/{_fmt(f['forks_probe'], 0)})"
+
+
 COLUMNS = [
     ("mode", lambda s, f: s.mode),
     (
@@ -121,11 +138,13 @@ COLUMNS = [
         lambda s, f: f"{_fmt(f['prompt_tokens_computed'], 0)} / {_fmt(f['prompt_tokens_cached'], 0)}",
     ),
     ("decode steps (mean batch)", lambda s, f: f"{_fmt(f['decode_steps'], 0)} ({_fmt(f['mean_decode_batch'])})"),
-    ("semantic hits", lambda s, f: _fmt(f["semantic_hits"], 0)),
+    ("semantic hits (alias/probe)", lambda s, f: _semantic(f)),
+    ("KV held at end, tokens", lambda s, f: _fmt(f["kv_tokens_held"], 0)),
     ("verifs skipped", lambda s, f: _fmt(f["verifications_skipped"], 0)),
     ("mean exit layer", lambda s, f: _fmt(f["mean_exit_layer"])),
     ("accuracy", lambda s, f: _fmt(f["accuracy"], 2)),
     ("agreement w/ radix", lambda s, f: _fmt(f["agreement_with_radix"], 2)),
+    ("self-agreement", lambda s, f: _fmt(f["self_agreement"], 2)),
 ]
 
 

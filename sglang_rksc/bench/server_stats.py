@@ -47,6 +47,10 @@ def snapshot(url: str) -> dict[str, float]:
     info = requests.get(url + "/server_info", timeout=30).json()
     state = (info.get("internal_states") or [{}])[0].get(INTERNAL_STATE_KEY) or {}
     out.update({k: float(v) for k, v in (state.get("counters") or {}).items()})
+    # The semantic cache's own totals (semantic hits by source, slots freed by dedupe).
+    out.update({k: float(v) for k, v in (state.get("stats") or {}).items()})
+    if "evictable_tokens" in state:
+        out["tree_tokens"] = float(state["evictable_tokens"] + state["protected_tokens"])
     return out
 
 

@@ -1,19 +1,15 @@
-"""The `rksc` radix-cache backend.
+"""The base of the `rksc` radix-cache backend: SGLang's `RadixCache` that reports itself.
 
-For now it behaves exactly like SGLang's `RadixCache`; the semantic-sharing
-work fills it in. It already reports what it is, so the server (and tests)
-can tell which tree cache is live.
+`SemanticRadixCache` (semantic.py) builds on it; `sglang_rksc.srt.backend`
+builds the live one inside the scheduler.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixCache
-
-if TYPE_CHECKING:
-    from sglang.srt.mem_cache.registry import TreeCacheBuildContext
 
 BACKEND_NAME = "rksc"
 
@@ -42,8 +38,3 @@ class RkscRadixCache(RadixCache):
             "evictable_tokens": int(self.evictable_size()),
             "protected_tokens": int(self.protected_size()),
         }
-
-
-def build_tree_cache(ctx: TreeCacheBuildContext) -> RkscRadixCache:
-    """Factory for `register_radix_cache_backend`; runs inside the scheduler."""
-    return RkscRadixCache(ctx.params)

@@ -27,6 +27,7 @@ from typing import NoReturn
 from sglang_rksc.runtime import cpu
 from sglang_rksc.runtime.default_model import ModelPreparationError, prepare_default_model
 from sglang_rksc.runtime.model_path import ModelPathError, check_model_path
+from sglang_rksc.srt import config as rksc_config
 from sglang_rksc.srt.plugin import INTERNAL_STATE_KEY, PLUGIN_NAME
 
 PROG = "python -m sglang_rksc.launch_server"
@@ -43,6 +44,8 @@ sglang-rksc defaults (each applies only when you do not give the flag):
                              to bf16 in ~/.cache/sglang_rksc); PATH must be a
                              local Hugging Face folder or already in the HF cache
   --radix-cache-backend NAME rksc; 'default' keeps SGLang's own cache selection
+  --rksc-* flags             sglang-rksc's own settings, listed below; they
+                             need the rksc backend
   on a CPU-only machine:     {" ".join(k if v is None else f"{k} {v}" for k, v in cpu.CPU_DEFAULT_ARGS.items())}
 
 All other flags are SGLang's own:
@@ -68,6 +71,7 @@ class LaunchPlan:
     standin: bool
     backend: str | None  # None: SGLang's built-in selection chain
     url: str
+    rksc: rksc_config.RkscConfig
 
 
 def _has_flag(argv: list[str], *flags: str) -> bool:
@@ -103,8 +107,13 @@ def _check_plugin_installed() -> None:
 
 
 def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
-    """Validate `argv` and work out the SGLang argv; sets up the CPU runtime if needed."""
+    """Validate `argv` and work out the SGLang argv; sets up the CPU runtime and our settings."""
     _check_plugin_installed()
+    given_rksc = any(a.startswith("--rksc-") for a in argv)
+    try:
+        argv, settings = rksc_config.split_args(argv)
+    except rksc_config.ConfigError as exc:
+        raise LaunchError(str(exc)) from exc
     cuda = cpu.cuda_usable() if cuda is None else cuda
     on_cpu = not cuda or cpu.flag_value(argv, "--device") == "cpu"
     if on_cpu:
@@ -137,6 +146,12 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
     elif backend == STOCK_BACKEND:
         backend = None
         out = _drop_flag(out, "--radix-cache-backend")
+    if given_rksc and backend != DEFAULT_BACKEND:
+        raise LaunchError(
+            f"--rksc-* flags need --radix-cache-backend {DEFAULT_BACKEND}, not {backend or STOCK_BACKEND}"
+        )
+    # The scheduler, a spawned child, reads them from its inherited environment.
+    os.environ[rksc_config.ENV_VAR] = settings.to_env()
     if on_cpu:
         out = cpu.apply_cpu_defaults(out)
 
@@ -147,7 +162,7 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
 
     host = cpu.flag_value(out, "--host") or "127.0.0.1"
     port = cpu.flag_value(out, "--port") or "30000"
-    return LaunchPlan(out, model_path, on_cpu, standin, backend, f"http://{host}:{port}")
+    return LaunchPlan(out, model_path, on_cpu, standin, backend, f"http://{host}:{port}", settings)
 
 
 def _local_url(url: str) -> str:
@@ -176,12 +191,21 @@ def _report_when_ready(plan: LaunchPlan, stop: threading.Event) -> None:
         impl = cache.get("impl", "unknown")
         backend = cache.get("backend") or "SGLang default"
         disabled = " (disabled by --disable-radix-cache)" if cache.get("disabled") else ""
-        print(f"{LOG_PREFIX} ready at {plan.url}, radix cache backend: {backend} ({impl}){disabled}", flush=True)
+        semantic = ", semantic sharing on" if cache.get("semantic") else ""
+        print(
+            f"{LOG_PREFIX} ready at {plan.url}, radix cache backend: {backend} ({impl}){disabled}{semantic}", flush=True
+        )
         return
 
 
 def _print_help() -> None:
     print(HELP_HEAD)
+    ours = argparse.ArgumentParser(
+        prog=PROG, add_help=False, usage=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    rksc_config.add_arguments(ours.add_argument_group("sglang-rksc settings"))
+    ours.print_help()
+    print()
     from sglang.srt.server_args import ServerArgs
 
     parser = argparse.ArgumentParser(prog=PROG, add_help=False, usage=argparse.SUPPRESS)
@@ -205,9 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SGLANG_PLUGINS"] = f"{allowed},{PLUGIN_NAME}"
     device = "cpu" if plan.on_cpu else "gpu"
     standin = ", sgl_kernel stand-in" if plan.standin else ""
+    semantic = ""
+    if plan.rksc.semantic:
+        semantic = (
+            f", semantic sharing on (threshold {plan.rksc.threshold}, probe "
+            f"{f'at {plan.rksc.probe_threshold}' if plan.rksc.probe else 'off'})"
+        )
     print(
         f"{LOG_PREFIX} starting SGLang on {device}{standin}: model {plan.model_path}, "
-        f"radix cache backend {plan.backend or 'SGLang default'}, listening on {plan.url}",
+        f"radix cache backend {plan.backend or 'SGLang default'}{semantic}, listening on {plan.url}",
         flush=True,
     )
 

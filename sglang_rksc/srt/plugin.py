@@ -12,10 +12,21 @@ from typing import Any
 
 PLUGIN_NAME = "rksc"
 INTERNAL_STATE_KEY = "rksc"
-_INTERNAL_STATE_TARGET = (
-    "sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController.get_internal_state"
-)
-_RUN_BATCH_TARGET = "sglang.srt.managers.scheduler.Scheduler.run_batch"
+# Customized-info keys of ours are emitted once per request, not per token.
+META_PREFIX = "rksc_"
+
+_HOOKS = {
+    "internal_state": (
+        "sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController.get_internal_state"
+    ),
+    "run_batch": "sglang.srt.managers.scheduler.Scheduler.run_batch",
+    "logits": "sglang.srt.layers.logits_processor.LogitsProcessor.forward",
+    "accept_output": ("sglang.srt.managers.scheduler_components.output_streamer._GenerationStreamAccumulator.accept"),
+    "request_level_info": (
+        "sglang.srt.managers.scheduler_components.output_streamer."
+        "SchedulerOutputStreamer.is_request_level_customized_info_key"
+    ),
+}
 _hooks_registered = False
 
 
@@ -24,15 +35,20 @@ def register() -> None:
     from sglang.srt.mem_cache.registry import get_radix_cache_factory, register_radix_cache_backend
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from sglang_rksc.cache.radix_cache import BACKEND_NAME, build_tree_cache
-    from sglang_rksc.srt.counters import count_batch
+    from sglang_rksc.cache.radix_cache import BACKEND_NAME
+    from sglang_rksc.srt.backend import build_tree_cache
+    from sglang_rksc.srt.capture import capture_final_hidden_states
+    from sglang_rksc.srt.counters import time_batch
 
     global _hooks_registered
     if get_radix_cache_factory(BACKEND_NAME) is None:
         register_radix_cache_backend(BACKEND_NAME, build_tree_cache)
     if not _hooks_registered:
-        HookRegistry.register(_INTERNAL_STATE_TARGET, _report_tree_cache, HookType.AFTER)
-        HookRegistry.register(_RUN_BATCH_TARGET, count_batch, HookType.BEFORE)
+        HookRegistry.register(_HOOKS["internal_state"], _report_tree_cache, HookType.AFTER)
+        HookRegistry.register(_HOOKS["run_batch"], time_batch, HookType.AROUND)
+        HookRegistry.register(_HOOKS["logits"], capture_final_hidden_states, HookType.AROUND)
+        HookRegistry.register(_HOOKS["request_level_info"], _request_level_info, HookType.AROUND)
+        HookRegistry.register(_HOOKS["accept_output"], _report_client_prompt_tokens, HookType.AFTER)
         _hooks_registered = True
 
 
@@ -50,5 +66,25 @@ def _report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) 
 
     tree_cache = getattr(controller.scheduler, "tree_cache", None)
     state = describe_tree_cache(tree_cache) if tree_cache is not None else {"backend": None, "impl": None}
+    if tree_cache is not None and "evictable_tokens" not in state:
+        state["evictable_tokens"] = int(tree_cache.evictable_size())
+        state["protected_tokens"] = int(tree_cache.protected_size())
     result.internal_state[INTERNAL_STATE_KEY] = {**state, "counters": COUNTERS.as_dict()}
+    return result
+
+
+def _request_level_info(original: Any, streamer: Any, key: str) -> bool:
+    """AROUND hook: our meta_info entries are one value per request."""
+    return key.startswith(META_PREFIX) or original(streamer, key)
+
+
+def _report_client_prompt_tokens(result: Any, accumulator: Any, *args: Any, req: Any = None, **kwargs: Any) -> Any:
+    """AFTER hook: a request whose prompt a semantic fork rewrote reports the prompt it was sent
+    (and no more cached tokens than that), as the client's own bookkeeping expects."""
+    from sglang_rksc.cache.semantic import CLIENT_PROMPT_LEN
+
+    client_len = getattr(req, CLIENT_PROMPT_LEN, None)
+    if client_len is not None and accumulator.rids and accumulator.rids[-1] == req.rid:
+        accumulator.prompt_tokens[-1] = client_len
+        accumulator.cached_tokens[-1] = min(accumulator.cached_tokens[-1], client_len)
     return result

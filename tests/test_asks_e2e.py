@@ -1,0 +1,115 @@
+"""ASKS on the real server: paraphrased spans share KV, the duplicate is freed, namespaces stay apart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from sglang_rksc.srt.server_process import LaunchedServer
+from tests.conftest import LEAK_MARKERS, STRICT_MEMORY_ENV
+
+pytestmark = pytest.mark.server
+
+SYSTEM = "You are a helpful assistant. Answer every question briefly and precisely.\n"
+QUESTION = "Question: What is the capital city of France?\nAnswer:"
+PARAPHRASE = "Question: What is the capital of France?\nAnswer:"
+UNRELATED = "Question: How many legs does a spider have?\nAnswer:"
+ASKS_ARGS = [
+    "--rksc-semantic", "on", "--rksc-threshold", "0.7", "--rksc-probe-threshold", "0.9", "--rksc-min-span", "4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def asks_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
+    log = tmp_path_factory.mktemp("asks") / "server.log"
+    with LaunchedServer(ASKS_ARGS, log_path=log, env=STRICT_MEMORY_ENV) as server:
+        yield server
+
+
+def generate(server: LaunchedServer, text: str, max_new_tokens: int = 1, **extra) -> dict:
+    sampling = {"max_new_tokens": max_new_tokens, "temperature": 0, **extra.pop("sampling", {})}
+    resp = requests.post(
+        server.url + "/generate", json={"text": text, "sampling_params": sampling, **extra}, timeout=300
+    )
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def cache_state(server: LaunchedServer) -> dict:
+    return requests.get(server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]
+
+
+def test_semantic_backend_is_live(asks_server):
+    state = cache_state(asks_server)
+    assert state["impl"] == "SemanticRadixCache" and state["semantic"]
+    assert state["config"]["threshold"] == 0.7
+    assert "semantic sharing on" in asks_server.log_text()
+
+
+def test_paraphrased_span_is_freed_and_the_next_request_forks_from_its_sibling(asks_server):
+    first = generate(asks_server, SYSTEM + QUESTION)
+    assert first["meta_info"]["rksc_semantic"] == [{"fork": False}]
+    before = cache_state(asks_server)["stats"]
+    # The paraphrase may not fork at admission, so it is computed and becomes the sibling's duplicate.
+    second = generate(asks_server, SYSTEM + PARAPHRASE, sampling={"custom_params": {"rksc": {"fork": False}}})
+    assert second["meta_info"]["rksc_semantic"] == [{"fork": False, "skipped": "fork opted out"}]
+    after = cache_state(asks_server)["stats"]
+    assert after["dedupes"] == before["dedupes"] + 1 and after["slots_freed"] > before["slots_freed"]
+    # A request reaching the freed span forks from the sibling and reuses its KV.
+    third = generate(asks_server, SYSTEM + PARAPHRASE + " The capital", max_new_tokens=4)
+    (info,) = third["meta_info"]["rksc_semantic"]
+    assert info["fork"] and info["source"] == "alias" and info["reused_tokens"] > 0
+    assert (
+        third["meta_info"]["cached_tokens"]
+        >= len(
+            requests.post(asks_server.url + "/tokenize", json={"prompt": SYSTEM + QUESTION}, timeout=30).json()[
+                "tokens"
+            ]
+        )
+        - 1
+    )
+    # Another tenant never reaches this tenant's KV, exactly or semantically.
+    other = generate(asks_server, SYSTEM + PARAPHRASE + " The capital", max_new_tokens=4, cache_salt="other-tenant")
+    assert other["meta_info"]["rksc_semantic"] == [{"fork": False}]
+    assert other["meta_info"]["cached_tokens"] == 0
+
+
+def test_unrelated_question_is_neither_forked_nor_freed(asks_server):
+    before = cache_state(asks_server)["stats"]
+    reply = generate(asks_server, SYSTEM + UNRELATED)
+    assert reply["meta_info"]["rksc_semantic"] == [{"fork": False}]
+    after = cache_state(asks_server)["stats"]
+    assert after["dedupes"] == before["dedupes"] and after["semantic_hits"] == before["semantic_hits"]
+
+
+def test_no_kv_slot_leaked_or_freed_twice(asks_server):
+    """After all of the above, flushing the tree returns every slot; the idle check finds nothing."""
+    import time
+
+    for _ in range(20):  # the scheduler may still be finishing the last batch
+        if requests.post(asks_server.url + "/flush_cache", timeout=30).status_code == 200:
+            break
+        time.sleep(0.5)
+    state = cache_state(asks_server)
+    assert state["evictable_tokens"] == state["protected_tokens"] == 0 and state["aliases"] == 0
+    time.sleep(2)  # idle: SGLang's strict pool check runs
+    assert requests.get(asks_server.url + "/health", timeout=30).status_code == 200
+    log = asks_server.log_text()
+    assert not [m for m in LEAK_MARKERS if m in log]
+
+
+def test_bad_semantic_flags_are_refused_in_one_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "sglang_rksc.launch_server", "--rksc-threshold", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "sglang-rksc: error: --rksc-threshold must be a cosine in [-1, 1], got 1.5"

@@ -1,0 +1,185 @@
+"""ASKS in the tree: dedupe at release, fork at admission, isolation, locks; on real CPU pools."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+from sglang.srt.mem_cache.radix_cache import RadixCache
+
+from sglang_rksc.cache.semantic import META_KEY, SemanticRadixCache
+from sglang_rksc.srt.config import RkscConfig
+from tests.pool_harness import PoolHarness
+from tests.test_tree_cache import _exercise
+
+X = list(range(10, 22))  # the shared prompt
+A = list(range(100, 121))  # a generated span (21 tokens: 20 get KV)
+A2 = A[:7] + [300] + A[8:]  # a near-duplicate: one token differs
+B = list(range(400, 421))  # an unrelated span
+R = [50, 51, 52, 53, 54, 55]  # what the program sends after a span
+
+
+pytestmark = pytest.mark.usefixtures("sglang_context")
+
+
+def config(**overrides) -> RkscConfig:
+    values = dict(semantic=True, threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
+    return RkscConfig(**{**values, **overrides})
+
+
+def test_semantic_off_is_exactly_radix_cache():
+    ours = SemanticRadixCache.create_simulated(config=RkscConfig(semantic=False))
+    assert _exercise(ours) == _exercise(RadixCache.create_simulated())
+
+
+def test_semantic_off_keeps_requests_untouched():
+    h = PoolHarness(RkscConfig(semantic=False))
+    h.run(X, A)
+    h.run(X, A2)
+    req = h.admit(X + A2 + R)
+    assert list(req.origin_input_ids) == X + A2 + R and req.customized_info is None
+    assert h.cache.stats.semantic_hits == 0 and h.cache.stats.dedupes == 0
+    h.finish(req)
+    h.check()
+
+
+def test_near_duplicate_output_is_freed_into_an_alias():
+    h = PoolHarness(config(probe=False))
+    h.run(X, A)
+    free_before = h.allocator.available_size()
+    h.run(X, A2)
+    # A2 shares A's first 7 tokens: its own span, from the branch point on, went back to the
+    # allocator; the alias remembers where it went.
+    assert h.cache.stats.dedupes == 1 and h.cache.stats.slots_freed == len(A2) - 1 - 7
+    assert h.allocator.available_size() == free_before
+    (alias,) = [a for aliases in h.cache.aliases.values() for a in aliases]
+    assert alias.tokens == tuple(A2[7:-1]) and alias.donor == tuple(A[7:-1]) and alias.similarity >= 0.8
+    h.check()
+
+
+def test_a_branch_reaching_an_alias_forks_from_its_donor():
+    h = PoolHarness(config(probe=False))
+    h.run(X, A)
+    h.run(X, A2)
+    req = h.admit(X + A2[:-1] + R)
+    # The prompt now continues from A's KV: positions and keys are A's.
+    assert list(req.origin_input_ids) == X + A[:-1] + R
+    assert req.prefix_len == len(X) + len(A) - 1
+    (info,) = req.customized_info[META_KEY]
+    assert info["fork"] and info["source"] == "alias" and info["replaced_tokens"] == len(A) - 1 - 7
+    assert info["reused_tokens"] == len(A) - 1 - 7 and info["fork_at"] == len(X) + 7
+    assert h.cache.stats.forks_alias == 1
+    h.finish(req)
+    h.check()
+
+
+def test_unseen_paraphrase_forks_by_the_probe_where_it_rejoins_the_donor_path():
+    h = PoolHarness(config(dedupe=False))
+    h.run(X, A)
+    h.run(X + A[:-1] + R, [60, 61])  # the donor's branch went on with R
+    req = h.admit(X + A2[:-1] + R)
+    assert list(req.origin_input_ids) == X + A[:-1] + R
+    (info,) = req.customized_info[META_KEY]
+    assert info["fork"] and info["source"] == "probe" and info["similarity"] >= 0.8
+    # A and the start of R come from the cache: everything but the last token.
+    assert req.prefix_len == len(X) + len(A) - 1 + len(R) - 1
+    h.finish(req)
+    h.check()
+
+
+def test_unrelated_spans_neither_fork_nor_dedupe():
+    h = PoolHarness(config())
+    h.run(X, A)
+    h.run(X, B)
+    assert h.cache.stats.dedupes == 0
+    req = h.admit(X + B[:-1] + R)
+    assert list(req.origin_input_ids) == X + B[:-1] + R  # its own span, exactly cached
+    assert req.customized_info[META_KEY] == [{"fork": False}]
+    h.finish(req)
+    h.check()
+
+
+@pytest.mark.parametrize("field", ["extra_key", "cache_salt"])
+def test_nothing_crosses_a_namespace(field):
+    h = PoolHarness(config())
+    h.run(X, A)
+    h.run(X, A2)  # deduplicated in the default namespace
+    h.run(X + A[:-1] + R, [60, 61])
+    # Each prompt in a namespace of its own: neither the alias nor the probe may reach across.
+    for i, prompt in enumerate((X + A2[:-1] + R, X + A[:-1] + R)):
+        req = h.admit(prompt, **{field: f"tenant-{i}"})
+        assert list(req.origin_input_ids) == prompt and req.prefix_len == 0
+        assert req.customized_info[META_KEY] == [{"fork": False}]
+        h.finish(req)
+    # A near-duplicate in another namespace is not deduplicated into the default one's spans.
+    dedupes = h.cache.stats.dedupes
+    h.run(X, A2, **{field: "tenant-2"})
+    assert h.cache.stats.dedupes == dedupes
+    h.check()
+
+
+def test_within_one_namespace_the_probe_forks_onto_that_namespace_own_span():
+    h = PoolHarness(config(dedupe=False))
+    h.run(X + A2[:-1] + R, [60, 61], cache_salt="tenant")
+    req = h.admit(X + A[:-1] + R, cache_salt="tenant")
+    assert list(req.origin_input_ids) == X + A2[:-1] + R
+    assert req.customized_info[META_KEY][0]["source"] == "probe"
+    h.finish(req)
+    h.check()
+
+
+def test_per_request_opt_out_and_logprob_requests_keep_their_tokens():
+    h = PoolHarness(config())
+    h.run(X, A)
+    h.run(X, A2)
+    req = h.admit(X + A2[:-1] + R, custom_params={"rksc": {"semantic": False}})
+    assert list(req.origin_input_ids) == X + A2[:-1] + R
+    assert req.customized_info[META_KEY] == [{"fork": False, "skipped": "opted out"}]
+    h.finish(req)
+    h.check()
+
+
+def test_a_locked_node_is_never_deduplicated():
+    h = PoolHarness(config())
+    h.run(X, A)
+    h.run(X, B)
+    holder = h.admit(X + B[:-1] + R)  # locks the B node while it runs
+    node = holder.last_node
+    assert list(node.key.raw_token_ids()) == B[:-1] and node.lock_ref > 0
+    h.cache.config = config(threshold=-1.0)  # anything would be similar enough
+    assert h.cache.dedupe(node) is None
+    h.finish(holder)
+    h.check()
+
+
+def test_eviction_frees_each_slot_once_and_drops_dead_aliases():
+    h = PoolHarness(config(probe=False))
+    h.run(X, A)
+    h.run(X, A2)
+    assert h.cache.aliases
+    evicted = h.cache.evict(EvictParams(num_tokens=10_000)).num_tokens_evicted
+    assert evicted == len(X) + len(A) - 1 and h.cache.total_size() == 0
+    assert not h.cache.aliases  # the parent they hung on is gone
+    h.check()
+    # With the donor gone, the alias cannot serve: the request computes its own span.
+    req = h.admit(X + A2[:-1] + R)
+    assert list(req.origin_input_ids) == X + A2[:-1] + R
+    h.finish(req)
+    h.check()
+
+
+def test_flush_resets_aliases_and_counts():
+    h = PoolHarness(config())
+    h.run(X, A)
+    h.run(X, A2)
+    h.cache.evict(EvictParams(num_tokens=10_000))
+    h.cache.reset()
+    assert h.cache.aliases == {} and h.cache.total_size() == 0
+
+
+def test_probe_embedding_of_a_paraphrase_is_closer_than_an_unrelated_span():
+    h = PoolHarness(config())
+    probe = h.cache.probe
+    a, a2, b = probe.embed(A), probe.embed(A2), probe.embed(B)
+    assert float(a @ a2) > 0.9 > float(a @ b)
+    assert torch.allclose(a.norm(), torch.tensor(1.0))
