@@ -113,3 +113,17 @@ def test_bad_semantic_flags_are_refused_in_one_line():
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "sglang-rksc: error: --rksc-threshold must be a cosine in [-1, 1], got 1.5"
+
+
+def test_layer_pooling_runs_on_the_real_server(default_model_dir: Path, tmp_path: Path):
+    """--rksc-pooling layers: states of several decoder layers, captured by forward hooks."""
+    args = [*ASKS_ARGS, "--rksc-pooling", "layers", "--rksc-pooling-layers", "3"]
+    with LaunchedServer(args, log_path=tmp_path / "layers.log", env=STRICT_MEMORY_ENV) as server:
+        assert "pooling layers [15, 22, 29]" in server.log_text()
+        generate(server, SYSTEM + QUESTION)
+        generate(server, SYSTEM + PARAPHRASE, sampling={"custom_params": {"rksc": {"fork": False}}})
+        stats = cache_state(server)["stats"]
+        assert stats["dedupes"] == 1 and stats["slots_freed"] > 0
+        reply = generate(server, SYSTEM + PARAPHRASE + " The capital", max_new_tokens=4)
+        assert reply["meta_info"]["rksc_semantic"][0]["source"] == "alias"
+        assert not [m for m in LEAK_MARKERS if m in server.log_text()]

@@ -89,6 +89,14 @@ def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run
         "forks_probe": _median(per_run("forks_probe")),
         "slots_freed_by_dedupe": _median(per_run("slots_freed")),
         "kv_tokens_held": _median(per_run("tree_tokens")),
+        # Hidden-state capture for ASKS as a share of decode time (host timing; meaningful on a CPU).
+        "capture_share_of_decode": _median(
+            [
+                r.server["capture_decode_seconds"] / r.server["decode_seconds"]
+                for r in runs
+                if r.server.get("decode_seconds") and "capture_decode_seconds" in r.server
+            ]
+        ),
         "accuracy": statistics.mean(sum(bool(x["correct"]) for x in r.rows) / len(r.rows) for r in runs),
         "agreement_with_radix": statistics.mean(agreements) if agreements else None,
         # Under sampling, how much a mode agrees with itself between repeats: the noise floor.
