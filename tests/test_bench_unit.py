@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sglang_rksc.bench import modes, report, server_stats
-from sglang_rksc.bench.compare import check_slice
+from sglang_rksc.bench.compare import check_slice, server_log_path
 from sglang_rksc.bench.report import Run
 
 
@@ -91,3 +91,8 @@ def test_threshold_variants_of_the_semantic_mode():
         modes.resolve(["radix@0.9"])
     with pytest.raises(ValueError, match="cosines"):
         modes.resolve(["rksc-asks@2"])
+
+
+def test_server_logs_stay_in_the_output_folder(tmp_path):
+    path = server_log_path(tmp_path, "rksc-asks@0.9/0.95", 1)
+    assert path.parent == tmp_path and path.name == "server-rksc-asks@0.9_0.95-1.log"

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--program-args",
         default="",
-        help='the program\'s own flags as one quoted string, e.g. "--branches 3 --depth 3"',
+        help="the program's own flags as one quoted string after an equals sign, "
+        'e.g. --program-args="--branches 3 --diversify"',
     )
     parser.add_argument("--parallel", type=common.positive_int, default=4, help="problems in flight at once")
     parser.add_argument(
@@ -97,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def server_log_path(log_dir: Path, mode_name: str, repeat: int) -> Path:
+    """One log file per run; a mode name like rksc-asks@0.9/0.95 must not make a sub-folder."""
+    return log_dir / f"server-{mode_name.replace('/', '_')}-{repeat}.log"
+
+
 def run_mode(
     mode: modes_mod.Mode,
     program: Any,
@@ -108,7 +114,7 @@ def run_mode(
 ) -> Run:
     """A fresh server for this mode, the program once, and the server's counters during it."""
     server_args = [*mode.server_args, "--enable-metrics", *shlex.split(args.server_args)]
-    log_path = log_dir / f"server-{mode.name}-{repeat}.log"
+    log_path = server_log_path(log_dir, mode.name, repeat)
     with LaunchedServer(server_args, log_path=log_path) as server:
         backend = common.make_backend(server.url, args.chat_template)
         before = server_stats.snapshot(server.url)
