@@ -4,3 +4,12 @@ Importing this package is cheap and does not import SGLang's server.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `from sglang_rksc import verify, Gate` loads the frontend primitives on first use.
+    if name in ("verify", "Gate"):
+        from sglang_rksc import lang
+
+        return getattr(lang, name)
+    raise AttributeError(f"module 'sglang_rksc' has no attribute {name!r}")

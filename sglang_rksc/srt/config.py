@@ -43,6 +43,15 @@ class RkscConfig:
     # layers, per-layer cosines weighted by exp(linspace(0, 1.5, L))).
     pooling: str = "last"
     pooling_layers: int = 4
+    # CGEE: layer exit of verification requests (off: they run every layer, still reporting).
+    cgee: bool = True
+    # Server defaults of the exit rule, which a verify call may override: stop once the entropy
+    # over the choices (nats) is below theta and moved less than eps over the last k layers,
+    # checking from ceil(min_layer_fraction * depth) on.
+    cgee_theta: float = 0.1
+    cgee_eps: float = 0.05
+    cgee_k: int = 2
+    cgee_min_layer_fraction: float = 0.6
 
     def __post_init__(self) -> None:
         for name in ("threshold", "probe_threshold"):
@@ -57,6 +66,24 @@ class RkscConfig:
             raise ConfigError(f"--rksc-pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.pooling_layers < 1:
             raise ConfigError(f"--rksc-pooling-layers must be at least 1, got {self.pooling_layers}")
+        for name in ("cgee_theta", "cgee_eps"):
+            if not 0.0 <= getattr(self, name) <= 100.0:
+                raise ConfigError(f"--rksc-{name.replace('_', '-')} must be in [0, 100], got {getattr(self, name)}")
+        if self.cgee_k < 1:
+            raise ConfigError(f"--rksc-cgee-k must be at least 1, got {self.cgee_k}")
+        if not 0.0 < self.cgee_min_layer_fraction <= 1.0:
+            raise ConfigError(f"--rksc-cgee-min-layer-fraction must be in (0, 1], got {self.cgee_min_layer_fraction}")
+
+    def exit_defaults(self) -> Any:
+        from sglang_rksc.exit.spec import ExitDefaults
+
+        return ExitDefaults(
+            enabled=self.cgee,
+            theta=self.cgee_theta,
+            eps=self.cgee_eps,
+            k=self.cgee_k,
+            min_layer_fraction=self.cgee_min_layer_fraction,
+        )
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -136,6 +163,26 @@ def add_arguments(parser: argparse._ActionsContainer) -> None:
     parser.add_argument("--rksc-pooling", default=d.pooling, help=f"span pooling: {' or '.join(POOLINGS)}")
     parser.add_argument(
         "--rksc-pooling-layers", type=int, default=d.pooling_layers, help="layers pooled with --rksc-pooling layers"
+    )
+    parser.add_argument(
+        "--rksc-cgee",
+        type=_on_off,
+        default=d.cgee,
+        metavar="on|off",
+        help="CGEE layer exit of verify requests (off: they run every layer; any cache backend)",
+    )
+    parser.add_argument(
+        "--rksc-cgee-theta", type=float, default=d.cgee_theta, help="exit when the verdict entropy (nats) is below this"
+    )
+    parser.add_argument(
+        "--rksc-cgee-eps", type=float, default=d.cgee_eps, help="...and moved less than this over the last k layers"
+    )
+    parser.add_argument("--rksc-cgee-k", type=int, default=d.cgee_k, help="layers of entropy history for the exit rule")
+    parser.add_argument(
+        "--rksc-cgee-min-layer-fraction",
+        type=float,
+        default=d.cgee_min_layer_fraction,
+        help="first layer checked, as a fraction of the model's depth",
     )
 
 

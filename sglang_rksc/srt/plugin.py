@@ -26,7 +26,16 @@ _HOOKS = {
         "sglang.srt.managers.scheduler_components.output_streamer."
         "SchedulerOutputStreamer.is_request_level_customized_info_key"
     ),
+    "req_init": "sglang.srt.managers.schedule_batch.Req.__init__",
+    "forward_batch": "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
+    "admission": "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req",
+    "validate": "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request",
 }
+# Causal-LM classes whose forward the layer exit wraps (their subclasses inherit it).
+EXIT_MODELS = (
+    "sglang.srt.models.llama.LlamaForCausalLM.forward",
+    "sglang.srt.models.qwen2.Qwen2ForCausalLM.forward",
+)
 _hooks_registered = False
 
 
@@ -36,6 +45,8 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from sglang_rksc.cache.radix_cache import BACKEND_NAME
+    from sglang_rksc.exit import layer_exit
+    from sglang_rksc.exit.validate import validate_request
     from sglang_rksc.srt.backend import build_tree_cache
     from sglang_rksc.srt.capture import capture_final_hidden_states
     from sglang_rksc.srt.counters import time_batch
@@ -49,6 +60,12 @@ def register() -> None:
         HookRegistry.register(_HOOKS["logits"], capture_final_hidden_states, HookType.AROUND)
         HookRegistry.register(_HOOKS["request_level_info"], _request_level_info, HookType.AROUND)
         HookRegistry.register(_HOOKS["accept_output"], _report_client_prompt_tokens, HookType.AFTER)
+        HookRegistry.register(_HOOKS["req_init"], layer_exit.mark_request, HookType.AFTER)
+        HookRegistry.register(_HOOKS["forward_batch"], layer_exit.attach_rows, HookType.AROUND)
+        HookRegistry.register(_HOOKS["admission"], layer_exit.isolate_verifications, HookType.AROUND)
+        HookRegistry.register(_HOOKS["validate"], validate_request, HookType.AROUND)
+        for target in EXIT_MODELS:
+            HookRegistry.register(target, layer_exit.forward_with_exit, HookType.AROUND)
         _hooks_registered = True
 
 

@@ -1,0 +1,226 @@
+"""`verify`: a verification step of SGLang's frontend language, with CGEE.
+
+    from sglang_rksc import verify
+    s += sgl.gen("answer", max_tokens=64, return_logprob=True, top_logprobs_num=2)
+    s += "Is this correct? Answer yes or no. Answer:"
+    s += verify("ok", candidate="answer", choices=[" yes", " no"])
+
+`verify` is an `SglSelect` whose `choices_method` carries the CGEE parameters, so
+it works wherever a `select` does (`run`, `run_batch`, `fork`, tracing). Through a
+`sgl.RuntimeEndpoint`, importing this module wraps `RuntimeEndpoint.select` (with
+SGLang's hook registry) so that a verification
+1. is skipped, at no server call, when the candidate's generation was confident
+   (`Gate`); the verdict is then the accepting choice (`accept`, default the first);
+2. otherwise is one `/generate` call of one token, marked for the server's layer exit,
+   whose verdict is the most probable choice at the exit layer.
+Against a server without the sglang-rksc plugin, and on any other backend, it is an
+ordinary full `select` and its meta info says so. The value is the verdict; the meta
+info (`state.get_meta_info(name)`) holds `skipped`, `confidence`, `score` (the
+probability of the accepting choice), `exit_layer`, `layers_run`, `num_layers`.
+With `audit=True` nothing is skipped or cut short in effect: the server runs every
+layer and reports the full-depth verdict (`full_verdict`) beside the CGEE one.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod, token_length_normalized
+from sglang.lang.ir import SglSelect
+
+from sglang_rksc.lang.gate import Confidence, Gate, confidence_of
+
+SELECT_TARGET = "sglang.lang.backend.runtime_endpoint.RuntimeEndpoint.select"
+
+
+@dataclass(frozen=True)
+class VerifyMethod(ChoicesSamplingMethod):
+    """The parameters of one `verify`; as a choices method it is SGLang's own select."""
+
+    candidate: str | None
+    gate: Gate | None
+    early_exit: bool
+    accept: int
+    audit: bool
+    exit_params: dict[str, Any] = field(default_factory=dict)  # theta, eps, k, min_layer overrides
+
+    def __call__(self, **kwargs: Any) -> ChoicesDecision:
+        decision = token_length_normalized(**kwargs)
+        meta = dict(decision.meta_info or {})
+        meta.update(_plain_meta(kwargs["choices"], meta, self.accept, note="backend without CGEE: full select"))
+        return ChoicesDecision(decision.decision, meta)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def verify(
+    name: str | None = None,
+    choices: list[str] | None = None,
+    *,
+    candidate: str | None = None,
+    gate: Gate | bool | None = True,
+    early_exit: bool = True,
+    accept: int = 0,
+    audit: bool = False,
+    theta: float | None = None,
+    eps: float | None = None,
+    k: int | None = None,
+    min_layer: int | None = None,
+) -> SglSelect:
+    """A verification of the variable `candidate` (see the module docs).
+
+    `gate=True` uses RKSC's thresholds (`Gate()`), a `Gate` sets them, False/None never skips.
+    `theta`, `eps`, `k`, `min_layer` override the server's exit defaults for this call.
+    """
+    choices = list(choices if choices is not None else [" yes", " no"])
+    if len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise ValueError(f"verify needs at least two non-empty choices, got {choices!r}")
+    if not isinstance(accept, int) or not 0 <= accept < len(choices):
+        raise ValueError(f"verify: accept must index a choice (0..{len(choices) - 1}), got {accept!r}")
+    if gate is True:
+        gate = Gate()
+    elif gate is False:
+        gate = None
+    elif gate is not None and not isinstance(gate, Gate):
+        raise ValueError(f"verify: gate must be a Gate, True or False, got {gate!r}")
+    if gate is not None and candidate is None:
+        raise ValueError("verify: a gate needs the candidate's variable name (candidate=...)")
+    overrides = {"theta": theta, "eps": eps, "k": k, "min_layer": min_layer}
+    method = VerifyMethod(
+        candidate=candidate,
+        gate=gate,
+        early_exit=early_exit,
+        accept=accept,
+        audit=audit,
+        exit_params={key: v for key, v in overrides.items() if v is not None},
+    )
+    return SglSelect(name, choices, 0.0, method)
+
+
+def _plain_meta(choices: list[str], select_meta: dict[str, Any], accept: int, note: str) -> dict[str, Any]:
+    logprobs = select_meta.get("normalized_prompt_logprobs") or []
+    score = None
+    if len(logprobs) == len(choices):
+        top = max(logprobs)
+        weights = [math.exp(lp - top) for lp in logprobs]
+        score = weights[accept] / sum(weights)
+    return {
+        "cgee": False,
+        "skipped": False,
+        "confidence": None,
+        "score": score,
+        "exit_layer": None,
+        "layers_run": None,
+        "num_layers": None,
+        "note": note,
+    }
+
+
+def _candidate_confidence(s: Any, method: VerifyMethod) -> Confidence | None:
+    if method.candidate is None:
+        return None
+    meta = s.get_meta_info(method.candidate) or {}
+    return confidence_of(meta.get("output_top_logprobs"))
+
+
+class _PluginProbe:
+    """Whether an endpoint's server has the sglang-rksc plugin (asked once per URL)."""
+
+    _known: dict[str, bool] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def has_plugin(cls, endpoint: Any) -> bool:
+        with cls._lock:
+            if endpoint.base_url not in cls._known:
+                from sglang.utils import http_request
+
+                try:
+                    res = http_request(endpoint.base_url + "/server_info", api_key=endpoint.api_key)
+                    states = res.json().get("internal_states") or [{}]
+                    cls._known[endpoint.base_url] = "rksc" in (states[0] or {})
+                except Exception:
+                    cls._known[endpoint.base_url] = False
+            return cls._known[endpoint.base_url]
+
+
+def _verify_on_server(endpoint: Any, s: Any, choices: list[str], method: VerifyMethod) -> dict[str, Any]:
+    params: dict[str, Any] = {"choices": choices, "early_exit": method.early_exit, **method.exit_params}
+    if method.audit:
+        params["record"] = True
+    data = {
+        "text": s.text_,
+        "sampling_params": {
+            "max_new_tokens": 1,
+            "temperature": 0,
+            "custom_params": {"rksc": {"cgee": params}},
+        },
+    }
+    obj = endpoint._generate_http_request(s, data)
+    info = (obj["meta_info"].get("rksc_cgee") or [None])[0]
+    if info is None:
+        raise RuntimeError("the server did not report a CGEE verdict (is it running sglang-rksc's plugin?)")
+    return info
+
+
+def select_with_verify(
+    original: Any, endpoint: Any, s: Any, choices: list[str], temperature: float, choices_method: Any
+) -> ChoicesDecision:
+    """AROUND hook on `RuntimeEndpoint.select`: CGEE for `verify`, SGLang's select for the rest."""
+    if not isinstance(choices_method, VerifyMethod):
+        return original(endpoint, s, choices, temperature, choices_method)
+    method = choices_method
+    confidence = _candidate_confidence(s, method)
+    skip = method.gate is not None and confidence is not None and method.gate.skips(confidence)
+    conf = None if confidence is None else {"top": confidence.top, "margin": confidence.margin}
+    if skip and not method.audit:
+        # The gate decides: no server call at all.
+        meta = {"cgee": True, "skipped": True, "confidence": conf, "score": confidence.top, "note": None}
+        meta.update(exit_layer=None, layers_run=0, num_layers=None)
+        return ChoicesDecision(choices[method.accept], meta)
+    if not _PluginProbe.has_plugin(endpoint):
+        decision = original(endpoint, s, choices, temperature, token_length_normalized)
+        meta = dict(decision.meta_info or {})
+        meta.update(_plain_meta(choices, meta, method.accept, note="server without the sglang-rksc plugin"))
+        meta["confidence"] = conf
+        return ChoicesDecision(decision.decision, meta)
+    meta: dict[str, Any] = {"cgee": True, "skipped": skip, "confidence": conf, "note": None}
+    info = _verify_on_server(endpoint, s, choices, method)
+    verdict = info["verdict_index"]
+    meta.update(
+        score=info["probs"][method.accept],
+        probs=info["probs"],
+        exit_layer=info.get("exit_layer"),
+        layers_run=info["layers_run"],
+        num_layers=info["num_layers"],
+        server_verdict=choices[verdict],
+    )
+    if method.audit:
+        full = info.get("full_verdict_index")
+        meta["full_verdict"] = None if full is None else choices[full]
+        meta["profile"] = info.get("profile")
+    if skip:  # audited skip: the gate's verdict stands, the server's is on record
+        return ChoicesDecision(choices[method.accept], {**meta, "score": confidence.top})
+    return ChoicesDecision(choices[verdict], meta)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Wrap `RuntimeEndpoint.select` in this process (idempotent; done on import)."""
+    global _installed
+    if _installed:
+        return
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(SELECT_TARGET, select_with_verify, HookType.AROUND)
+    HookRegistry.apply_hooks()
+    _installed = True
+
+
+install()
