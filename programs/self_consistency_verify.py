@@ -11,14 +11,13 @@ beside it as the baseline.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sglang as sgl
 
-from sglang_rksc.programs import common, gsm8k
+from sglang_rksc.programs import common, gsm8k, verification
 
 NAME = "self_consistency_verify"
 DESCRIPTION = "Self-consistency on GSM8K: N sampled solutions (fork), a yes/no verification each, weighted vote."
@@ -29,31 +28,39 @@ VERDICTS = ["yes", "no"]
 
 
 def yes_probability(meta: Mapping[str, Any] | None) -> float:
-    """P(yes) among the verdicts, from the length-normalised logprobs that `select` reports."""
-    logprobs = (meta or {}).get("normalized_prompt_logprobs")
-    if not logprobs or len(logprobs) != len(VERDICTS):
-        raise ValueError(f"select meta info without one logprob per verdict: {meta!r}")
-    top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
-    return weights[0] / sum(weights)
+    """P(yes) among the verdicts: `verify`'s score, or from the logprobs that `select` reports."""
+    if meta and meta.get("skipped"):
+        return float(meta["score"])
+    probs = verification.probabilities(meta, VERDICTS)
+    if probs is None:
+        raise ValueError(f"verification meta info without one probability per verdict: {meta!r}")
+    return probs[0]
 
 
 @sgl.function
 def self_consistency_verify(
-    s, question: str, samples: int, max_tokens: int, temperature: float, diversify: bool = False
+    s,
+    question: str,
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    diversify: bool = False,
+    verifier: str = "select",
 ):
     s += sgl.user(SOLVE_PROMPT.format(question=question))
     forks = common.fork(s, samples)
+    extra = verification.candidate_args(verifier)
     common.assistant_turns(
-        forks, lambda: sgl.gen("solution", max_tokens=max_tokens, temperature=temperature), diversify
+        forks, lambda: sgl.gen("solution", max_tokens=max_tokens, temperature=temperature, **extra), diversify
     )
     forks += sgl.user(VERIFY_PROMPT)
-    forks += sgl.assistant(sgl.select("verdict", choices=VERDICTS))
+    forks += sgl.assistant(verification.step("verdict", VERDICTS, verifier, candidate="solution"))
     return [
         {
             "solution": f["solution"],
             "verdict": f["verdict"],
             "p_yes": yes_probability(f.get_meta_info("verdict")),
+            "verification": verification.record(f["verdict"], f.get_meta_info("verdict")),
             "meta": f.get_meta_info("solution"),
         }
         for f in forks
@@ -80,6 +87,7 @@ def score_problem(problem: gsm8k.Problem, samples: list[dict[str, Any]]) -> dict
         "verdicts_right": [
             (x["verdict"] == "yes") == (a == problem.answer) for x, a in zip(samples, answers, strict=True)
         ],
+        "verifications": [x["verification"] for x in samples],
         "tokens": common.count_calls(x["meta"] for x in samples).as_dict(),
         "solutions": [x["solution"] for x in samples],
     }
@@ -99,6 +107,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
         default=0.7,
         help="sampling temperature of the solutions; 0 is greedy (all samples then agree)",
     )
+    verification.add_argument(group)
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
@@ -120,6 +129,7 @@ def run(
             max_tokens=options.max_tokens,
             temperature=options.temperature,
             diversify=options.diversify,
+            verifier=options.verifier,
         )
         for p in problems
     ]
@@ -146,6 +156,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "verifications": len(verdicts),
         "verdict_yes_rate": verdicts.count("yes") / len(verdicts) if verdicts else 0.0,
         "verdict_accuracy": sum(right) / len(right) if right else 0.0,
+        **verification.summarize(v for r in rows for v in r["verifications"]),
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import sglang as sgl
 
-from sglang_rksc.programs import common, gsm8k
+from sglang_rksc.programs import common, gsm8k, verification
 
 NAME = "tree_of_thought"
 DESCRIPTION = "Tree-of-thought on GSM8K with fork: plan, branch, execute, reflect, score-weighted vote."
@@ -41,7 +41,14 @@ def _fan_out(depth: int, level: int, branches: int) -> int:
 
 @sgl.function
 def tree_of_thought(
-    s, question: str, branches: int, depth: int, max_tokens: int, temperature: float, diversify: bool = False
+    s,
+    question: str,
+    branches: int,
+    depth: int,
+    max_tokens: int,
+    temperature: float,
+    diversify: bool = False,
+    verifier: str = "select",
 ):
     """Plan (level 1) -> execute (level 2) -> reflect and score (level 3); returns the leaves."""
     s += sgl.user(PLAN_PROMPT.format(question=question))
@@ -61,9 +68,16 @@ def tree_of_thought(
     for plan, solution in solutions:
         solution += sgl.user(REFLECT_PROMPT)
         forks = common.fork(solution, _fan_out(depth, 3, branches))
-        forks += sgl.assistant(sgl.gen("reflection", max_tokens=max(1, max_tokens // 2), temperature=temperature))
+        reflect = sgl.gen(
+            "reflection",
+            max_tokens=max(1, max_tokens // 2),
+            temperature=temperature,
+            **verification.candidate_args(verifier),
+        )
+        forks += sgl.assistant(reflect)
         forks += sgl.user(SCORE_PROMPT)
-        forks += sgl.assistant(sgl.select("score", choices=SCORES))
+        # The score is the verification; a gated skip accepts the branch with the top score.
+        forks += sgl.assistant(verification.step("score", SCORES, verifier, candidate="reflection", accept=4))
         leaves.extend((plan, solution, f) for f in forks)
 
     return [
@@ -72,6 +86,7 @@ def tree_of_thought(
             "solution": solution["solution"],
             "reflection": reflection["reflection"],
             "score": int(reflection["score"]),
+            "verification": verification.record(reflection["score"], reflection.get_meta_info("score")),
             "meta": [
                 plan.get_meta_info("plan"),
                 solution.get_meta_info("solution"),
@@ -97,6 +112,7 @@ def score_problem(problem: gsm8k.Problem, leaves: list[dict[str, Any]]) -> dict[
         "majority_correct": majority == problem.answer,
         "branch_answers": answers,
         "branch_scores": [leaf["score"] for leaf in leaves],
+        "verifications": [leaf["verification"] for leaf in leaves],
         "tokens": common.count_calls(m for leaf in leaves for m in leaf["meta"]).as_dict(),
         "branches": [{k: leaf[k] for k in ("plan", "solution", "reflection", "score")} for leaf in leaves],
     }
@@ -127,6 +143,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
         default=0.7,
         help="sampling temperature; 0 is greedy (all branches then agree)",
     )
+    verification.add_argument(group)
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
@@ -150,6 +167,7 @@ def run(
             max_tokens=options.max_tokens,
             temperature=options.temperature,
             diversify=options.diversify,
+            verifier=options.verifier,
         )
         for p in problems
     ]
@@ -167,7 +185,10 @@ def describe_row(row: Mapping[str, Any]) -> str:
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     n = len(rows) or 1
-    return {"majority_vote_accuracy": sum(r["majority_correct"] for r in rows) / n}
+    return {
+        "majority_vote_accuracy": sum(r["majority_correct"] for r in rows) / n,
+        **verification.summarize(v for r in rows for v in r["verifications"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@ from sglang_rksc.bench.report import Run
 
 def test_modes_resolve_in_order_and_refuse_unknown_names():
     assert [m.name for m in modes.resolve(["radix", "no-cache"])] == ["radix", "no-cache"]
-    assert not modes.MODES["rksc-cgee"].available and "issue 5" in modes.MODES["rksc-cgee"].pending
+    assert not modes.MODES["rksc-evict"].available and "issue 6" in modes.MODES["rksc-evict"].pending
+    assert modes.MODES["rksc-cgee"].program_args == ("--verifier", "cgee")
     assert modes.MODES["rksc-asks"].available
     with pytest.raises(ValueError, match="unknown mode"):
         modes.resolve(["radix", "turbo"])
@@ -63,7 +64,7 @@ def test_summaries_ratios_and_agreement():
         report.summarize_mode(modes.MODES[name], runs, radix)
         for name, runs in (("no-cache", slow), ("radix", radix), ("rksc", fast))
     ]
-    summaries.append(report.summarize_mode(modes.MODES["rksc-cgee"], [], radix))
+    summaries.append(report.summarize_mode(modes.MODES["rksc-evict"], [], radix))
     report.add_speedups(summaries)
     nocache, rad, rksc, cgee = (s.figures for s in summaries)
     assert rad["speedup_vs_radix"] == 1.0 and rksc["speedup_vs_radix"] == pytest.approx(11.0 / 5.5)
@@ -73,7 +74,7 @@ def test_summaries_ratios_and_agreement():
     assert rksc["prompt_tokens_computed"] == 100.0 and rksc["mean_decode_batch"] == 4.0
     assert rksc["semantic_hits"] is None and cgee == {}
     table = report.markdown_table(summaries)
-    assert "| rksc-cgee | not implemented yet (CGEE, issue 5) |" in table
+    assert "| rksc-evict | not implemented yet (RSBCM, issue 6) |" in table
     assert "2.00x" in table
 
 
@@ -96,3 +97,37 @@ def test_threshold_variants_of_the_semantic_mode():
 def test_server_logs_stay_in_the_output_folder(tmp_path):
     path = server_log_path(tmp_path, "rksc-asks@0.9/0.95", 1)
     assert path.parent == tmp_path and path.name == "server-rksc-asks@0.9_0.95-1.log"
+
+
+def _verification(verdict: str, skipped: bool, layers: int | None, full: str | None) -> dict:
+    return {
+        "verdict": verdict,
+        "skipped": skipped,
+        "layers_run": layers,
+        "num_layers": 30,
+        "exit_layer": layers,
+        "full_verdict": full,
+        "confidence": None,
+        "server_seconds": 0.5 if layers else None,
+    }
+
+
+def test_verification_figures_come_from_the_call_records():
+    rows = [
+        {
+            "index": 0,
+            "prediction": "1",
+            "correct": True,
+            "verifications": [_verification("yes", True, 0, "no"), _verification("no", False, 20, "no")],
+        },
+        {"index": 1, "prediction": "2", "correct": False, "verifications": [_verification("no", False, 24, "no")]},
+    ]
+    run = Run("rksc-cgee-audit", 0, 10.0, rows, {})
+    figures = report.summarize_mode(modes.MODES["rksc-cgee-audit"], [run], []).figures
+    assert figures["verify_calls"] == 3 and figures["verify_skipped"] == 1
+    assert figures["verify_mean_layers_run"] == 22.0 and figures["verify_server_seconds"] == 1.0
+    assert figures["verify_audited"] == 3 and figures["verify_disagreements"] == 1
+    summary = report.ModeSummary(
+        "rksc-cgee-audit", "", figures={**figures, "speedup_vs_radix": None, "speedup_vs_no_cache": None}
+    )
+    assert "1 of 3 (33.3%)" in report.markdown_table([summary])

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from kernels.verdict import choice_distribution, entropy, verdict_step
 from sglang_rksc.exit.criterion import RowExit, first_checked_layer, update_rows
 from sglang_rksc.exit.spec import ExitDefaults, ExitSpec, parse, resolve_choices
+from sglang_rksc.kernels.verdict import choice_distribution, entropy, verdict_step
 from sglang_rksc.lang import Gate, confidence_of, verify
 from sglang_rksc.srt.config import ConfigError, split_args
 
@@ -151,3 +151,25 @@ def test_choices_sharing_a_start_are_told_apart_after_it():
     assert resolve_choices({"choices": [" yes", " no"]}, words.get, VOCAB) == ([7, 8], [])
     with pytest.raises(ValueError, match="prefixes of one another"):
         resolve_choices({"choices": [" yes", " yes please"]}, words.get, VOCAB)
+
+
+def test_offline_calibration_replays_the_servers_rule(tmp_path):
+    import json
+
+    from sglang_rksc.bench import cgee_calibrate
+
+    settled_no = [[0.5, 0.5]] * 3 + [[0.01, 0.99]] * 27  # settles on "no" at layer 4
+    flips = [[0.001, 0.999]] * 20 + [[0.999, 0.001]] * 10  # confident "no" early, "yes" at full depth
+    calls = [
+        {"verdict": "no", "full_verdict": "no", "profile": settled_no, "confidence": {"top": 0.9, "margin": 0.8}},
+        {"verdict": "no", "full_verdict": "yes", "profile": flips, "confidence": {"top": 0.5, "margin": 0.1}},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"verifications": calls}) + "\n")
+    loaded = cgee_calibrate.load_calls([path])
+    assert cgee_calibrate.replay_exit([settled_no, flips], min_layer=2, theta=0.1, eps=0.05, k=2) == [(6, 1), (4, 1)]
+    (early, late) = cgee_calibrate.sweep_exit(loaded, {"min_layer": [2, 21], "theta": [0.1], "eps": [0.05], "k": [2]})
+    assert (early.disagreements, early.mean_layers) == (1, 5.0)
+    assert (late.disagreements, late.mean_layers) == (0, (23 + 23) / 2)
+    assert cgee_calibrate.gate_outcomes(loaded, Gate(), "yes") == (2, 1, 1)
+    assert cgee_calibrate.main([str(path), "--min-layer", "2,21", "--theta", "0.1", "--eps", "0.05", "--k", "2"]) == 0

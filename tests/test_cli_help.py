@@ -8,8 +8,15 @@ import sys
 import pytest
 
 COMMANDS = {
-    "sglang_rksc.programs.tree_of_thought": ["--branches", "--depth", "--temperature", "--url", "--output"],
-    "sglang_rksc.programs.self_consistency_verify": ["--samples", "--temperature", "--url", "--output"],
+    "sglang_rksc.programs.tree_of_thought": [
+        "--branches",
+        "--depth",
+        "--temperature",
+        "--verifier",
+        "--url",
+        "--output",
+    ],
+    "sglang_rksc.programs.self_consistency_verify": ["--samples", "--temperature", "--verifier", "--url", "--output"],
     "sglang_rksc.programs.game_of_24": ["--breadth", "--proposals", "--url", "--output"],
     "sglang_rksc.bench.compare": [
         "--program",
@@ -20,6 +27,7 @@ COMMANDS = {
         "not implemented yet",
     ],
     "sglang_rksc.bench.decode_throughput": ["--max-new-tokens", "--repeats", "--url"],
+    "sglang_rksc.bench.cgee_calibrate": ["--min-layer", "--theta", "--eps", "--k", "--accept"],
 }
 
 
@@ -47,6 +55,9 @@ def test_help_names_every_flag(module):
         ("sglang_rksc.bench.compare", ["--modes", "radix,turbo"], "unknown mode(s) turbo"),
         ("sglang_rksc.bench.compare", ["--start", "290"], "mix the calibration slice"),
         ("sglang_rksc.bench.compare", ["--program-args", "--branches x"], "invalid positive_int value"),
+        ("sglang_rksc.bench.compare", ["--program", "game_of_24", "--modes", "rksc-cgee"], "needs program flags"),
+        ("sglang_rksc.programs.self_consistency_verify", ["--verifier", "fast"], "invalid choice: 'fast'"),
+        ("sglang_rksc.bench.cgee_calibrate", ["/nonexistent.jsonl"], "no such file"),
     ],
 )
 def test_bad_flags_fail_clearly(module, args, message):

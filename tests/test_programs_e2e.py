@@ -41,6 +41,32 @@ def test_self_consistency_verify(backend):
         assert row["tokens"]["requests"] == 3 and row["tokens"]["cached_tokens"] > 0
 
 
+def test_self_consistency_with_audited_cgee(backend):
+    options = common.program_options(
+        self_consistency_verify, ["--samples", "2", "--max-tokens", "24", "--verifier", "audit"]
+    )
+    (row,) = self_consistency_verify.run(backend, gsm8k.load_problems(3, 1), options, parallel=1, progress_bar=False)
+    assert len(row["verifications"]) == 2
+    for record, verdict in zip(row["verifications"], row["verdicts"], strict=True):
+        # Audited: every call reaches the server and runs every layer, the full-depth verdict beside.
+        assert record["verdict"] == verdict and record["full_verdict"] in ("yes", "no")
+        assert record["layers_run"] == record["num_layers"] == 30 and record["confidence"] is not None
+        assert record["skipped"] or record["exit_layer"] is None or record["exit_layer"] <= 30
+    summary = self_consistency_verify.summarize([row])
+    assert summary["verify_calls"] == summary["verify_audited"] == 2
+
+
+def test_tree_of_thought_scores_with_cgee(backend):
+    options = common.program_options(
+        tree_of_thought, ["--depth", "1", "--max-tokens", "16", "--temperature", "0", "--verifier", "cgee"]
+    )
+    (row,) = tree_of_thought.run(backend, gsm8k.load_problems(4, 1), options, parallel=1, progress_bar=False)
+    assert len(row["verifications"]) == 2 and all(1 <= s <= 5 for s in row["branch_scores"])
+    for record in row["verifications"]:
+        assert record["skipped"] == (record["layers_run"] == 0)
+        assert record["skipped"] or 1 <= record["layers_run"] <= record["num_layers"]
+
+
 def test_game_of_24_steps_are_exact(backend):
     options = common.program_options(game_of_24, ["--breadth", "2", "--max-tokens", "48"])
     puzzles = game24.load_puzzles(0, 2)

@@ -6,13 +6,17 @@ import math
 
 import pytest
 
-from sglang_rksc.programs import common, game_of_24, gsm8k, self_consistency_verify, tree_of_thought
+from sglang_rksc.programs import common, game_of_24, gsm8k, self_consistency_verify, tree_of_thought, verification
 
 PROBLEM = gsm8k.Problem(7, "How many?", "18")
 
 
 def _meta(rid: str, prompt: int, cached: int, completion: int) -> dict:
     return {"id": rid, "prompt_tokens": prompt, "cached_tokens": cached, "completion_tokens": completion}
+
+
+def _verification(verdict: str, skipped: bool) -> dict:
+    return verification.record(verdict, {"skipped": skipped, "layers_run": 0 if skipped else 30, "num_layers": 30})
 
 
 def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
@@ -23,6 +27,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
             "solution": "The answer is 18.",
             "reflection": "",
             "score": 5,
+            "verification": _verification("5", skipped=False),
             "meta": [plan, _meta("s1", 60, 50, 12), _meta("r1", 80, 70, 6)],
         },
         {
@@ -30,6 +35,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
             "solution": "The answer is 20.",
             "reflection": "",
             "score": 1,
+            "verification": _verification("1", skipped=False),
             "meta": [plan, _meta("s2", 60, 50, 12), _meta("r2", 80, 70, 6)],
         },
         {
@@ -37,6 +43,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
             "solution": "The answer is 20.",
             "reflection": "",
             "score": 1,
+            "verification": _verification("1", skipped=False),
             "meta": [plan, _meta("s3", 60, 50, 12), _meta("r3", 80, 70, 6)],
         },
     ]
@@ -67,9 +74,27 @@ def test_yes_probability_from_select_logprobs():
 
 def test_self_consistency_weights_by_the_verifier():
     samples = [
-        {"solution": "The answer is 18.", "verdict": "yes", "p_yes": 0.9, "meta": _meta("a", 50, 40, 20)},
-        {"solution": "The answer is 3.", "verdict": "no", "p_yes": 0.3, "meta": _meta("b", 50, 40, 20)},
-        {"solution": "The answer is 3.", "verdict": "no", "p_yes": 0.3, "meta": _meta("c", 50, 40, 20)},
+        {
+            "solution": "The answer is 18.",
+            "verdict": "yes",
+            "p_yes": 0.9,
+            "meta": _meta("a", 50, 40, 20),
+            "verification": _verification("yes", skipped=True),
+        },
+        {
+            "solution": "The answer is 3.",
+            "verdict": "no",
+            "p_yes": 0.3,
+            "meta": _meta("b", 50, 40, 20),
+            "verification": _verification("no", skipped=False),
+        },
+        {
+            "solution": "The answer is 3.",
+            "verdict": "no",
+            "p_yes": 0.3,
+            "meta": _meta("c", 50, 40, 20),
+            "verification": _verification("no", skipped=False),
+        },
     ]
     row = self_consistency_verify.score_problem(PROBLEM, samples)
     assert row["prediction"] == "18" and row["majority_prediction"] == "3"
@@ -80,6 +105,13 @@ def test_self_consistency_weights_by_the_verifier():
         "verifications": 3,
         "verdict_yes_rate": pytest.approx(1 / 3),
         "verdict_accuracy": 1.0,
+        "verify_calls": 3,
+        "verify_skipped": 1,
+        "verify_mean_layers_run": 30,
+        "verify_num_layers": 30,
+        "verify_audited": 0,
+        "verify_disagreements": None,
+        "verify_server_seconds": None,
     }
 
 

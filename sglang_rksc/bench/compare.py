@@ -103,6 +103,16 @@ def server_log_path(log_dir: Path, mode_name: str, repeat: int) -> Path:
     return log_dir / f"server-{mode_name.replace('/', '_')}-{repeat}.log"
 
 
+def mode_program_options(program: Any, args: argparse.Namespace, mode: modes_mod.Mode) -> argparse.Namespace:
+    """The program's options under a mode: the common ones, then the mode's own flags."""
+    try:
+        options = common.program_options(program, [*shlex.split(args.program_args), *mode.program_args])
+    except ValueError as exc:
+        raise ValueError(f"mode {mode.name} needs program flags {' '.join(mode.program_args)}: {exc}") from None
+    options.temperature = args.temperature
+    return options
+
+
 def run_mode(
     mode: modes_mod.Mode,
     program: Any,
@@ -135,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         slice_name = check_slice(args.program, args.start, args.num_problems)
         program = PROGRAMS[args.program]
         options = common.program_options(program, shlex.split(args.program_args))
+        mode_options = {m.name: mode_program_options(program, args, m) for m in modes if m.available}
         problems = program.load_problems(args.start, args.num_problems)
     except ValueError as exc:
         parser.error(str(exc))
@@ -157,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             try:
-                run = run_mode(mode, program, problems, options, args, repeat, out_dir)
+                run = run_mode(mode, program, problems, mode_options[mode.name], args, repeat, out_dir)
             except ServerStartError as exc:
                 print(f"error: mode {mode.name}: {exc}", file=sys.stderr)
                 return 1

@@ -15,6 +15,7 @@ class Mode:
     description: str
     server_args: tuple[str, ...] = ()
     pending: str | None = None  # why it cannot run yet
+    program_args: tuple[str, ...] = ()  # program flags of this mode (the verification step)
 
     @property
     def available(self) -> bool:
@@ -45,9 +46,22 @@ MODES: dict[str, Mode] = {
             ("--radix-cache-backend", "rksc", "--rksc-semantic", "on"),
         ),
         Mode(
+            "rksc-verify",
+            "verify at full depth, no gate: CGEE's own call path without CGEE (its latency baseline)",
+            ("--radix-cache-backend", "rksc"),
+            program_args=("--verifier", "full"),
+        ),
+        Mode(
             "rksc-cgee",
             "confidence-gated verification with layer exit (CGEE)",
-            pending="not implemented yet (CGEE, issue 5)",
+            ("--radix-cache-backend", "rksc"),
+            program_args=("--verifier", "cgee"),
+        ),
+        Mode(
+            "rksc-cgee-audit",
+            "CGEE verdicts, each also computed at full depth: disagreement call by call",
+            ("--radix-cache-backend", "rksc"),
+            program_args=("--verifier", "audit"),
         ),
         Mode("rksc-evict", "reasoning-structure eviction (RSBCM)", pending="not implemented yet (RSBCM, issue 6)"),
         Mode(
@@ -60,7 +74,7 @@ MODES: dict[str, Mode] = {
             "merging of near-duplicate branches",
             pending="not implemented yet (decode-side sharing, issue 8)",
         ),
-        Mode("rksc-full", "every RKSC feature together", pending="not implemented yet (issues 5, 6, 8)"),
+        Mode("rksc-full", "every RKSC feature together", pending="not implemented yet (issues 6, 8)"),
     )
 }
 REFERENCE = "radix"
@@ -79,7 +93,9 @@ def _with_thresholds(mode: Mode, spec: str) -> Mode:
     args = [*mode.server_args, "--rksc-threshold", parts[0]]
     if len(values) == 2:
         args += ["--rksc-probe-threshold", parts[1]]
-    return Mode(f"{mode.name}@{spec}", f"{mode.description}, thresholds {spec}", tuple(args), mode.pending)
+    return Mode(
+        f"{mode.name}@{spec}", f"{mode.description}, thresholds {spec}", tuple(args), mode.pending, mode.program_args
+    )
 
 
 def resolve(names: list[str]) -> list[Mode]:

@@ -12,7 +12,7 @@ from typing import Any
 from sglang_rksc.bench.modes import REFERENCE, Mode
 
 # Figures later features report through the server's counters; "n/a" until a mode has them.
-FEATURE_COUNTERS = ("semantic_hits", "verifications_skipped", "mean_exit_layer")
+FEATURE_COUNTERS = ("semantic_hits",)
 
 
 @dataclass
@@ -52,6 +52,23 @@ def agreement(rows: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]
 def _self_agreement(runs: Sequence[Run]) -> float | None:
     pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]]
     return statistics.mean(agreement(a.rows, b.rows) for a, b in pairs) if pairs else None
+
+
+def verification_figures(runs: Sequence[Run]) -> dict[str, Any]:
+    """From the programs' per-call verification records (rows' `verifications`), medians over runs."""
+    from sglang_rksc.programs.verification import summarize
+
+    per_run = [summarize(v for row in r.rows for v in row.get("verifications", [])) for r in runs]
+    keys = (
+        "verify_calls",
+        "verify_skipped",
+        "verify_mean_layers_run",
+        "verify_num_layers",
+        "verify_audited",
+        "verify_disagreements",
+        "verify_server_seconds",
+    )
+    return {k: _median([f[k] for f in per_run if f.get(k) is not None]) for k in keys}
 
 
 def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run]) -> ModeSummary:
@@ -97,6 +114,7 @@ def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run
                 if r.server.get("decode_seconds") and "capture_decode_seconds" in r.server
             ]
         ),
+        **verification_figures(runs),
         "accuracy": statistics.mean(sum(bool(x["correct"]) for x in r.rows) / len(r.rows) for r in runs),
         "agreement_with_radix": statistics.mean(agreements) if agreements else None,
         # Under sampling, how much a mode agrees with itself between repeats: the noise floor.
@@ -130,6 +148,25 @@ def _semantic(f: dict[str, Any]) -> str:
     return f"{_fmt(f['semantic_hits'], 0)} ({_fmt(f['forks_alias'], 0)}/{_fmt(f['forks_probe'], 0)})"
 
 
+def _verify_calls(f: dict[str, Any]) -> str:
+    if not f.get("verify_calls"):
+        return "n/a"
+    return f"{_fmt(f['verify_calls'], 0)} ({_fmt(f['verify_skipped'], 0)})"
+
+
+def _layers(f: dict[str, Any]) -> str:
+    if f.get("verify_mean_layers_run") is None:
+        return "n/a"
+    return f"{_fmt(f['verify_mean_layers_run'])} / {_fmt(f['verify_num_layers'], 0)}"
+
+
+def _disagreement(f: dict[str, Any]) -> str:
+    if not f.get("verify_audited"):
+        return "n/a"
+    share = f["verify_disagreements"] / f["verify_audited"]
+    return f"{_fmt(f['verify_disagreements'], 0)} of {_fmt(f['verify_audited'], 0)} ({share:.1%})"
+
+
 COLUMNS = [
     ("mode", lambda s, f: s.mode),
     (
@@ -148,8 +185,10 @@ COLUMNS = [
     ("decode steps (mean batch)", lambda s, f: f"{_fmt(f['decode_steps'], 0)} ({_fmt(f['mean_decode_batch'])})"),
     ("semantic hits (alias/probe)", lambda s, f: _semantic(f)),
     ("KV held at end, tokens", lambda s, f: _fmt(f["kv_tokens_held"], 0)),
-    ("verifs skipped", lambda s, f: _fmt(f["verifications_skipped"], 0)),
-    ("mean exit layer", lambda s, f: _fmt(f["mean_exit_layer"])),
+    ("verify calls (skipped)", lambda s, f: _verify_calls(f)),
+    ("layers run per verify", lambda s, f: _layers(f)),
+    ("verify forward s", lambda s, f: _fmt(f["verify_server_seconds"], 2)),
+    ("CGEE vs full-depth disagreements", lambda s, f: _disagreement(f)),
     ("accuracy", lambda s, f: _fmt(f["accuracy"], 2)),
     ("agreement w/ radix", lambda s, f: _fmt(f["agreement_with_radix"], 2)),
     ("self-agreement", lambda s, f: _fmt(f["self_agreement"], 2)),

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from kernels.verdict import verdict_step
 from sglang_rksc.exit.criterion import RowExit, first_checked_layer, update_rows
 from sglang_rksc.exit.spec import META_KEY, ExitSpec, requested
+from sglang_rksc.kernels.verdict import verdict_step
 
 logger = logging.getLogger(__name__)
 

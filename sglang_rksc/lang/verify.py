@@ -198,6 +198,7 @@ def select_with_verify(
         layers_run=info["layers_run"],
         num_layers=info["num_layers"],
         server_verdict=choices[verdict],
+        server_seconds=info.get("seconds"),
     )
     if method.audit:
         full = info.get("full_verdict_index")

@@ -1,0 +1,105 @@
+"""How a program's verification step is run: SGLang's `select`, or sglang-rksc's `verify`.
+
+`--verifier` picks it:
+- `select`: SGLang's own select (the stock reference);
+- `full`: `verify` with no gate and no layer exit (one server call at full depth);
+- `cgee`: `verify` with the confidence gate and the layer exit;
+- `audit`: as `cgee`, but the server runs every layer and reports the full-depth
+  verdict beside the CGEE one, so disagreement is measured call by call.
+Each call leaves a record (`record`) that the programs keep in their result rows and
+the benchmark aggregates (`summarize`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+VERIFIERS = ("select", "full", "cgee", "audit")
+
+
+def add_argument(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--verifier",
+        choices=VERIFIERS,
+        default="select",
+        help="verification step: SGLang's select; verify at full depth; verify with CGEE (gate and layer exit); "
+        "or CGEE audited against full depth",
+    )
+
+
+def candidate_args(verifier: str) -> dict[str, Any]:
+    """Extra `gen` arguments for a candidate that a gated verification will judge."""
+    return {"return_logprob": True, "top_logprobs_num": 2} if verifier in ("cgee", "audit") else {}
+
+
+def step(name: str, choices: list[str], verifier: str, *, candidate: str, accept: int = 0) -> Any:
+    """The SGLang expression of one verification."""
+    import sglang as sgl
+
+    if verifier == "select":
+        return sgl.select(name, choices=choices)
+    from sglang_rksc.lang import verify
+
+    gated = verifier in ("cgee", "audit")
+    return verify(
+        name,
+        choices=choices,
+        candidate=candidate if gated else None,
+        gate=gated,
+        early_exit=gated,
+        accept=accept,
+        audit=verifier == "audit",
+    )
+
+
+def probabilities(meta: Mapping[str, Any] | None, choices: Sequence[str]) -> list[float] | None:
+    """The verdict distribution over the choices: from `verify` or from `select`'s logprobs."""
+    meta = meta or {}
+    if meta.get("probs") is not None and len(meta["probs"]) == len(choices):
+        return list(meta["probs"])
+    logprobs = meta.get("normalized_prompt_logprobs")
+    if logprobs and len(logprobs) == len(choices):
+        top = max(logprobs)
+        weights = [math.exp(lp - top) for lp in logprobs]
+        return [w / sum(weights) for w in weights]
+    return None
+
+
+def record(verdict: str, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What one verification call did, for the result rows."""
+    meta = meta or {}
+    return {
+        "verdict": verdict,
+        "skipped": bool(meta.get("skipped", False)),
+        "layers_run": meta.get("layers_run"),
+        "num_layers": meta.get("num_layers"),
+        "exit_layer": meta.get("exit_layer"),
+        "full_verdict": meta.get("full_verdict"),
+        "confidence": meta.get("confidence"),
+        "server_seconds": meta.get("server_seconds"),
+        # Audited calls: the choice distribution after every layer, for calibrating the exit rule.
+        "profile": meta.get("profile"),
+    }
+
+
+def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Skip rate, depth run, and (audited calls) disagreement with the full-depth verdict."""
+    records = list(records)
+    if not records:
+        return {"verify_calls": 0}
+    ran = [r for r in records if not r["skipped"] and r["layers_run"] and r["num_layers"]]
+    audited = [r for r in records if r["full_verdict"] is not None]
+    seconds = [r["server_seconds"] for r in records if r["server_seconds"] is not None]
+    return {
+        "verify_calls": len(records),
+        "verify_skipped": sum(r["skipped"] for r in records),
+        "verify_mean_layers_run": statistics.mean(r["layers_run"] for r in ran) if ran else None,
+        "verify_num_layers": ran[0]["num_layers"] if ran else None,
+        "verify_audited": len(audited),
+        "verify_disagreements": sum(r["verdict"] != r["full_verdict"] for r in audited) if audited else None,
+        "verify_server_seconds": sum(seconds) if seconds else None,
+    }
