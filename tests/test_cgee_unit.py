@@ -173,3 +173,15 @@ def test_offline_calibration_replays_the_servers_rule(tmp_path):
     assert (late.disagreements, late.mean_layers) == (0, (23 + 23) / 2)
     assert cgee_calibrate.gate_outcomes(loaded, Gate(), "yes") == (2, 1, 1)
     assert cgee_calibrate.main([str(path), "--min-layer", "2,21", "--theta", "0.1", "--eps", "0.05", "--k", "2"]) == 0
+
+
+def test_every_hook_target_exists_in_the_pinned_sglang():
+    """A renamed SGLang function would silently leave a hook unapplied; resolve every target."""
+    import importlib
+
+    from sglang_rksc.srt import plugin
+
+    for target in [*plugin._HOOKS.values(), *plugin.EXIT_MODELS]:
+        module_path, cls_name, attr = target.rsplit(".", 2)
+        cls = getattr(importlib.import_module(module_path), cls_name)
+        assert callable(getattr(cls, attr)), target

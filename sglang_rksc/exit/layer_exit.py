@@ -13,6 +13,8 @@
   verification that has settled. Then SGLang's own final norm and logits processor run on
   the exit layer's states, and each verification row's logits are replaced by its
   choices' log-probabilities at its exit layer, so the sampled token is the verdict.
+- `keep_out_of_prefill_graph` (AROUND `PrefillCudaGraphRunner.can_run_graph`, GPU only):
+  batches with verifications run eagerly, since a captured graph cannot break out of its loop.
 - `isolate_verifications` (AROUND `PrefillAdder.add_one_req`): verifications and other
   requests are not admitted into the same prefill batch, since a mixed batch must run
   every layer.
@@ -93,6 +95,13 @@ def isolate_verifications(original: Any, adder: Any, req: Any, *args: Any, **kwa
         if _exits(adder.can_run_list[0]) != _exits(req):
             return AddReqResult.OTHER
     return original(adder, req, *args, **kwargs)
+
+
+def keep_out_of_prefill_graph(original: Any, runner: Any, forward_batch: Any, *args: Any, **kwargs: Any) -> bool:
+    """AROUND hook on `PrefillCudaGraphRunner.can_run_graph`: a captured graph cannot stop early."""
+    if getattr(getattr(forward_batch, "sampling_info", None), ROWS_ATTR, None) is not None:
+        return False
+    return original(runner, forward_batch, *args, **kwargs)
 
 
 def _exits(req: Any) -> bool:

@@ -30,6 +30,9 @@ _HOOKS = {
     "forward_batch": "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
     "admission": "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req",
     "validate": "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request",
+    "prefill_graph": (
+        "sglang.srt.model_executor.runner.prefill_cuda_graph_runner.PrefillCudaGraphRunner.can_run_graph"
+    ),
 }
 # Causal-LM classes whose forward the layer exit wraps (their subclasses inherit it).
 EXIT_MODELS = (
@@ -64,6 +67,7 @@ def register() -> None:
         HookRegistry.register(_HOOKS["forward_batch"], layer_exit.attach_rows, HookType.AROUND)
         HookRegistry.register(_HOOKS["admission"], layer_exit.isolate_verifications, HookType.AROUND)
         HookRegistry.register(_HOOKS["validate"], validate_request, HookType.AROUND)
+        HookRegistry.register(_HOOKS["prefill_graph"], layer_exit.keep_out_of_prefill_graph, HookType.AROUND)
         for target in EXIT_MODELS:
             HookRegistry.register(target, layer_exit.forward_with_exit, HookType.AROUND)
         _hooks_registered = True
