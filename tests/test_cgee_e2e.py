@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -138,7 +139,10 @@ def test_a_skipped_verification_makes_no_server_call(rksc_server):
     assert not state.get_meta_info("ok")["skipped"] and _CountingEndpoint.calls == 1
 
 
-def test_verify_falls_back_to_select_on_a_server_without_the_plugin(default_model_dir: Path, tmp_path: Path):
+def test_verify_falls_back_to_select_on_a_server_without_the_plugin(
+    default_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the CPU runtime setup also edits this process's path
     env = dict(os.environ, SGLANG_PLUGINS="none")
     args = ["--model-path", str(default_model_dir)]
     if not cpu.cuda_usable():
