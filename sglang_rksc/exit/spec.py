@@ -49,8 +49,8 @@ class ExitDefaults:
     enabled: bool = True
     theta: float = 0.1
     eps: float = 0.05
-    k: int = 2
-    min_layer_fraction: float = 0.6  # min_layer = ceil(fraction * depth) when the call gives none
+    k: int = 1
+    min_layer_fraction: float = 0.86  # min_layer = ceil(fraction * depth) when the call gives none
 
 
 def requested(custom_params: Any) -> dict[str, Any] | None:

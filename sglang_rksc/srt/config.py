@@ -28,10 +28,10 @@ class RkscConfig:
     semantic: bool = False
     # Cosine (of centred, pooled hidden states) at or above which a finished span is deduplicated
     # into a sibling and later requests that reach it fork from the sibling.
-    threshold: float = 0.97
+    threshold: float = 0.95
     # Cosine (of centred, mean input-embedding rows) at or above which an unseen span forks from a
     # cached sibling at admission, with no forward; separate because the spaces differ.
-    probe_threshold: float = 0.95
+    probe_threshold: float = 0.98
     # Spans shorter than this never fork or dedupe.
     min_span: int = 8
     # Spans whose lengths differ by more than this factor never fork or dedupe.
@@ -47,11 +47,12 @@ class RkscConfig:
     cgee: bool = True
     # Server defaults of the exit rule, which a verify call may override: stop once the entropy
     # over the choices (nats) is below theta and moved less than eps over the last k layers,
-    # checking from ceil(min_layer_fraction * depth) on.
+    # checking from ceil(min_layer_fraction * depth) on. Calibrated on SmolLM2-135M (GSM8K 0-11 of
+    # self_consistency_verify, 48 audited calls): layer 26 of 30 is the earliest with no disagreement.
     cgee_theta: float = 0.1
     cgee_eps: float = 0.05
-    cgee_k: int = 2
-    cgee_min_layer_fraction: float = 0.6
+    cgee_k: int = 1
+    cgee_min_layer_fraction: float = 0.86
 
     def __post_init__(self) -> None:
         for name in ("threshold", "probe_threshold"):
