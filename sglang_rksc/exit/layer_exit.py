@@ -31,7 +31,7 @@ import torch
 
 from sglang_rksc.exit.criterion import RowExit, first_checked_layer, update_rows
 from sglang_rksc.exit.spec import META_KEY, ExitSpec, requested
-from sglang_rksc.kernels.verdict import verdict_step
+from sglang_rksc.kernels.verdict import entropy, verdict_step
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +193,7 @@ def _check(inner: Any, states: torch.Tensor, weights: list[torch.Tensor]) -> tup
         stacked = torch.stack(weights)  # [R, C, H]
         logits = torch.einsum("rh,rch->rc", normed.float(), stacked.float())
         probs = torch.softmax(logits, dim=-1)
-        ent = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
-        return probs, ent
+        return probs, entropy(probs)
     parts = [verdict_step(normed[r : r + 1], w) for r, w in enumerate(weights)]
     width = max(w.shape[0] for w in weights)
     probs = torch.zeros(len(weights), width)

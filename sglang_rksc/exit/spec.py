@@ -44,7 +44,7 @@ class ExitSpec:
 
 @dataclass(frozen=True)
 class ExitDefaults:
-    """Server-wide defaults (the `--rksc-cgee-*` flags); a call may override each."""
+    """Server-wide defaults (the `--rksc-cgee-*` flags, whose defaults are these); a call may override each."""
 
     enabled: bool = True
     theta: float = 0.1

@@ -14,6 +14,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NoReturn
 
+from sglang_rksc.exit.spec import ExitDefaults
+
 ENV_VAR = "SGLANG_RKSC_CONFIG"
 POOLINGS = ("last", "layers")
 
@@ -49,10 +51,10 @@ class RkscConfig:
     # over the choices (nats) is below theta and moved less than eps over the last k layers,
     # checking from ceil(min_layer_fraction * depth) on. Calibrated on SmolLM2-135M (GSM8K 0-11 of
     # self_consistency_verify, 48 audited calls): layer 26 of 30 is the earliest with no disagreement.
-    cgee_theta: float = 0.1
-    cgee_eps: float = 0.05
-    cgee_k: int = 1
-    cgee_min_layer_fraction: float = 0.86
+    cgee_theta: float = ExitDefaults.theta
+    cgee_eps: float = ExitDefaults.eps
+    cgee_k: int = ExitDefaults.k
+    cgee_min_layer_fraction: float = ExitDefaults.min_layer_fraction
 
     def __post_init__(self) -> None:
         for name in ("threshold", "probe_threshold"):
@@ -75,9 +77,7 @@ class RkscConfig:
         if not 0.0 < self.cgee_min_layer_fraction <= 1.0:
             raise ConfigError(f"--rksc-cgee-min-layer-fraction must be in (0, 1], got {self.cgee_min_layer_fraction}")
 
-    def exit_defaults(self) -> Any:
-        from sglang_rksc.exit.spec import ExitDefaults
-
+    def exit_defaults(self) -> ExitDefaults:
         return ExitDefaults(
             enabled=self.cgee,
             theta=self.cgee_theta,
