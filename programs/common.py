@@ -161,6 +161,24 @@ def fork(state: Any, size: int) -> Any:
     return state.fork(size)
 
 
+def add_mark_argument(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--mark-branches",
+        choices=["on", "off"],
+        default="on",
+        help="tell an sglang-rksc server running --radix-eviction-policy rsbcm which branches were rejected or "
+        "finished, so their KV is evicted first (no effect on other servers)",
+    )
+
+
+def mark_branches(states: Sequence[Any], mark: str, enabled: bool) -> None:
+    """Mark these states' branches `rejected` or `finished` (RSBCM) when `--mark-branches` is on."""
+    if enabled and states:
+        from sglang_rksc.lang.mark import mark_branch
+
+        mark_branch(list(states), mark)
+
+
 # Openings that make greedy branches differ deterministically (`--diversify`): without them,
 # greedy branches of one fork generate the same text.
 BRANCH_OPENINGS = (

@@ -51,8 +51,14 @@ VALUES = {"sure": 20.0, "likely": 1.0, "impossible": 0.001}
 
 
 @sgl.function
-def game_of_24(s, numbers: list[int], breadth: int, proposals: int, max_tokens: int, temperature: float):
-    """Breadth-first search; returns the best final state and what each step kept."""
+def game_of_24(
+    s, numbers: list[int], breadth: int, proposals: int, max_tokens: int, temperature: float, mark: bool = False
+):
+    """Breadth-first search; returns the best final state and what each step kept.
+
+    Every generation is used once (the next step prompts again from the shared prefix), so with
+    `mark` each proposal list is marked finished once parsed, each valuation once read: rejected
+    for the states the step drops, finished for the ones it keeps."""
     bases = s.fork(2)
     proposer, valuer = bases[0], bases[1]
     proposer += PROPOSE_PREFIX
@@ -71,6 +77,7 @@ def game_of_24(s, numbers: list[int], breadth: int, proposals: int, max_tokens: 
                 if child.left not in seen:
                     seen.add(child.left)
                     candidates.append(child)
+        common.mark_branches(forks, "finished", mark)
         if not candidates:
             frontier = []
             break
@@ -84,6 +91,12 @@ def game_of_24(s, numbers: list[int], breadth: int, proposals: int, max_tokens: 
                 values[c] = VALUES[judge["value"].strip()]
         # sorted() is stable: among equal values the order the model proposed them wins.
         frontier = sorted(candidates, key=lambda c: -values[c])[:breadth]
+        if open_states:
+            kept = set(frontier)
+            common.mark_branches(
+                [j for j, c in zip(judges, open_states, strict=True) if c not in kept], "rejected", mark
+            )
+            common.mark_branches([j for j, c in zip(judges, open_states, strict=True) if c in kept], "finished", mark)
         trace.append([{"left": c.left_text(), "steps": list(c.steps), "value": values[c]} for c in frontier])
     best = frontier[0] if frontier else None
     return {
@@ -117,6 +130,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--temperature", type=common.temperature, default=0.0, help="sampling temperature of the proposals; 0 is greedy"
     )
+    common.add_mark_argument(group)
 
 
 def load_problems(start: int, count: int) -> list[game24.Puzzle]:
@@ -138,6 +152,7 @@ def run(
             proposals=options.proposals,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
+            mark=options.mark_branches == "on",
         )
         for p in problems
     ]

@@ -32,6 +32,7 @@ EXECUTE_PROMPT = (
 REFLECT_PROMPT = "Check the solution above carefully. Is every step right? Point out any mistake."
 SCORE_PROMPT = "Rate the solution from 1 (wrong) to 5 (certainly right). Reply with the number only."
 SCORES = ["1", "2", "3", "4", "5"]
+ACCEPT_SCORE = 4  # a branch scored below this counts as rejected
 
 
 def _fan_out(depth: int, level: int, branches: int) -> int:
@@ -49,6 +50,7 @@ def tree_of_thought(
     temperature: float,
     diversify: bool = False,
     verifier: str = "select",
+    mark: bool = False,
 ):
     """Plan (level 1) -> execute (level 2) -> reflect and score (level 3); returns the leaves."""
     s += sgl.user(PLAN_PROMPT.format(question=question))
@@ -77,8 +79,14 @@ def tree_of_thought(
         forks += sgl.assistant(reflect)
         forks += sgl.user(SCORE_PROMPT)
         # The score is the verification; a gated skip accepts the branch with the top score.
-        forks += sgl.assistant(verification.step("score", SCORES, verifier, candidate="reflection", accept=4))
+        forks += sgl.assistant(
+            verification.step("score", SCORES, verifier, candidate="reflection", accept=ACCEPT_SCORE)
+        )
         leaves.extend((plan, solution, f) for f in forks)
+
+    # RSBCM: low-scored leaves are dead first; then the whole tree is done.
+    common.mark_branches([f for _, _, f in leaves if int(f["score"]) < ACCEPT_SCORE], "rejected", mark)
+    common.mark_branches(plans, "finished", mark)
 
     return [
         {
@@ -144,6 +152,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
         help="sampling temperature; 0 is greedy (all branches then agree)",
     )
     verification.add_argument(group)
+    common.add_mark_argument(group)
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
@@ -168,6 +177,7 @@ def run(
             temperature=options.temperature,
             diversify=options.diversify,
             verifier=options.verifier,
+            mark=options.mark_branches == "on",
         )
         for p in problems
     ]

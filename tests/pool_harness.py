@@ -47,13 +47,18 @@ class PoolHarness:
         slots: int = 512,
         rows: int = 32,
         states_fn: Callable[[Sequence[int]], torch.Tensor] = token_states,
+        eviction_policy: str = "lru",
     ) -> None:
         self.allocator = TokenToKVPoolAllocator(
             size=slots, dtype=torch.bfloat16, device="cpu", kvcache=None, need_sort=False
         )
         self.req_pool = ReqToTokenPool(size=rows, max_context_len=1024, device="cpu", enable_memory_saver=False)
         params = CacheInitParams(
-            disable=False, req_to_token_pool=self.req_pool, token_to_kv_pool_allocator=self.allocator, page_size=1
+            disable=False,
+            req_to_token_pool=self.req_pool,
+            token_to_kv_pool_allocator=self.allocator,
+            page_size=1,
+            eviction_policy=eviction_policy,
         )
         self.states = SlotStates(slots + 1, HIDDEN, dtype=torch.float32)
         probe = TokenProbe(token_states(range(VOCAB)))
@@ -62,6 +67,7 @@ class PoolHarness:
         self.slots = slots
         self._ids = itertools.count()
         self.running: list[Req] = []
+        self.released: list[str] = []  # rids, in release order
 
     def _alloc(self, n: int) -> torch.Tensor | None:
         """n slots, evicting from the tree first when the pool is short (as the scheduler does)."""
@@ -122,6 +128,7 @@ class PoolHarness:
         req.finished_reason = FINISH_LENGTH(length=len(req.output_ids))
         release_kv_cache(req, self.cache, checkpoint=True)
         self.running.remove(req)
+        self.released.append(req.rid)
 
     def run(self, tokens: Sequence[int], output: Sequence[int], **kwargs) -> Req:
         req = self.admit(tokens, **kwargs)

@@ -63,7 +63,16 @@ MODES: dict[str, Mode] = {
             ("--radix-cache-backend", "rksc"),
             program_args=("--verifier", "audit"),
         ),
-        Mode("rksc-evict", "reasoning-structure eviction (RSBCM)", pending="not implemented yet (RSBCM, issue 6)"),
+        Mode(
+            "rksc-lfu",
+            "the rksc backend with SGLang's lfu eviction (RSBCM's other baseline; `rksc` is lru)",
+            ("--radix-cache-backend", "rksc", "--radix-eviction-policy", "lfu"),
+        ),
+        Mode(
+            "rksc-evict",
+            "reasoning-structure eviction (RSBCM), the programs marking rejected and finished branches",
+            ("--radix-cache-backend", "rksc", "--radix-eviction-policy", "rsbcm"),
+        ),
         Mode(
             "rksc-reuse",
             "coalescing and replay of deterministic duplicates",
@@ -74,7 +83,7 @@ MODES: dict[str, Mode] = {
             "merging of near-duplicate branches",
             pending="not implemented yet (decode-side sharing, issue 8)",
         ),
-        Mode("rksc-full", "every RKSC feature together", pending="not implemented yet (issues 6, 8)"),
+        Mode("rksc-full", "every RKSC feature together", pending="not implemented yet (decode-side sharing, issue 8)"),
     )
 }
 REFERENCE = "radix"

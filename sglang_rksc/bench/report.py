@@ -13,6 +13,15 @@ from sglang_rksc.bench.modes import REFERENCE, Mode
 
 # Figures later features report through the server's counters; "n/a" until a mode has them.
 FEATURE_COUNTERS = ("semantic_hits",)
+# The rksc backend's eviction totals (any policy) and RSBCM's marks.
+EVICTION_COUNTERS = (
+    "evicted_tokens",
+    "evicted_rejected",
+    "evicted_finished",
+    "evicted_open",
+    "marks_requests_marked",
+    "marks_tokens_marked",
+)
 
 
 @dataclass
@@ -106,6 +115,8 @@ def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run
         "forks_probe": _median(per_run("forks_probe")),
         "slots_freed_by_dedupe": _median(per_run("slots_freed")),
         "kv_tokens_held": _median(per_run("tree_tokens")),
+        "cache_hit_rate": (cached / prompt) if prompt and cached is not None else None,
+        **{k: _median(per_run(k)) for k in EVICTION_COUNTERS},
         # Hidden-state capture for ASKS as a share of decode time (host timing; meaningful on a CPU).
         "capture_share_of_decode": _median(
             [
@@ -148,6 +159,13 @@ def _semantic(f: dict[str, Any]) -> str:
     return f"{_fmt(f['semantic_hits'], 0)} ({_fmt(f['forks_alias'], 0)}/{_fmt(f['forks_probe'], 0)})"
 
 
+def _evicted(f: dict[str, Any]) -> str:
+    if f.get("evicted_tokens") is None:
+        return "n/a"
+    parts = "/".join(_fmt(f[f"evicted_{m}"], 0) for m in ("rejected", "finished", "open"))
+    return f"{_fmt(f['evicted_tokens'], 0)} ({parts})"
+
+
 def _verify_calls(f: dict[str, Any]) -> str:
     if not f.get("verify_calls"):
         return "n/a"
@@ -182,6 +200,8 @@ COLUMNS = [
         "prompt tokens computed / cached",
         lambda s, f: f"{_fmt(f['prompt_tokens_computed'], 0)} / {_fmt(f['prompt_tokens_cached'], 0)}",
     ),
+    ("cache hit rate", lambda s, f: _fmt(f["cache_hit_rate"], 2)),
+    ("KV evicted, tokens (rejected/finished/open)", lambda s, f: _evicted(f)),
     ("decode steps (mean batch)", lambda s, f: f"{_fmt(f['decode_steps'], 0)} ({_fmt(f['mean_decode_batch'])})"),
     ("semantic hits (alias/probe)", lambda s, f: _semantic(f)),
     ("KV held at end, tokens", lambda s, f: _fmt(f["kv_tokens_held"], 0)),

@@ -49,6 +49,8 @@ def snapshot(url: str) -> dict[str, float]:
     out.update({k: float(v) for k, v in (state.get("counters") or {}).items()})
     # The semantic cache's own totals (semantic hits by source, slots freed by dedupe).
     out.update({k: float(v) for k, v in (state.get("stats") or {}).items()})
+    # What eviction freed, by mark, and the marks programs sent (the rksc backend, any policy).
+    out.update({k: float(v) for k, v in (state.get("eviction") or {}).items()})
     if "evictable_tokens" in state:
         out["tree_tokens"] = float(state["evictable_tokens"] + state["protected_tokens"])
     return out

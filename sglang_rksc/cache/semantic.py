@@ -37,12 +37,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult, MatchPrefixParams, MatchResult
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixKey, TreeNode
 
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
-from sglang_rksc.cache.radix_cache import RkscRadixCache
+from sglang_rksc.cache.radix_cache import RkscRadixCache, request_options
 from sglang_rksc.srt.config import RkscConfig
 
 logger = logging.getLogger(__name__)
@@ -87,14 +87,6 @@ class ForkPlan:
     span_len: int  # tokens of S, replaced
     donor: tuple[int, ...]  # tokens of C, put in their place
     new_ids: list[int] = field(repr=False)
-
-
-def request_options(req: Any) -> dict[str, Any]:
-    """The request's `custom_params["rksc"]`: {"semantic": False} opts out of everything,
-    {"fork": False} only of forking at admission (its spans may still be deduplicated)."""
-    custom = getattr(req.sampling_params, "custom_params", None) or {}
-    options = custom.get("rksc") or {}
-    return options if isinstance(options, dict) else {}
 
 
 def _namespace(key: RadixKey) -> tuple[Any, Any]:
@@ -155,15 +147,6 @@ class SemanticRadixCache(RkscRadixCache):
 
     # ------------------------------------------------------------------ tree helpers
 
-    def _attached(self, node: TreeNode) -> bool:
-        """Whether `node` is still in the tree (a deleted leaf keeps its fields)."""
-        while node is not self.root_node:
-            parent = node.parent
-            if parent is None or parent.children.get(node.key.child_key(self.page_size)) is not node:
-                return False
-            node = parent
-        return True
-
     def _has_path(self, node: TreeNode, tokens: Sequence[int], namespace: tuple[Any, Any]) -> bool:
         """Whether `tokens` are cached below `node`, in `namespace` (without splitting anything)."""
         rest = RadixKey(array("q", tokens), extra_key=namespace[0], cache_salt=namespace[1])
@@ -207,6 +190,22 @@ class SemanticRadixCache(RkscRadixCache):
     def _delete_leaf(self, node: TreeNode) -> None:
         super()._delete_leaf(node)
         self.aliases.pop(node, None)  # its recorded children are gone with it
+
+    def evict(self, params: EvictParams) -> EvictResult:
+        result = super().evict(params)
+        if result.num_tokens_evicted and self.aliases:
+            self._drop_orphan_aliases()
+        return result
+
+    def _drop_orphan_aliases(self) -> None:
+        """An alias lives no longer than its donor: once eviction took any of the donor's path,
+        the alias is dropped (it could no longer serve a fork, and must not pin a record)."""
+        for parent in list(self.aliases):
+            alive = [a for a in self.aliases[parent] if self._has_path(parent, a.donor, a.namespace)]
+            if alive:
+                self.aliases[parent] = alive
+            else:
+                del self.aliases[parent]
 
     # ------------------------------------------------------------------ admission
 

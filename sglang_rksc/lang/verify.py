@@ -24,7 +24,6 @@ layer and reports the full-depth verdict (`full_verdict`) beside the CGEE one.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod, token_le
 from sglang.lang.ir import SglSelect
 
 from sglang_rksc.lang.gate import Confidence, Gate, confidence_of
+from sglang_rksc.lang.server_probe import ServerProbe
 
 SELECT_TARGET = "sglang.lang.backend.runtime_endpoint.RuntimeEndpoint.select"
 
@@ -127,27 +127,6 @@ def _candidate_confidence(s: Any, method: VerifyMethod) -> Confidence | None:
     return confidence_of(meta.get("output_top_logprobs"))
 
 
-class _PluginProbe:
-    """Whether an endpoint's server has the sglang-rksc plugin (asked once per URL)."""
-
-    _known: dict[str, bool] = {}
-    _lock = threading.Lock()
-
-    @classmethod
-    def has_plugin(cls, endpoint: Any) -> bool:
-        with cls._lock:
-            if endpoint.base_url not in cls._known:
-                from sglang.utils import http_request
-
-                try:
-                    res = http_request(endpoint.base_url + "/server_info", api_key=endpoint.api_key)
-                    states = res.json().get("internal_states") or [{}]
-                    cls._known[endpoint.base_url] = "rksc" in (states[0] or {})
-                except Exception:
-                    cls._known[endpoint.base_url] = False
-            return cls._known[endpoint.base_url]
-
-
 def _verify_on_server(endpoint: Any, s: Any, choices: list[str], method: VerifyMethod) -> dict[str, Any]:
     params: dict[str, Any] = {"choices": choices, "early_exit": method.early_exit, **method.exit_params}
     if method.audit:
@@ -182,7 +161,7 @@ def select_with_verify(
         meta = {"cgee": True, "skipped": True, "confidence": conf, "score": confidence.top, "note": None}
         meta.update(exit_layer=None, layers_run=0, num_layers=None)
         return ChoicesDecision(choices[method.accept], meta)
-    if not _PluginProbe.has_plugin(endpoint):
+    if not ServerProbe.has_plugin(endpoint):
         decision = original(endpoint, s, choices, temperature, token_length_normalized)
         meta = dict(decision.meta_info or {})
         meta.update(_plain_meta(choices, meta, method.accept, note="server without the sglang-rksc plugin"))

@@ -46,6 +46,10 @@ sglang-rksc defaults (each applies only when you do not give the flag):
   --radix-cache-backend NAME rksc; 'default' keeps SGLang's own cache selection
   --rksc-* flags             sglang-rksc's own settings, listed below; they
                              need the rksc backend
+  --radix-eviction-policy rsbcm
+                             RSBCM: reasoning-structure eviction (rksc backend;
+                             settings reuse_weight, depth_weight, half_life
+                             through --radix-eviction-policy-config, see README)
   on a CPU-only machine:     {" ".join(k if v is None else f"{k} {v}" for k, v in cpu.CPU_DEFAULT_ARGS.items())}
 
 All other flags are SGLang's own:
@@ -150,11 +154,22 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         raise LaunchError(
             f"--rksc-* flags need --radix-cache-backend {DEFAULT_BACKEND}, not {backend or STOCK_BACKEND}"
         )
+    from sglang_rksc.cache import eviction  # imports sglang.srt: after the CPU runtime is set up
+
+    try:
+        eviction.check_policy_flags(
+            cpu.flag_value(out, "--radix-eviction-policy"),
+            cpu.flag_value(out, "--radix-eviction-policy-config"),
+            backend,
+        )
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from exc
     # The scheduler, a spawned child, reads them from its inherited environment.
     os.environ[rksc_config.ENV_VAR] = settings.to_env()
     if on_cpu:
         out = cpu.apply_cpu_defaults(out)
 
+    eviction.add_policy_choice()
     parser = _sglang_parser()
     _, unknown = parser.parse_known_args(out)
     if unknown:

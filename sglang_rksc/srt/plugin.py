@@ -8,7 +8,10 @@ cheap to import: it is loaded in every SGLang process.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "rksc"
 INTERNAL_STATE_KEY = "rksc"
@@ -18,6 +21,9 @@ META_PREFIX = "rksc_"
 _HOOKS = {
     "internal_state": (
         "sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController.get_internal_state"
+    ),
+    "set_internal_state": (
+        "sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController.set_internal_state"
     ),
     "run_batch": "sglang.srt.managers.scheduler.Scheduler.run_batch",
     "logits": "sglang.srt.layers.logits_processor.LogitsProcessor.forward",
@@ -47,6 +53,7 @@ def register() -> None:
     from sglang.srt.mem_cache.registry import get_radix_cache_factory, register_radix_cache_backend
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    from sglang_rksc.cache.eviction import register_policy
     from sglang_rksc.cache.radix_cache import BACKEND_NAME
     from sglang_rksc.exit import layer_exit
     from sglang_rksc.exit.validate import validate_request
@@ -57,8 +64,10 @@ def register() -> None:
     global _hooks_registered
     if get_radix_cache_factory(BACKEND_NAME) is None:
         register_radix_cache_backend(BACKEND_NAME, build_tree_cache)
+    register_policy()
     if not _hooks_registered:
         HookRegistry.register(_HOOKS["internal_state"], _report_tree_cache, HookType.AFTER)
+        HookRegistry.register(_HOOKS["set_internal_state"], _mark_branches, HookType.AROUND)
         HookRegistry.register(_HOOKS["run_batch"], time_batch, HookType.AROUND)
         HookRegistry.register(_HOOKS["logits"], capture_final_hidden_states, HookType.AROUND)
         HookRegistry.register(_HOOKS["request_level_info"], _request_level_info, HookType.AROUND)
@@ -92,6 +101,28 @@ def _report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) 
         state["protected_tokens"] = int(tree_cache.protected_size())
     result.internal_state[INTERNAL_STATE_KEY] = {**state, "counters": COUNTERS.as_dict()}
     return result
+
+
+def _mark_branches(original: Any, controller: Any, recv_req: Any) -> Any:
+    """AROUND hook: `/set_internal_state` with `rksc_mark/<mark>/<rid>` keys marks branches for RSBCM
+    (see `sglang_rksc.cache.marks`); every other update goes to SGLang."""
+    from sglang.srt.managers.io_struct import SetInternalStateReqOutput
+
+    from sglang_rksc.cache.marks import is_mark_request, parse_mark_request
+
+    requested = recv_req.server_args or {}
+    if not is_mark_request(requested):
+        return original(controller, recv_req)
+    tree_cache = getattr(controller.scheduler, "tree_cache", None)
+    try:
+        rids, mark = parse_mark_request(requested)
+        if not callable(getattr(tree_cache, "mark", None)):
+            raise ValueError("branch marks need --radix-cache-backend rksc")
+    except ValueError as exc:
+        logger.warning("sglang-rksc: %s", exc)
+        return SetInternalStateReqOutput(updated=False)
+    tree_cache.mark(rids, mark)
+    return SetInternalStateReqOutput(updated=True)
 
 
 def _request_level_info(original: Any, streamer: Any, key: str) -> bool:
