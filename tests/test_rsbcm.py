@@ -169,7 +169,7 @@ def test_rejected_branches_go_first_then_finished_then_open():
     h.check()
 
 
-def test_a_mark_covers_the_branch_below_its_prompt_and_not_the_shared_trunk():
+def test_a_mark_covers_the_branch_below_its_branch_point_and_not_the_shared_trunk():
     h = _harness()
     thought = h.run(PROMPT, list(range(100, 120)))
     # The branch's verification continues the thought (prompt = trunk + thought + question).
@@ -189,9 +189,10 @@ def test_a_mark_covers_the_branch_below_its_prompt_and_not_the_shared_trunk():
 
 def test_a_request_can_mark_its_own_branch_and_unknown_or_evicted_rids_are_counted():
     h = _harness()
+    h.run(PROMPT, list(range(200, 220)))  # a sibling: the prompt is shared
     done = h.run(PROMPT, list(range(100, 120)), custom_params={"rksc": {"mark": "finished"}})
     assert node_mark(done.last_node) == FINISHED
-    assert node_mark(done.last_node.parent) == OPEN  # its prompt is not its own
+    assert node_mark(done.last_node.parent) == OPEN
     assert h.cache.mark(["never-seen"], "rejected") == 0
     _freed_by_evict(h, 10_000)
     assert h.cache.mark([done.rid], "rejected") == 0
@@ -199,21 +200,15 @@ def test_a_request_can_mark_its_own_branch_and_unknown_or_evicted_rids_are_count
     assert (stats.requests_unknown, stats.requests_gone) == (1, 1)
 
 
-def test_a_mark_that_falls_inside_a_node_splits_it_without_touching_kv():
-    """Marks of several requests start at the lowest of their prompt boundaries; on another
-    request's path that boundary can fall inside a node, which is split there."""
+def test_a_mark_stops_at_a_locked_node():
     h = _harness()
-    first = h.run(PROMPT, list(range(100, 111)))
-    other_prompt = PROMPT[:10] + list(range(60, 80))  # leaves the trunk at 10, 30 tokens long
-    other = h.run(other_prompt, list(range(200, 206)))
-    straddling = other.last_node.parent  # tokens 10..30 of the other path
-    assert len(straddling.key) == 20
-    before = sorted(h.tree_slots())
-    marked = h.cache.mark([first.rid, other.rid], "rejected")  # floor: the first's prompt, 20
-    assert sorted(h.tree_slots()) == before
-    assert marked == 10 + 10 + 5  # first's output, the other's tokens 20..30, and its output
-    assert len(straddling.key) == 10 and node_mark(straddling) == REJECTED
-    assert node_mark(straddling.parent) == OPEN and len(straddling.parent.key) == 10
+    trunk_req = h.run(PROMPT, list(range(100, 111)))
+    branch = h.run(PROMPT + list(range(100, 110)) + [110], list(range(300, 306)))
+    trunk = trunk_req.last_node  # the only child of PROMPT: without the lock the mark would reach it
+    lock = h.cache.lock(trunk)
+    h.cache.mark([branch.rid], "rejected")
+    assert node_mark(branch.last_node) == REJECTED and node_mark(trunk) == OPEN
+    h.cache.unlock(lock)
     h.check()
 
 

@@ -2,12 +2,11 @@
 
 A branch is named by the requests that generated it (their rids, which the
 frontend has in each generation's meta_info). When a request is released the
-cache remembers where its path ended and how long its prompt was. Marking a
-set of rids marks, for each, the nodes on its path from its prompt boundary
-on (the lowest prompt length of the set, so a branch's verification request
-does not reach above the branch's own generation) and everything below them.
-Shared trunks above that boundary keep their priority; a node straddling the
-boundary is split there first (splitting only changes topology, never KV).
+cache remembers where its path ended. Marking a rid marks that path from
+just below its nearest branch point (the deepest ancestor with more than one
+child, i.e. where it parted from another cached path), or below a node
+someone holds locked, down to its end, and everything below: the part of the
+tree that only this branch reached. Shared trunks keep their priority.
 
 Marks order eviction, nothing else: a marked node is freed only when SGLang
 evicts under memory pressure, and a locked node is never evicted.
@@ -69,12 +68,6 @@ class MarkStats:
         return {f"marks_{k}": v for k, v in asdict(self).items()}
 
 
-@dataclass(frozen=True)
-class Released:
-    node: Any  # the request's last node when it was released
-    prompt_len: int
-
-
 MARK_KEY = "rksc_mark"  # the set_internal_state key prefix: rksc_mark/<mark>/<rid>
 
 
@@ -113,7 +106,7 @@ class BranchMarks:
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
-        self.released: OrderedDict[str, Released] = OrderedDict()
+        self.released: OrderedDict[str, Any] = OrderedDict()  # rid -> its last node at release
         self.stats = MarkStats()
 
     def reset(self) -> None:
@@ -123,32 +116,24 @@ class BranchMarks:
         node = req.last_node
         if node is None or node is self.cache.root_node:
             return
-        self.released[req.rid] = Released(node, len(req.origin_input_ids))
+        self.released[req.rid] = node
         self.released.move_to_end(req.rid)
         while len(self.released) > REMEMBERED_REQUESTS:
             self.released.popitem(last=False)
 
     def mark_rids(self, rids: Sequence[str], mark: int) -> int:
         """Mark the branches these requests generated; returns the tokens newly marked."""
-        found = []
-        for rid in rids:
-            entry = self.released.get(rid)
-            if entry is None:
-                self.stats.requests_unknown += 1
-            elif not self.cache._attached(entry.node):
-                self.stats.requests_gone += 1
-            else:
-                found.append(entry)
-        if not found:
-            return 0
-        floor = min(e.prompt_len for e in found)
         now = time.monotonic()
         before = self.stats.tokens_marked
-        for entry in found:
-            self.stats.requests_marked += 1
-            top = self._branch_top(entry.node, floor)
-            if top is not None:
-                self._mark_subtree(top, mark, now)
+        for rid in rids:
+            node = self.released.get(rid)
+            if node is None:
+                self.stats.requests_unknown += 1
+            elif not self.cache._attached(node):
+                self.stats.requests_gone += 1
+            else:
+                self.stats.requests_marked += 1
+                self._mark_subtree(self._branch_top(node), mark, now)
         return self.stats.tokens_marked - before
 
     def mark_request(self, req: Any, mark: int) -> None:
@@ -156,25 +141,14 @@ class BranchMarks:
         node = req.last_node
         if node is not None and node is not self.cache.root_node:
             self.stats.requests_marked += 1
-            top = self._branch_top(node, len(req.origin_input_ids))
-            if top is not None:
-                self._mark_subtree(top, mark, time.monotonic())
+            self._mark_subtree(self._branch_top(node), mark, time.monotonic())
 
-    def _branch_top(self, node: Any, floor: int) -> Any | None:
-        """The highest node on the path to `node` that starts at or after token `floor`
-        (splitting the node that straddles it); None if `node` ends at or before `floor`."""
-        page = self.cache.page_size
-        floor = -(-floor // page) * page  # splits stay page-aligned
-        end = _path_len(node)
-        if end <= floor:
-            return None
-        top, start = node, end - len(node.key)
-        while start > floor:  # start > 0: the parent is not the root
+    def _branch_top(self, node: Any) -> Any:
+        """The top of the branch `node` ends: up to, not including, the nearest branch point (a node
+        with more than one child), a locked node (someone is reading it now) or the root."""
+        top = node
+        while top.parent is not self.cache.root_node and len(top.parent.children) == 1 and top.parent.lock_ref == 0:
             top = top.parent
-            start -= len(top.key)
-        if start < floor:
-            # `top` straddles the floor: its part before the floor becomes a node of its own.
-            self.cache._split_node(top.key, top, floor - start)
         return top
 
     def _mark_subtree(self, top: Any, mark: int, now: float) -> None:
