@@ -11,7 +11,7 @@ from sglang_rksc.bench.report import Run
 
 def test_modes_resolve_in_order_and_refuse_unknown_names():
     assert [m.name for m in modes.resolve(["radix", "no-cache"])] == ["radix", "no-cache"]
-    assert not modes.MODES["rksc-reuse"].available and "issue 8" in modes.MODES["rksc-reuse"].pending
+    assert not modes.MODES["rksc-merge"].available and "issue 8" in modes.MODES["rksc-merge"].pending
     assert modes.MODES["rksc-evict"].available
     assert modes.MODES["rksc-evict"].server_args[-2:] == ("--radix-eviction-policy", "rsbcm")
     assert modes.MODES["rksc-cgee"].program_args == ("--verifier", "cgee")
@@ -66,7 +66,7 @@ def test_summaries_ratios_and_agreement():
         report.summarize_mode(modes.MODES[name], runs, radix)
         for name, runs in (("no-cache", slow), ("radix", radix), ("rksc", fast))
     ]
-    summaries.append(report.summarize_mode(modes.MODES["rksc-reuse"], [], radix))
+    summaries.append(report.summarize_mode(modes.MODES["rksc-merge"], [], radix))
     report.add_speedups(summaries)
     nocache, rad, rksc, cgee = (s.figures for s in summaries)
     assert rad["speedup_vs_radix"] == 1.0 and rksc["speedup_vs_radix"] == pytest.approx(11.0 / 5.5)
@@ -76,7 +76,7 @@ def test_summaries_ratios_and_agreement():
     assert rksc["prompt_tokens_computed"] == 100.0 and rksc["mean_decode_batch"] == 4.0
     assert rksc["semantic_hits"] is None and cgee == {}
     table = report.markdown_table(summaries)
-    assert "| rksc-reuse | not implemented yet (decode-side sharing, issue 8) |" in table
+    assert "| rksc-merge | not implemented yet (decode-side sharing, issue 8) |" in table
     assert "2.00x" in table
 
 

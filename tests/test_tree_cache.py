@@ -39,7 +39,9 @@ def test_behaves_like_sglang_radix_cache():
 def test_describe_reports_the_backend():
     cache = RkscRadixCache.create_simulated()
     _exercise(cache)
-    assert cache.describe() == {
+    described = cache.describe()
+    eviction, reuse = described.pop("eviction"), described.pop("reuse")
+    assert described == {
         "backend": "rksc",
         "impl": "RkscRadixCache",
         "disabled": False,
@@ -48,6 +50,8 @@ def test_describe_reports_the_backend():
         "evictable_tokens": 5,
         "protected_tokens": 0,
     }
+    assert eviction["evicted_tokens"] == 0 and eviction["marks_requests_marked"] == 0
+    assert reuse == {"on": False}
 
 
 def test_plugin_registers_the_backend_once():

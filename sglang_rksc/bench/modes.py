@@ -75,15 +75,29 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "rksc-reuse",
-            "coalescing and replay of deterministic duplicates",
-            pending="not implemented yet (decode-side sharing, issue 8)",
+            "deterministic duplicates answered from a finished twin (replay) or a running one (coalescing)",
+            ("--radix-cache-backend", "rksc", "--rksc-reuse", "on"),
         ),
         Mode(
             "rksc-merge",
             "merging of near-duplicate branches",
             pending="not implemented yet (decode-side sharing, issue 8)",
         ),
-        Mode("rksc-full", "every RKSC feature together", pending="not implemented yet (decode-side sharing, issue 8)"),
+        Mode(
+            "rksc-full",
+            "every RKSC feature landed so far: ASKS, CGEE, RSBCM with marks, reuse (merging: not yet)",
+            (
+                "--radix-cache-backend",
+                "rksc",
+                "--rksc-semantic",
+                "on",
+                "--radix-eviction-policy",
+                "rsbcm",
+                "--rksc-reuse",
+                "on",
+            ),
+            program_args=("--verifier", "cgee"),
+        ),
     )
 }
 REFERENCE = "radix"

@@ -22,6 +22,7 @@ EVICTION_COUNTERS = (
     "marks_requests_marked",
     "marks_tokens_marked",
 )
+REUSE_COUNTERS = ("reuse_replayed", "reuse_coalesced", "reuse_verdicts_reused", "reuse_tokens_not_generated")
 
 
 @dataclass
@@ -117,6 +118,7 @@ def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run
         "kv_tokens_held": _median(per_run("tree_tokens")),
         "cache_hit_rate": (cached / prompt) if prompt and cached is not None else None,
         **{k: _median(per_run(k)) for k in EVICTION_COUNTERS},
+        **{k: _median(per_run(k)) for k in REUSE_COUNTERS},
         # Hidden-state capture for ASKS as a share of decode time (host timing; meaningful on a CPU).
         "capture_share_of_decode": _median(
             [
@@ -166,6 +168,14 @@ def _evicted(f: dict[str, Any]) -> str:
     return f"{_fmt(f['evicted_tokens'], 0)} ({parts})"
 
 
+def _reused(f: dict[str, Any]) -> str:
+    if f.get("reuse_replayed") is None:
+        return "n/a"
+    return (
+        f"{_fmt(f['reuse_replayed'], 0)} / {_fmt(f['reuse_coalesced'], 0)} ({_fmt(f['reuse_tokens_not_generated'], 0)})"
+    )
+
+
 def _verify_calls(f: dict[str, Any]) -> str:
     if not f.get("verify_calls"):
         return "n/a"
@@ -204,6 +214,7 @@ COLUMNS = [
     ("KV evicted, tokens (rejected/finished/open)", lambda s, f: _evicted(f)),
     ("decode steps (mean batch)", lambda s, f: f"{_fmt(f['decode_steps'], 0)} ({_fmt(f['mean_decode_batch'])})"),
     ("semantic hits (alias/probe)", lambda s, f: _semantic(f)),
+    ("replayed / coalesced (tokens not generated)", lambda s, f: _reused(f)),
     ("KV held at end, tokens", lambda s, f: _fmt(f["kv_tokens_held"], 0)),
     ("verify calls (skipped)", lambda s, f: _verify_calls(f)),
     ("layers run per verify", lambda s, f: _layers(f)),

@@ -51,6 +51,8 @@ def snapshot(url: str) -> dict[str, float]:
     out.update({k: float(v) for k, v in (state.get("stats") or {}).items()})
     # What eviction freed, by mark, and the marks programs sent (the rksc backend, any policy).
     out.update({k: float(v) for k, v in (state.get("eviction") or {}).items()})
+    # Decode-side reuse: requests replayed or coalesced, tokens they did not generate.
+    out.update({k: float(v) for k, v in (state.get("reuse") or {}).items() if k != "on"})
     if "evictable_tokens" in state:
         out["tree_tokens"] = float(state["evictable_tokens"] + state["protected_tokens"])
     return out

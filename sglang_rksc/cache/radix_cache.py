@@ -16,6 +16,8 @@ from sglang.srt.mem_cache.radix_cache import RadixCache, TreeNode
 
 from sglang_rksc.cache.eviction import POLICY_NAME, register_policy
 from sglang_rksc.cache.marks import MARK_NAMES, MARKS, BranchMarks, copy_mark, node_mark
+from sglang_rksc.reuse.hooks import record_release
+from sglang_rksc.reuse.store import ReuseStore
 
 BACKEND_NAME = "rksc"
 
@@ -50,6 +52,7 @@ class RkscRadixCache(RadixCache):
         self.marks = BranchMarks(self)
         self.eviction_stats = EvictionStats()
         self._evicting = False
+        self.reuse: ReuseStore | None = None  # decode-side reuse, when on (enable_reuse)
         super().__init__(params)
 
     @classmethod
@@ -63,6 +66,11 @@ class RkscRadixCache(RadixCache):
     def reset(self) -> None:
         super().reset()
         self.marks.reset()
+        if self.reuse is not None:
+            self.reuse.reset()
+
+    def enable_reuse(self) -> None:
+        self.reuse = ReuseStore(self._attached)
 
     def describe(self) -> dict[str, Any]:
         """Plain-data summary of the live cache, for `/server_info`."""
@@ -75,6 +83,7 @@ class RkscRadixCache(RadixCache):
             "evictable_tokens": int(self.evictable_size()),
             "protected_tokens": int(self.protected_size()),
             "eviction": {**self.eviction_stats.as_dict(), **self.marks.stats.as_dict()},
+            "reuse": {"on": self.reuse is not None, **(self.reuse.stats.as_dict() if self.reuse else {})},
         }
 
     def _attached(self, node: TreeNode) -> bool:
@@ -117,6 +126,8 @@ class RkscRadixCache(RadixCache):
         if self.disable:
             return
         self.marks.remember(req)
+        if self.reuse is not None:
+            record_release(self.reuse, req, self._attached)
         mark = request_options(req).get("mark")
         if mark in MARKS:
             self.marks.mark_request(req, MARKS[mark])

@@ -45,7 +45,7 @@ def build_tree_cache(ctx: TreeCacheBuildContext) -> SemanticRadixCache:
             logger.warning("sglang-rksc: semantic sharing is not supported with %s; running exact-only", why)
             config = dataclasses.replace(config, semantic=False)
     if not config.semantic:
-        return SemanticRadixCache(ctx.params, config)
+        return _with_reuse(SemanticRadixCache(ctx.params, config), config)
 
     model = ctx.tp_worker.model_runner.model
     device = next(model.parameters()).device
@@ -68,4 +68,12 @@ def build_tree_cache(ctx: TreeCacheBuildContext) -> SemanticRadixCache:
         f" {layers}" if layers else "",
         states.states.numel() * states.states.element_size() / 2**20,
     )
-    return SemanticRadixCache(ctx.params, config, states=states, probe=probe, context_len=ctx.model_config.context_len)
+    cache = SemanticRadixCache(ctx.params, config, states=states, probe=probe, context_len=ctx.model_config.context_len)
+    return _with_reuse(cache, config)
+
+
+def _with_reuse(cache: SemanticRadixCache, config: RkscConfig) -> SemanticRadixCache:
+    if config.reuse and not cache.disable:
+        cache.enable_reuse()
+        logger.info("sglang-rksc: decode-side reuse on (replay and coalescing of deterministic duplicates)")
+    return cache

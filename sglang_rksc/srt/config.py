@@ -55,6 +55,9 @@ class RkscConfig:
     cgee_eps: float = ExitDefaults.eps
     cgee_k: int = ExitDefaults.k
     cgee_min_layer_fraction: float = ExitDefaults.min_layer_fraction
+    # Decode-side reuse: deterministic duplicates are answered from a finished twin (replay) or
+    # wait for a running one (coalescing), with no forward of their own.
+    reuse: bool = False
 
     def __post_init__(self) -> None:
         for name in ("threshold", "probe_threshold"):
@@ -184,6 +187,18 @@ def add_arguments(parser: argparse._ActionsContainer) -> None:
         type=float,
         default=d.cgee_min_layer_fraction,
         help="first layer checked, as a fraction of the model's depth",
+    )
+    _add_reuse_argument(parser, d)
+
+
+def _add_reuse_argument(parser: argparse._ActionsContainer, d: RkscConfig) -> None:
+    parser.add_argument(
+        "--rksc-reuse",
+        type=_on_off,
+        default=d.reuse,
+        metavar="on|off",
+        help="answer deterministic duplicates (greedy or seeded, same prompt and sampling) from a finished or "
+        "running twin, without a forward (rksc backend)",
     )
 
 

@@ -26,6 +26,8 @@ _HOOKS = {
         "sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController.set_internal_state"
     ),
     "run_batch": "sglang.srt.managers.scheduler.Scheduler.run_batch",
+    "add_request": "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue",
+    "input_requests": "sglang.srt.managers.scheduler.Scheduler.process_input_requests",
     "logits": "sglang.srt.layers.logits_processor.LogitsProcessor.forward",
     "accept_output": ("sglang.srt.managers.scheduler_components.output_streamer._GenerationStreamAccumulator.accept"),
     "request_level_info": (
@@ -57,6 +59,7 @@ def register() -> None:
     from sglang_rksc.cache.radix_cache import BACKEND_NAME
     from sglang_rksc.exit import layer_exit
     from sglang_rksc.exit.validate import validate_request
+    from sglang_rksc.reuse import hooks as reuse_hooks
     from sglang_rksc.srt.backend import build_tree_cache
     from sglang_rksc.srt.capture import capture_final_hidden_states
     from sglang_rksc.srt.counters import time_batch
@@ -69,6 +72,8 @@ def register() -> None:
         HookRegistry.register(_HOOKS["internal_state"], _report_tree_cache, HookType.AFTER)
         HookRegistry.register(_HOOKS["set_internal_state"], _mark_branches, HookType.AROUND)
         HookRegistry.register(_HOOKS["run_batch"], time_batch, HookType.AROUND)
+        HookRegistry.register(_HOOKS["add_request"], reuse_hooks.add_request_to_queue, HookType.AROUND)
+        HookRegistry.register(_HOOKS["input_requests"], reuse_hooks.serve_followers, HookType.AFTER)
         HookRegistry.register(_HOOKS["logits"], capture_final_hidden_states, HookType.AROUND)
         HookRegistry.register(_HOOKS["request_level_info"], _request_level_info, HookType.AROUND)
         HookRegistry.register(_HOOKS["accept_output"], _report_client_prompt_tokens, HookType.AFTER)

@@ -1,0 +1,1 @@
+"""Decode-side sharing: lossless reuse of deterministic results (replay, coalescing, verdicts)."""
