@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,25 @@ REPO = Path(__file__).resolve().parents[1]
 # used-after-free KV slot, instead of only logging it.
 STRICT_MEMORY_ENV = {**os.environ, "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE": "1"}
 LEAK_MARKERS = ("memory leak detected", "double free", "use-after-free")
+
+
+def flush_cache(server: LaunchedServer) -> None:
+    """`/flush_cache`, retried: the scheduler refuses it while it is still finishing a batch."""
+    import requests
+
+    for _ in range(20):
+        if requests.post(server.url + "/flush_cache", timeout=30).status_code == 200:
+            return
+        time.sleep(0.5)
+
+
+def assert_idle_and_clean(server: LaunchedServer) -> None:
+    """Let SGLang's strict idle pool check run; the server is healthy and logged no leak."""
+    import requests
+
+    time.sleep(2)
+    assert requests.get(server.url + "/health", timeout=30).status_code == 200
+    assert not [m for m in LEAK_MARKERS if m in server.log_text()]
 
 
 @pytest.fixture(scope="session")

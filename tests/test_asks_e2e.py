@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from sglang_rksc.srt.server_process import LaunchedServer
-from tests.conftest import LEAK_MARKERS, STRICT_MEMORY_ENV
+from tests.conftest import LEAK_MARKERS, STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
 pytestmark = pytest.mark.server
 
@@ -87,18 +87,10 @@ def test_unrelated_question_is_neither_forked_nor_freed(asks_server):
 
 def test_no_kv_slot_leaked_or_freed_twice(asks_server):
     """After all of the above, flushing the tree returns every slot; the idle check finds nothing."""
-    import time
-
-    for _ in range(20):  # the scheduler may still be finishing the last batch
-        if requests.post(asks_server.url + "/flush_cache", timeout=30).status_code == 200:
-            break
-        time.sleep(0.5)
+    flush_cache(asks_server)
     state = cache_state(asks_server)
     assert state["evictable_tokens"] == state["protected_tokens"] == 0 and state["aliases"] == 0
-    time.sleep(2)  # idle: SGLang's strict pool check runs
-    assert requests.get(asks_server.url + "/health", timeout=30).status_code == 200
-    log = asks_server.log_text()
-    assert not [m for m in LEAK_MARKERS if m in log]
+    assert_idle_and_clean(asks_server)
 
 
 def test_bad_semantic_flags_are_refused_in_one_line():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import requests
 
 from sglang_rksc.srt.server_process import LaunchedServer
-from tests.conftest import LEAK_MARKERS, STRICT_MEMORY_ENV
+from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
 pytestmark = pytest.mark.server
 
@@ -93,10 +92,7 @@ def test_sampled_requests_and_other_tenants_never_share(reuse_server):
 def test_after_the_path_is_evicted_the_request_is_computed_again(reuse_server):
     text = "Say hello in French.\n"
     first = generate(reuse_server, text)
-    for _ in range(20):
-        if requests.post(reuse_server.url + "/flush_cache", timeout=30).status_code == 200:
-            break
-        time.sleep(0.5)
+    flush_cache(reuse_server)
     before = server_state(reuse_server)
     again = generate(reuse_server, text)
     after = server_state(reuse_server)
@@ -119,13 +115,8 @@ def test_identical_verifications_reuse_the_verdict(reuse_server):
 
 
 def test_nothing_leaks(reuse_server):
-    for _ in range(20):
-        if requests.post(reuse_server.url + "/flush_cache", timeout=30).status_code == 200:
-            break
-        time.sleep(0.5)
-    time.sleep(2)  # idle: SGLang's strict pool check runs
-    assert requests.get(reuse_server.url + "/health", timeout=30).status_code == 200
-    assert not [m for m in LEAK_MARKERS if m in reuse_server.log_text()]
+    flush_cache(reuse_server)
+    assert_idle_and_clean(reuse_server)
 
 
 def test_reuse_is_off_by_default(rksc_server):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import sglang as sgl
 
 from sglang_rksc.lang import mark_branch
 from sglang_rksc.srt.server_process import LaunchedServer
-from tests.conftest import LEAK_MARKERS, STRICT_MEMORY_ENV
+from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
 pytestmark = pytest.mark.server
 
@@ -78,13 +77,8 @@ def test_marked_branches_are_evicted_before_open_ones_and_nothing_leaks(rsbcm_se
     assert evicted["open"] > 0, evicted
     assert (evicted["rejected"], evicted["finished"]) == (rejected, finished), evicted
 
-    for _ in range(20):  # the scheduler may still be finishing the last batch
-        if requests.post(rsbcm_server.url + "/flush_cache", timeout=30).status_code == 200:
-            break
-        time.sleep(0.5)
-    time.sleep(2)  # idle: SGLang's strict pool check runs
-    assert requests.get(rsbcm_server.url + "/health", timeout=30).status_code == 200
-    assert not [m for m in LEAK_MARKERS if m in rsbcm_server.log_text()]
+    flush_cache(rsbcm_server)
+    assert_idle_and_clean(rsbcm_server)
 
 
 def test_bad_mark_requests_are_refused_and_the_server_keeps_serving(rsbcm_server):

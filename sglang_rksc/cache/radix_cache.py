@@ -16,6 +16,7 @@ from sglang.srt.mem_cache.radix_cache import RadixCache, TreeNode
 
 from sglang_rksc.cache.eviction import POLICY_NAME, register_policy
 from sglang_rksc.cache.marks import MARK_NAMES, MARKS, BranchMarks, copy_mark, node_mark
+from sglang_rksc.cache.request_options import request_options
 from sglang_rksc.reuse.hooks import record_release
 from sglang_rksc.reuse.store import ReuseStore
 
@@ -32,13 +33,6 @@ class EvictionStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def request_options(req: Any) -> dict[str, Any]:
-    """The request's `custom_params["rksc"]` (a dict; anything else counts as empty)."""
-    custom = getattr(req.sampling_params, "custom_params", None) or {}
-    options = custom.get("rksc") or {}
-    return options if isinstance(options, dict) else {}
 
 
 class RkscRadixCache(RadixCache):

@@ -42,7 +42,8 @@ from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixKey, TreeNode
 
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
-from sglang_rksc.cache.radix_cache import RkscRadixCache, request_options
+from sglang_rksc.cache.radix_cache import RkscRadixCache
+from sglang_rksc.cache.request_options import request_options
 from sglang_rksc.srt.config import RkscConfig
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,8 @@ import logging
 from array import array
 from typing import Any
 
+from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
 from sglang_rksc.reuse.signature import reuse_key
 from sglang_rksc.reuse.store import META_KEY, Record, ReuseStore
 
@@ -95,8 +97,6 @@ def record_release(store: ReuseStore, req: Any, attached: Any) -> None:
     key = getattr(req, KEY_ATTR, None)
     if key is None:
         return
-    from sglang.srt.managers.schedule_batch import FINISH_ABORT
-
     node = req.last_node
     done = req.finished() and not isinstance(req.finished_reason, FINISH_ABORT)
     if done and node is not None and attached(node) and len(req.output_ids) > 0:

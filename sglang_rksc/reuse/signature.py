@@ -13,20 +13,16 @@ from typing import Any
 
 import msgspec
 
+from sglang_rksc.cache.request_options import request_options
+
 # custom_params["rksc"] keys that do not change what is generated.
 NEUTRAL_OPTIONS = ("mark", "reuse")
-
-
-def reuse_options(req: Any) -> dict[str, Any]:
-    custom = getattr(req.sampling_params, "custom_params", None) or {}
-    options = custom.get("rksc") or {}
-    return options if isinstance(options, dict) else {}
 
 
 def why_not_reusable(req: Any) -> str | None:
     """Why this request must run itself, or None."""
     sp = req.sampling_params
-    if reuse_options(req).get("reuse") is False:
+    if request_options(req).get("reuse") is False:
         return "opted out"
     if sp.top_k != 1 and sp.sampling_seed is None:
         return "sampled without a seed"
