@@ -179,6 +179,35 @@ def mark_branches(states: Sequence[Any], mark: str, enabled: bool) -> None:
         mark_branch(list(states), mark)
 
 
+def merge_threshold(text: str) -> float:
+    value = float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a similarity within [-1, 1], got {value}")
+    return value
+
+
+def add_merge_argument(group: argparse._ActionsContainer, what: str) -> None:
+    group.add_argument(
+        "--merge-branches",
+        type=merge_threshold,
+        default=None,
+        metavar="SIMILARITY",
+        help=f"merge {what} whose generated text is this similar (pooled hidden states, from a server started "
+        "with --rksc-span-embeddings on): one branch per group is continued and its vote weighs the group's "
+        "size (approximate; default off; does nothing against other servers)",
+    )
+
+
+def merge(forks: Any, var: str, threshold: float | None) -> Any:
+    """`merge_branches(forks, var, threshold)`; with no threshold, every branch alone (nothing is waited for)."""
+    from sglang_rksc.lang.merge import BranchGroups, merge_branches
+
+    if threshold is None:
+        states = tuple(forks)
+        return BranchGroups(states, tuple((i,) for i in range(len(states))), (1.0,) * len(states))
+    return merge_branches(forks, var, threshold)
+
+
 # Openings that make greedy branches differ deterministically (`--diversify`): without them,
 # greedy branches of one fork generate the same text.
 BRANCH_OPENINGS = (

@@ -52,7 +52,14 @@ VALUES = {"sure": 20.0, "likely": 1.0, "impossible": 0.001}
 
 @sgl.function
 def game_of_24(
-    s, numbers: list[int], breadth: int, proposals: int, max_tokens: int, temperature: float, mark: bool = False
+    s,
+    numbers: list[int],
+    breadth: int,
+    proposals: int,
+    max_tokens: int,
+    temperature: float,
+    mark: bool = False,
+    merge: float | None = None,
 ):
     """Breadth-first search; returns the best final state and what each step kept.
 
@@ -64,19 +71,25 @@ def game_of_24(
     proposer += PROPOSE_PREFIX
     valuer += VALUE_PREFIX
     frontier = [game24.State.start(tuple(numbers))]
-    metas, trace = [], []
+    metas, trace, merged = [], [], 0
     for _ in range(len(numbers) - 1):
         forks = common.fork(proposer, len(frontier))
         for f, state in zip(forks, frontier, strict=True):
             f += f"Input: {state.left_text()}\nPossible next steps:\n"
             f += sgl.gen("steps", max_tokens=max_tokens, temperature=temperature, stop=["Input:", "\n\n"])
-        candidates, seen = [], set()
-        for f, state in zip(forks, frontier, strict=True):
-            metas.append(f.get_meta_info("steps"))
+        # With `merge`, states whose proposal lists are near-duplicates are expanded once, from
+        # the first of them; the others' lists are not read, and the group's size breaks value ties.
+        groups = common.merge(forks, "steps", merge)
+        metas.extend(f.get_meta_info("steps") for f in forks)
+        merged += groups.merged
+        candidates, seen, support = [], set(), {}
+        for members in groups.groups:
+            f, state = forks[members[0]], frontier[members[0]]
             for child in game24.parse_proposals(state, f["steps"], limit=proposals):
                 if child.left not in seen:
                     seen.add(child.left)
                     candidates.append(child)
+                    support[child] = len(members)
         common.mark_branches(forks, "finished", mark)
         if not candidates:
             frontier = []
@@ -90,7 +103,7 @@ def game_of_24(
             for judge, c in zip(judges, open_states, strict=True):
                 values[c] = VALUES[judge["value"].strip()]
         # sorted() is stable: among equal values the order the model proposed them wins.
-        frontier = sorted(candidates, key=lambda c: -values[c])[:breadth]
+        frontier = sorted(candidates, key=lambda c: (-values[c], -support[c]))[:breadth]
         if open_states:
             kept = set(frontier)
             common.mark_branches(
@@ -104,6 +117,7 @@ def game_of_24(
         "steps": list(best.steps) if best else [],
         "trace": trace,
         "meta": metas,
+        "merged": merged,
     }
 
 
@@ -118,6 +132,7 @@ def score_puzzle(puzzle: game24.Puzzle, result: Mapping[str, Any]) -> dict[str, 
         "correct": result["solved"],
         "search": result["trace"],
         "tokens": common.count_calls(result["meta"]).as_dict(),
+        "merged_states": result["merged"],
     }
 
 
@@ -131,6 +146,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
         "--temperature", type=common.temperature, default=0.0, help="sampling temperature of the proposals; 0 is greedy"
     )
     common.add_mark_argument(group)
+    common.add_merge_argument(group, "frontier states, by their proposal lists,")
 
 
 def load_problems(start: int, count: int) -> list[game24.Puzzle]:
@@ -153,6 +169,7 @@ def run(
             max_tokens=options.max_tokens,
             temperature=options.temperature,
             mark=options.mark_branches == "on",
+            merge=options.merge_branches,
         )
         for p in problems
     ]
@@ -168,7 +185,10 @@ def describe_row(row: Mapping[str, Any]) -> str:
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     reached = [len(r["search"]) for r in rows]
-    return {"mean_steps_reached": sum(reached) / len(reached) if reached else 0.0}
+    return {
+        "mean_steps_reached": sum(reached) / len(reached) if reached else 0.0,
+        "merged_states": sum(r["merged_states"] for r in rows),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,32 +46,40 @@ def self_consistency_verify(
     temperature: float,
     diversify: bool = False,
     verifier: str = "select",
+    merge: float | None = None,
 ):
+    """Sample, verify, return one record per sample; with `merge`, near-duplicate solutions are
+    verified once and their record carries the group's size as its weight."""
     s += sgl.user(SOLVE_PROMPT.format(question=question))
     forks = common.fork(s, samples)
     extra = verification.candidate_args(verifier)
     common.assistant_turns(
         forks, lambda: sgl.gen("solution", max_tokens=max_tokens, temperature=temperature, **extra), diversify
     )
-    forks += sgl.user(VERIFY_PROMPT)
-    forks += sgl.assistant(verification.step("verdict", VERDICTS, verifier, candidate="solution"))
+    groups = common.merge(forks, "solution", merge)
+    kept = groups.representatives
+    for f in kept:
+        f += sgl.user(VERIFY_PROMPT)
+        f += sgl.assistant(verification.step("verdict", VERDICTS, verifier, candidate="solution"))
     return [
         {
             "solution": f["solution"],
             "verdict": f["verdict"],
             "p_yes": yes_probability(f.get_meta_info("verdict")),
+            "weight": weight,
             "verification": verification.record(f["verdict"], f.get_meta_info("verdict")),
-            "meta": f.get_meta_info("solution"),
+            "meta": [forks[i].get_meta_info("solution") for i in group],  # every member was generated
         }
-        for f in forks
+        for f, weight, group in zip(kept, groups.sizes, groups.groups, strict=True)
     ]
 
 
 def score_problem(problem: gsm8k.Problem, samples: list[dict[str, Any]]) -> dict[str, Any]:
     answers = [gsm8k.extract_answer(x["solution"]) for x in samples]
     p_yes = [x["p_yes"] for x in samples]
-    prediction = gsm8k.weighted_vote(answers, p_yes)
-    majority = gsm8k.weighted_vote(answers)
+    weights = [x["weight"] for x in samples]  # samples a merged one stands for
+    prediction = gsm8k.weighted_vote(answers, [p * w for p, w in zip(p_yes, weights, strict=True)])
+    majority = gsm8k.weighted_vote(answers, [float(w) for w in weights])
     return {
         "index": problem.index,
         "question": problem.question,
@@ -82,13 +90,15 @@ def score_problem(problem: gsm8k.Problem, samples: list[dict[str, Any]]) -> dict
         "majority_correct": majority == problem.answer,
         "sample_answers": answers,
         "verdicts": [x["verdict"] for x in samples],
+        "sample_weights": weights,
+        "merged_samples": sum(weights) - len(weights),
         "p_yes": p_yes,
         # Is each verdict right about its own sample? (yes for a correct answer, no otherwise)
         "verdicts_right": [
             (x["verdict"] == "yes") == (a == problem.answer) for x, a in zip(samples, answers, strict=True)
         ],
         "verifications": [x["verification"] for x in samples],
-        "tokens": common.count_calls(x["meta"] for x in samples).as_dict(),
+        "tokens": common.count_calls(m for x in samples for m in x["meta"]).as_dict(),
         "solutions": [x["solution"] for x in samples],
     }
 
@@ -108,6 +118,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
         help="sampling temperature of the solutions; 0 is greedy (all samples then agree)",
     )
     verification.add_argument(group)
+    common.add_merge_argument(group, "solutions")
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
@@ -130,6 +141,7 @@ def run(
             temperature=options.temperature,
             diversify=options.diversify,
             verifier=options.verifier,
+            merge=options.merge_branches,
         )
         for p in problems
     ]
@@ -153,6 +165,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     right = [v for r in rows for v in r["verdicts_right"]]
     return {
         "majority_vote_accuracy": sum(r["majority_correct"] for r in rows) / n,
+        "merged_samples": sum(r["merged_samples"] for r in rows),
         "verifications": len(verdicts),
         "verdict_yes_rate": verdicts.count("yes") / len(verdicts) if verdicts else 0.0,
         "verdict_accuracy": sum(right) / len(right) if right else 0.0,

@@ -51,23 +51,34 @@ def tree_of_thought(
     diversify: bool = False,
     verifier: str = "select",
     mark: bool = False,
+    merge: float | None = None,
 ):
-    """Plan (level 1) -> execute (level 2) -> reflect and score (level 3); returns the leaves."""
+    """Plan (level 1) -> execute (level 2) -> reflect and score (level 3); returns the leaves.
+
+    With `merge`, near-duplicate plans, and near-duplicate solutions of one plan, are merged:
+    one branch per group goes on, and its leaves carry the group's size as their weight."""
     s += sgl.user(PLAN_PROMPT.format(question=question))
     plans = common.fork(s, _fan_out(depth, 1, branches))
     common.assistant_turns(plans, lambda: sgl.gen("plan", max_tokens=max_tokens, temperature=temperature), diversify)
+    plan_groups = common.merge(plans, "plan", merge)
 
-    solutions = []
-    for plan in plans:
+    expanded = []
+    for plan, weight, members in zip(plan_groups.representatives, plan_groups.sizes, plan_groups.groups, strict=True):
+        plan_members = [plans[i] for i in members]
         plan += sgl.user(EXECUTE_PROMPT)
         forks = common.fork(plan, _fan_out(depth, 2, branches))
         common.assistant_turns(
             forks, lambda: sgl.gen("solution", max_tokens=max_tokens, temperature=temperature), diversify
         )
-        solutions.extend((plan, f) for f in forks)
+        expanded.append((plan, weight, plan_members, forks))
+    solutions = []
+    for plan, weight, plan_members, forks in expanded:  # all plans' solutions are in flight before any merge waits
+        groups = common.merge(forks, "solution", merge)
+        for f, n, members in zip(groups.representatives, groups.sizes, groups.groups, strict=True):
+            solutions.append((plan, f, weight * n, (plan_members, [forks[i] for i in members])))
 
     leaves = []
-    for plan, solution in solutions:
+    for plan, solution, weight, members in solutions:
         solution += sgl.user(REFLECT_PROMPT)
         forks = common.fork(solution, _fan_out(depth, 3, branches))
         reflect = sgl.gen(
@@ -82,10 +93,10 @@ def tree_of_thought(
         forks += sgl.assistant(
             verification.step("score", SCORES, verifier, candidate="reflection", accept=ACCEPT_SCORE)
         )
-        leaves.extend((plan, solution, f) for f in forks)
+        leaves.extend((plan, solution, f, weight, members) for f in forks)
 
     # RSBCM: low-scored leaves are dead first; then the whole tree is done.
-    common.mark_branches([f for _, _, f in leaves if int(f["score"]) < ACCEPT_SCORE], "rejected", mark)
+    common.mark_branches([f for _, _, f, _, _ in leaves if int(f["score"]) < ACCEPT_SCORE], "rejected", mark)
     common.mark_branches(plans, "finished", mark)
 
     return [
@@ -94,22 +105,24 @@ def tree_of_thought(
             "solution": solution["solution"],
             "reflection": reflection["reflection"],
             "score": int(reflection["score"]),
+            "weight": weight,
             "verification": verification.record(reflection["score"], reflection.get_meta_info("score")),
-            "meta": [
-                plan.get_meta_info("plan"),
-                solution.get_meta_info("solution"),
+            "meta": [  # every merged member was generated too
+                *(p.get_meta_info("plan") for p in members[0]),
+                *(f.get_meta_info("solution") for f in members[1]),
                 reflection.get_meta_info("reflection"),
             ],
         }
-        for plan, solution, reflection in leaves
+        for plan, solution, reflection, weight, members in leaves
     ]
 
 
 def score_problem(problem: gsm8k.Problem, leaves: list[dict[str, Any]]) -> dict[str, Any]:
     """Vote over the leaves' answers, each weighted by its reflection score."""
     answers = [gsm8k.extract_answer(leaf["solution"]) for leaf in leaves]
-    prediction = gsm8k.weighted_vote(answers, [float(leaf["score"]) for leaf in leaves])
-    majority = gsm8k.weighted_vote(answers)
+    weights = [leaf["weight"] for leaf in leaves]  # branches a merged leaf stands for
+    prediction = gsm8k.weighted_vote(answers, [leaf["score"] * w for leaf, w in zip(leaves, weights, strict=True)])
+    majority = gsm8k.weighted_vote(answers, [float(w) for w in weights])
     return {
         "index": problem.index,
         "question": problem.question,
@@ -120,6 +133,8 @@ def score_problem(problem: gsm8k.Problem, leaves: list[dict[str, Any]]) -> dict[
         "majority_correct": majority == problem.answer,
         "branch_answers": answers,
         "branch_scores": [leaf["score"] for leaf in leaves],
+        "branch_weights": weights,
+        "merged_branches": sum(weights) - len(weights),
         "verifications": [leaf["verification"] for leaf in leaves],
         "tokens": common.count_calls(m for leaf in leaves for m in leaf["meta"]).as_dict(),
         "branches": [{k: leaf[k] for k in ("plan", "solution", "reflection", "score")} for leaf in leaves],
@@ -153,6 +168,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     )
     verification.add_argument(group)
     common.add_mark_argument(group)
+    common.add_merge_argument(group, "plans, and solutions of one plan,")
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
@@ -178,6 +194,7 @@ def run(
             diversify=options.diversify,
             verifier=options.verifier,
             mark=options.mark_branches == "on",
+            merge=options.merge_branches,
         )
         for p in problems
     ]
@@ -197,6 +214,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     n = len(rows) or 1
     return {
         "majority_vote_accuracy": sum(r["majority_correct"] for r in rows) / n,
+        "merged_branches": sum(r["merged_branches"] for r in rows),
         **verification.summarize(v for r in rows for v in r["verifications"]),
     }
 

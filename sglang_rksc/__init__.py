@@ -7,8 +7,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # `from sglang_rksc import verify, Gate, mark_branch` loads the frontend primitives on first use.
-    if name in ("verify", "Gate", "mark_branch"):
+    # `from sglang_rksc import verify, Gate, mark_branch, merge_branches` loads the frontend primitives on first use.
+    if name in ("verify", "Gate", "mark_branch", "merge_branches"):
         from sglang_rksc import lang
 
         return getattr(lang, name)

@@ -11,15 +11,35 @@ from sglang_rksc.bench.report import Run
 
 def test_modes_resolve_in_order_and_refuse_unknown_names():
     assert [m.name for m in modes.resolve(["radix", "no-cache"])] == ["radix", "no-cache"]
-    assert not modes.MODES["rksc-merge"].available and "issue 8" in modes.MODES["rksc-merge"].pending
-    assert modes.MODES["rksc-evict"].available
     assert modes.MODES["rksc-evict"].server_args[-2:] == ("--radix-eviction-policy", "rsbcm")
     assert modes.MODES["rksc-cgee"].program_args == ("--verifier", "cgee")
-    assert modes.MODES["rksc-asks"].available
+    merge, full = modes.MODES["rksc-merge"], modes.MODES["rksc-full"]
+    assert merge.server_args[-2:] == ("--rksc-span-embeddings", "on")
+    assert merge.program_args == ("--merge-branches", str(modes.MERGE_THRESHOLD))
+    # rksc-full holds every feature: ASKS, RSBCM, reuse, span embeddings, CGEE and merging.
+    for flag in ("--rksc-semantic", "--rksc-reuse", "--rksc-span-embeddings", "rsbcm"):
+        assert flag in full.server_args
+    assert full.program_args == ("--verifier", "cgee", "--merge-branches", str(modes.MERGE_THRESHOLD))
     with pytest.raises(ValueError, match="unknown mode"):
         modes.resolve(["radix", "turbo"])
     with pytest.raises(ValueError, match="twice"):
         modes.resolve(["radix", "radix"])
+
+
+def test_merge_threshold_in_the_mode_name():
+    (mode,) = modes.resolve(["rksc-merge@0.9"])
+    assert mode.name == "rksc-merge@0.9" and mode.program_args == ("--merge-branches", "0.9")
+    assert mode.server_args == modes.MODES["rksc-merge"].server_args and "0.9" in mode.description
+    (asks,) = modes.resolve(["rksc-asks@0.8"])
+    assert asks.server_args[-2:] == ("--rksc-threshold", "0.8")
+    with pytest.raises(ValueError, match="similarity"):
+        modes.resolve(["rksc-merge@1.5"])
+    with pytest.raises(ValueError, match="number"):
+        modes.resolve(["rksc-merge@high"])
+    with pytest.raises(ValueError, match="takes no thresholds"):
+        modes.resolve(["rksc-full@0.9"])
+    with pytest.raises(ValueError, match="takes no thresholds"):
+        modes.resolve(["radix@0.9"])
 
 
 def test_slices_never_mix():
@@ -66,7 +86,7 @@ def test_summaries_ratios_and_agreement():
         report.summarize_mode(modes.MODES[name], runs, radix)
         for name, runs in (("no-cache", slow), ("radix", radix), ("rksc", fast))
     ]
-    summaries.append(report.summarize_mode(modes.MODES["rksc-merge"], [], radix))
+    summaries.append(report.summarize_mode(modes.MODES["rksc-merge"], [], radix))  # a mode with no run
     report.add_speedups(summaries)
     nocache, rad, rksc, cgee = (s.figures for s in summaries)
     assert rad["speedup_vs_radix"] == 1.0 and rksc["speedup_vs_radix"] == pytest.approx(11.0 / 5.5)
@@ -76,7 +96,7 @@ def test_summaries_ratios_and_agreement():
     assert rksc["prompt_tokens_computed"] == 100.0 and rksc["mean_decode_batch"] == 4.0
     assert rksc["semantic_hits"] is None and cgee == {}
     table = report.markdown_table(summaries)
-    assert "| rksc-merge | not implemented yet (decode-side sharing, issue 8) |" in table
+    assert "| rksc-merge | no run |" in table
     assert "2.00x" in table
 
 
@@ -133,3 +153,19 @@ def test_verification_figures_come_from_the_call_records():
         "rksc-cgee-audit", "", figures={**figures, "speedup_vs_radix": None, "speedup_vs_no_cache": None}
     )
     assert "1 of 3 (33.3%)" in report.markdown_table([summary])
+
+
+def test_merged_branches_and_the_majority_baseline_are_reported():
+    rows = [
+        {"index": 0, "prediction": "1", "correct": True, "majority_correct": False, "merged_branches": 2},
+        {"index": 1, "prediction": "2", "correct": False, "majority_correct": False, "merged_branches": 1},
+    ]
+    merged = Run("rksc-merge", 0, 10.0, rows, {})
+    figures = report.summarize_mode(modes.MODES["rksc-merge"], [merged], []).figures
+    assert figures["branches_merged"] == 3 and figures["majority_accuracy"] == 0.0 and figures["accuracy"] == 0.5
+    plain = report.summarize_mode(modes.MODES["radix"], [_run("radix", 0, 10.0, ["1"])], []).figures
+    assert plain["branches_merged"] is None and plain["majority_accuracy"] is None
+    summary = report.ModeSummary(
+        "rksc-merge", "", figures={**figures, "speedup_vs_radix": None, "speedup_vs_no_cache": None}
+    )
+    assert "| 3 | 0.50 | 0.00 |" in report.markdown_table([summary])

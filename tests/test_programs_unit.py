@@ -27,6 +27,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
             "solution": "The answer is 18.",
             "reflection": "",
             "score": 5,
+            "weight": 1,
             "verification": _verification("5", skipped=False),
             "meta": [plan, _meta("s1", 60, 50, 12), _meta("r1", 80, 70, 6)],
         },
@@ -35,6 +36,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
             "solution": "The answer is 20.",
             "reflection": "",
             "score": 1,
+            "weight": 1,
             "verification": _verification("1", skipped=False),
             "meta": [plan, _meta("s2", 60, 50, 12), _meta("r2", 80, 70, 6)],
         },
@@ -43,6 +45,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
             "solution": "The answer is 20.",
             "reflection": "",
             "score": 1,
+            "weight": 1,
             "verification": _verification("1", skipped=False),
             "meta": [plan, _meta("s3", 60, 50, 12), _meta("r3", 80, 70, 6)],
         },
@@ -50,6 +53,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
     row = tree_of_thought.score_problem(PROBLEM, leaves)
     assert row["prediction"] == "18" and row["correct"]  # 5 outweighs 1 + 1
     assert row["majority_prediction"] == "20" and not row["majority_correct"]
+    assert row["merged_branches"] == 0
     # The plan request is shared by all three leaves: 1 + 3 + 3 calls.
     assert row["tokens"] == {
         "requests": 7,
@@ -78,21 +82,24 @@ def test_self_consistency_weights_by_the_verifier():
             "solution": "The answer is 18.",
             "verdict": "yes",
             "p_yes": 0.9,
-            "meta": _meta("a", 50, 40, 20),
+            "weight": 1,
+            "meta": [_meta("a", 50, 40, 20)],
             "verification": _verification("yes", skipped=True),
         },
         {
             "solution": "The answer is 3.",
             "verdict": "no",
             "p_yes": 0.3,
-            "meta": _meta("b", 50, 40, 20),
+            "weight": 1,
+            "meta": [_meta("b", 50, 40, 20)],
             "verification": _verification("no", skipped=False),
         },
         {
             "solution": "The answer is 3.",
             "verdict": "no",
             "p_yes": 0.3,
-            "meta": _meta("c", 50, 40, 20),
+            "weight": 1,
+            "meta": [_meta("c", 50, 40, 20)],
             "verification": _verification("no", skipped=False),
         },
     ]
@@ -102,6 +109,7 @@ def test_self_consistency_weights_by_the_verifier():
     summary = self_consistency_verify.summarize([row])
     assert summary == {
         "majority_vote_accuracy": 0.0,
+        "merged_samples": 0,
         "verifications": 3,
         "verdict_yes_rate": pytest.approx(1 / 3),
         "verdict_accuracy": 1.0,
@@ -124,12 +132,47 @@ def test_game_of_24_row():
             "steps": ["1 + 11 = 12", "1 + 11 = 12", "12 + 12 = 24"],
             "trace": [[], [], []],
             "meta": [_meta("x", 300, 200, 40)],
+            "merged": 2,
         },
     )
     assert row["correct"] and row["prediction"] == "1 + 11 = 12; 1 + 11 = 12; 12 + 12 = 24"
-    assert (
-        game_of_24.score_puzzle(puzzle, {"solved": False, "steps": [], "trace": [], "meta": []})["prediction"] is None
-    )
+    assert row["merged_states"] == 2 and game_of_24.summarize([row])["merged_states"] == 2
+    empty = {"solved": False, "steps": [], "trace": [], "meta": [], "merged": 0}
+    assert game_of_24.score_puzzle(puzzle, empty)["prediction"] is None
+
+
+def test_merged_leaves_vote_with_their_group_size():
+    """A merged leaf stands for its group: its score and its majority vote count `weight` times."""
+    leaves = [
+        {"plan": "", "solution": "The answer is 18.", "reflection": "", "score": 2, "weight": 3,
+         "verification": _verification("2", skipped=False), "meta": [_meta("s1", 60, 50, 12), _meta("s2", 60, 50, 12)]},
+        {"plan": "", "solution": "The answer is 20.", "reflection": "", "score": 5, "weight": 1,
+         "verification": _verification("5", skipped=False), "meta": [_meta("s3", 60, 50, 12)]},
+    ]  # fmt: skip
+    row = tree_of_thought.score_problem(PROBLEM, leaves)
+    assert row["prediction"] == "18" and row["majority_prediction"] == "18"  # 2 * 3 > 5 * 1; 3 > 1
+    assert row["branch_weights"] == [3, 1] and row["merged_branches"] == 2
+    assert row["tokens"]["requests"] == 3  # merged members were generated: counted
+    leaves[0]["weight"] = 2
+    row = tree_of_thought.score_problem(PROBLEM, leaves)
+    assert row["prediction"] == "20" and row["majority_prediction"] == "18"  # 2 * 2 < 5; 2 > 1
+    samples = [
+        {"solution": "The answer is 3.", "verdict": "no", "p_yes": 0.3, "weight": 3,
+         "verification": _verification("no", skipped=False), "meta": [_meta("a", 50, 40, 20), _meta("b", 50, 40, 20)]},
+        {"solution": "The answer is 18.", "verdict": "yes", "p_yes": 0.8, "weight": 1,
+         "verification": _verification("yes", skipped=False), "meta": [_meta("c", 50, 40, 20)]},
+    ]  # fmt: skip
+    row = self_consistency_verify.score_problem(PROBLEM, samples)
+    assert row["prediction"] == "3" and row["majority_prediction"] == "3"  # 0.9 > 0.8
+    assert row["merged_samples"] == 2 and row["tokens"]["requests"] == 3
+
+
+def test_merge_option_is_off_by_default_and_validated():
+    for program in (tree_of_thought, self_consistency_verify, game_of_24):
+        assert common.program_options(program, []).merge_branches is None
+        assert common.program_options(program, ["--merge-branches", "0.9"]).merge_branches == 0.9
+        with pytest.raises(ValueError, match="within \\[-1, 1\\]"):
+            common.program_options(program, ["--merge-branches", "1.5"])
 
 
 def test_program_options_parse_and_validate():

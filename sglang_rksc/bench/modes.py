@@ -1,8 +1,5 @@
-"""The modes the benchmark compares: how the server is launched for each.
-
-A mode whose feature has not landed yet stays listed with the issue that
-brings it, so a table can say so instead of silently leaving it out.
-"""
+"""The modes the benchmark compares: how the server is launched for each, and the program flags
+that go with it (the verification step, merging)."""
 
 from __future__ import annotations
 
@@ -14,13 +11,12 @@ class Mode:
     name: str
     description: str
     server_args: tuple[str, ...] = ()
-    pending: str | None = None  # why it cannot run yet
-    program_args: tuple[str, ...] = ()  # program flags of this mode (the verification step)
+    program_args: tuple[str, ...] = ()  # program flags of this mode (the verification step, merging)
 
-    @property
-    def available(self) -> bool:
-        return self.pending is None
 
+# Similarity at which the programs merge branches in rksc-merge and rksc-full (chosen on GSM8K 0-299).
+MERGE_THRESHOLD = 0.95
+MERGE_FLAG = "--merge-branches"
 
 MODES: dict[str, Mode] = {
     m.name: m
@@ -80,12 +76,14 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "rksc-merge",
-            "merging of near-duplicate branches",
-            pending="not implemented yet (decode-side sharing, issue 8)",
+            f"near-duplicate branches merged in the frontend (similarity {MERGE_THRESHOLD}), by the server's span "
+            "embeddings",
+            ("--radix-cache-backend", "rksc", "--rksc-span-embeddings", "on"),
+            program_args=("--merge-branches", str(MERGE_THRESHOLD)),
         ),
         Mode(
             "rksc-full",
-            "every RKSC feature landed so far: ASKS, CGEE, RSBCM with marks, reuse (merging: not yet)",
+            "every RKSC feature: ASKS, CGEE, RSBCM with marks, reuse, merging",
             (
                 "--radix-cache-backend",
                 "rksc",
@@ -95,13 +93,29 @@ MODES: dict[str, Mode] = {
                 "rsbcm",
                 "--rksc-reuse",
                 "on",
+                "--rksc-span-embeddings",
+                "on",
             ),
-            program_args=("--verifier", "cgee"),
+            program_args=("--verifier", "cgee", "--merge-branches", str(MERGE_THRESHOLD)),
         ),
     )
 }
 REFERENCE = "radix"
 DEFAULT_MODES = ("no-cache", "radix", "rksc")
+
+
+def _with_merge_threshold(mode: Mode, spec: str) -> Mode:
+    """`rksc-merge@0.9`: the programs merge branches at this similarity."""
+    try:
+        value = float(spec)
+    except ValueError:
+        raise ValueError(f"mode {mode.name}@{spec}: the merge threshold must be a number") from None
+    if not -1.0 <= value <= 1.0:
+        raise ValueError(f"mode {mode.name}@{spec}: the merge threshold must be a similarity in [-1, 1]")
+    args = list(mode.program_args)
+    args[args.index(MERGE_FLAG) + 1] = spec
+    description = f"{mode.description.split(' (similarity')[0]} (similarity {spec})"
+    return Mode(f"{mode.name}@{spec}", description, mode.server_args, tuple(args))
 
 
 def _with_thresholds(mode: Mode, spec: str) -> Mode:
@@ -116,13 +130,12 @@ def _with_thresholds(mode: Mode, spec: str) -> Mode:
     args = [*mode.server_args, "--rksc-threshold", parts[0]]
     if len(values) == 2:
         args += ["--rksc-probe-threshold", parts[1]]
-    return Mode(
-        f"{mode.name}@{spec}", f"{mode.description}, thresholds {spec}", tuple(args), mode.pending, mode.program_args
-    )
+    return Mode(f"{mode.name}@{spec}", f"{mode.description}, thresholds {spec}", tuple(args), mode.program_args)
 
 
 def resolve(names: list[str]) -> list[Mode]:
-    """Modes by name, in the order given; `name@t[/p]` sets ASKS thresholds. Unknown names raise ValueError."""
+    """Modes by name, in the order given; `rksc-asks@t[/p]` sets ASKS thresholds, `rksc-merge@t` the merge
+    threshold. Unknown names raise ValueError."""
     base = [n.split("@", 1)[0] for n in names]
     unknown = [n for n in base if n not in MODES]
     if unknown:
@@ -133,8 +146,12 @@ def resolve(names: list[str]) -> list[Mode]:
     for name, root in zip(names, base, strict=True):
         mode = MODES[root]
         if "@" in name:
-            if "--rksc-semantic" not in mode.server_args:
+            spec = name.split("@", 1)[1]
+            if root == "rksc-merge":
+                mode = _with_merge_threshold(mode, spec)
+            elif "--rksc-semantic" in mode.server_args and MERGE_FLAG not in mode.program_args:
+                mode = _with_thresholds(mode, spec)
+            else:
                 raise ValueError(f"mode {root} takes no thresholds")
-            mode = _with_thresholds(mode, name.split("@", 1)[1])
         modes.append(mode)
     return modes

@@ -41,7 +41,6 @@ class Run:
 class ModeSummary:
     mode: str
     description: str
-    pending: str | None = None
     runs: int = 0
     figures: dict[str, Any] = field(default_factory=dict)
 
@@ -82,7 +81,7 @@ def verification_figures(runs: Sequence[Run]) -> dict[str, Any]:
 
 
 def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run]) -> ModeSummary:
-    summary = ModeSummary(mode.name, mode.description, mode.pending, len(runs))
+    summary = ModeSummary(mode.name, mode.description, len(runs))
     if not runs:
         return summary
     seconds = [r.seconds for r in runs]
@@ -129,11 +128,38 @@ def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run
         ),
         **verification_figures(runs),
         "accuracy": statistics.mean(sum(bool(x["correct"]) for x in r.rows) / len(r.rows) for r in runs),
+        # The unweighted majority over the branches' answers (GSM8K programs): the baseline a weighting
+        # or a merge has to beat.
+        "majority_accuracy": _mean_or_none(
+            [
+                sum(bool(x["majority_correct"]) for x in r.rows) / len(r.rows)
+                for r in runs
+                if _all_have(r, "majority_correct")
+            ]
+        ),
+        "branches_merged": _median(
+            [sum(_merged(x) for x in r.rows) for r in runs if any(_merged(x) is not None for x in r.rows)]
+        ),
         "agreement_with_radix": statistics.mean(agreements) if agreements else None,
         # Under sampling, how much a mode agrees with itself between repeats: the noise floor.
         "self_agreement": _self_agreement(runs),
     }
     return summary
+
+
+MERGED_KEYS = ("merged_branches", "merged_samples", "merged_states")  # per program row
+
+
+def _merged(row: dict[str, Any]) -> int | None:
+    return next((row[k] for k in MERGED_KEYS if k in row), None)
+
+
+def _all_have(run: Run, key: str) -> bool:
+    return bool(run.rows) and all(key in x for x in run.rows)
+
+
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    return statistics.mean(values) if values else None
 
 
 def add_speedups(summaries: Sequence[ModeSummary]) -> None:
@@ -220,7 +246,9 @@ COLUMNS = [
     ("layers run per verify", lambda s, f: _layers(f)),
     ("verify forward s", lambda s, f: _fmt(f["verify_server_seconds"], 2)),
     ("CGEE vs full-depth disagreements", lambda s, f: _disagreement(f)),
+    ("branches merged", lambda s, f: _fmt(f.get("branches_merged"), 0)),
     ("accuracy", lambda s, f: _fmt(f["accuracy"], 2)),
+    ("majority-vote accuracy", lambda s, f: _fmt(f.get("majority_accuracy"), 2)),
     ("agreement w/ radix", lambda s, f: _fmt(f["agreement_with_radix"], 2)),
     ("self-agreement", lambda s, f: _fmt(f["self_agreement"], 2)),
 ]
@@ -232,7 +260,7 @@ def markdown_table(summaries: Sequence[ModeSummary]) -> str:
         if s.figures:
             cells = [fn(s, s.figures) for _, fn in COLUMNS]
         else:
-            cells = [s.mode, s.pending or "no run", *[""] * (len(COLUMNS) - 2)]
+            cells = [s.mode, "no run", *[""] * (len(COLUMNS) - 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -41,6 +41,7 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult, Mat
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixKey, TreeNode
 
+from sglang_rksc.cache import span_vector
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
 from sglang_rksc.cache.radix_cache import RkscRadixCache
 from sglang_rksc.cache.request_options import request_options
@@ -371,21 +372,42 @@ class SemanticRadixCache(RkscRadixCache):
         req.full_untruncated_fill_ids = new + req.output_ids
 
     @staticmethod
-    def _report(req: Any, info: dict[str, Any]) -> None:
-        """Put the fork's facts in the response's meta_info (a request-level customized info)."""
+    def _report(req: Any, info: dict[str, Any], key: str = META_KEY) -> None:
+        """Put facts in the response's meta_info (a request-level customized info); the fork's by default."""
         if req.customized_info is None:
             req.customized_info = {}
-        req.customized_info[META_KEY] = [info]
+        req.customized_info[key] = [info]
 
     # ------------------------------------------------------------------ release
 
     def on_release(self, req: Any, *, checkpointed: bool) -> None:
+        # Before the base records the result for reuse (a replay carries the span too) and
+        # before dedupe frees the span's slots.
+        if checkpointed and self.config.span_embeddings and self.states is not None and not self.disable:
+            self._report_span(req)
         super().on_release(req, checkpointed=checkpointed)
         if not (checkpointed and self.semantic and self.config.dedupe and self.states is not None):
             return
         if self._ineligible_for_dedupe(req):
             return
         self.dedupe(req.last_node)
+
+    def output_slots(self, req: Any) -> torch.Tensor | None:
+        """KV slots of the request's output as the tree holds them now (its last token has none)."""
+        if req.last_node is None or not self._attached(req.last_node):
+            return None
+        path = self.path_device_indices(req.last_node)
+        prompt_len = len(req.origin_input_ids)
+        return path[prompt_len:] if len(path) > prompt_len else None
+
+    def _report_span(self, req: Any) -> None:
+        """Put the pooled states of the output span in the response (`rksc_span`), for merging."""
+        slots = self.output_slots(req)
+        embedding = None if slots is None else self.states.span_embedding(slots)
+        if embedding is None:
+            return
+        info = span_vector.encode(embedding, self.states.weights, tokens=int(slots.numel()))
+        self._report(req, info, key=span_vector.META_KEY)
 
     def _ineligible_for_dedupe(self, req: Any) -> bool:
         return request_options(req).get("semantic") is False or req.last_node is None

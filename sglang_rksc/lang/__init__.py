@@ -1,7 +1,18 @@
-"""Frontend primitives for SGLang programs: `verify` (CGEE), its `Gate`, and `mark_branch` (RSBCM)."""
+"""Frontend primitives for SGLang programs: `verify` (CGEE), its `Gate`, `mark_branch` (RSBCM) and
+`merge_branches` (near-duplicate branches)."""
 
 from sglang_rksc.lang.gate import Confidence, Gate, confidence_of
 from sglang_rksc.lang.mark import mark_branch
+from sglang_rksc.lang.merge import BranchGroups, merge_branches
 from sglang_rksc.lang.verify import VerifyMethod, verify
 
-__all__ = ["Confidence", "Gate", "VerifyMethod", "confidence_of", "mark_branch", "verify"]
+__all__ = [
+    "BranchGroups",
+    "Confidence",
+    "Gate",
+    "VerifyMethod",
+    "confidence_of",
+    "mark_branch",
+    "merge_branches",
+    "verify",
+]

@@ -39,12 +39,12 @@ def build_tree_cache(ctx: TreeCacheBuildContext) -> SemanticRadixCache:
     """Factory for `register_radix_cache_backend("rksc", ...)`."""
     config = RkscConfig.from_env()
     capture.deactivate()
-    if config.semantic:
+    if config.semantic or config.span_embeddings:
         why = _why_no_semantic(ctx)
         if why:
-            logger.warning("sglang-rksc: semantic sharing is not supported with %s; running exact-only", why)
-            config = dataclasses.replace(config, semantic=False)
-    if not config.semantic:
+            logger.warning("sglang-rksc: semantic sharing and span embeddings are not supported with %s", why)
+            config = dataclasses.replace(config, semantic=False, span_embeddings=False)
+    if not (config.semantic or config.span_embeddings):
         return _with_reuse(SemanticRadixCache(ctx.params, config), config)
 
     model = ctx.tp_worker.model_runner.model
@@ -57,13 +57,16 @@ def build_tree_cache(ctx: TreeCacheBuildContext) -> SemanticRadixCache:
     states = SlotStates(
         allocator.size + 1, ctx.model_config.hidden_size, num_layers=len(layers) if layers else 1, device=device
     )
-    probe = TokenProbe(model.get_input_embeddings().weight) if config.probe else None
+    probe = TokenProbe(model.get_input_embeddings().weight) if config.semantic and config.probe else None
     capture.activate(states, model, layers)
     logger.info(
-        "sglang-rksc: semantic sharing on (threshold %.3f, probe %s at %.3f, pooling %s%s, %.1f MiB of states)",
+        "sglang-rksc: hidden states captured (semantic sharing %s, threshold %.3f, probe %s at %.3f, span "
+        "embeddings %s, pooling %s%s, %.1f MiB of states)",
+        "on" if config.semantic else "off",
         config.threshold,
         "on" if probe else "off",
         config.probe_threshold,
+        "on" if config.span_embeddings else "off",
         config.pooling,
         f" {layers}" if layers else "",
         states.states.numel() * states.states.element_size() / 2**20,

@@ -58,6 +58,9 @@ class RkscConfig:
     # Decode-side reuse: deterministic duplicates are answered from a finished twin (replay) or
     # wait for a running one (coalescing), with no forward of their own.
     reuse: bool = False
+    # Pooled hidden states of each generation's output in its meta_info (`rksc_span`), so the
+    # frontend can merge near-duplicate branches (sglang_rksc.lang.merge); no extra forward.
+    span_embeddings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("threshold", "probe_threshold"):
@@ -188,10 +191,10 @@ def add_arguments(parser: argparse._ActionsContainer) -> None:
         default=d.cgee_min_layer_fraction,
         help="first layer checked, as a fraction of the model's depth",
     )
-    _add_reuse_argument(parser, d)
+    _add_decode_side_arguments(parser, d)
 
 
-def _add_reuse_argument(parser: argparse._ActionsContainer, d: RkscConfig) -> None:
+def _add_decode_side_arguments(parser: argparse._ActionsContainer, d: RkscConfig) -> None:
     parser.add_argument(
         "--rksc-reuse",
         type=_on_off,
@@ -199,6 +202,14 @@ def _add_reuse_argument(parser: argparse._ActionsContainer, d: RkscConfig) -> No
         metavar="on|off",
         help="answer deterministic duplicates (greedy or seeded, same prompt and sampling) from a finished or "
         "running twin, without a forward (rksc backend)",
+    )
+    parser.add_argument(
+        "--rksc-span-embeddings",
+        type=_on_off,
+        default=d.span_embeddings,
+        metavar="on|off",
+        help="return each generation's pooled hidden states in meta_info['rksc_span'] (from the forwards already "
+        "run), which the frontend's merge_branches groups near-duplicate branches by (rksc backend)",
     )
 
 
