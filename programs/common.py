@@ -199,13 +199,19 @@ def add_merge_argument(group: argparse._ActionsContainer, what: str) -> None:
 
 
 def merge(forks: Any, var: str, threshold: float | None) -> Any:
-    """`merge_branches(forks, var, threshold)`; with no threshold, every branch alone (nothing is waited for)."""
+    """`merge_branches(forks, var, threshold)`; with no threshold, every branch alone.
+
+    Either way the branches are waited for: the program sends its next level at the same moments
+    with and without merging, so that modes compared side by side see the same batches (greedy
+    outputs on this engine depend on the batch a request runs in)."""
     from sglang_rksc.lang.merge import BranchGroups, merge_branches
 
-    if threshold is None:
-        states = tuple(forks)
-        return BranchGroups(states, tuple((i,) for i in range(len(states))), (1.0,) * len(states))
-    return merge_branches(forks, var, threshold)
+    if threshold is not None:
+        return merge_branches(forks, var, threshold)
+    states = tuple(forks)
+    for state in states:
+        sync(state)
+    return BranchGroups(states, tuple((i,) for i in range(len(states))), (1.0,) * len(states))
 
 
 # Openings that make greedy branches differ deterministically (`--diversify`): without them,

@@ -63,9 +63,9 @@ def game_of_24(
 ):
     """Breadth-first search; returns the best final state and what each step kept.
 
-    Every generation is used once (the next step prompts again from the shared prefix), so with
-    `mark` each proposal list is marked finished once parsed, each valuation once read: rejected
-    for the states the step drops, finished for the ones it keeps."""
+    Every proposal list is used once (the next step prompts again from the shared prefix), so with
+    `mark` each is marked finished once parsed. The valuations are not marked: SGLang's `select`
+    reports no request id to name them by."""
     bases = s.fork(2)
     proposer, valuer = bases[0], bases[1]
     proposer += PROPOSE_PREFIX
@@ -104,12 +104,6 @@ def game_of_24(
                 values[c] = VALUES[judge["value"].strip()]
         # sorted() is stable: among equal values the order the model proposed them wins.
         frontier = sorted(candidates, key=lambda c: (-values[c], -support[c]))[:breadth]
-        if open_states:
-            kept = set(frontier)
-            common.mark_branches(
-                [j for j, c in zip(judges, open_states, strict=True) if c not in kept], "rejected", mark
-            )
-            common.mark_branches([j for j, c in zip(judges, open_states, strict=True) if c in kept], "finished", mark)
         trace.append([{"left": c.left_text(), "steps": list(c.steps), "value": values[c]} for c in frontier])
     best = frontier[0] if frontier else None
     return {
