@@ -198,6 +198,12 @@ def add_merge_argument(group: argparse._ActionsContainer, what: str) -> None:
     )
 
 
+def span_entry(meta: Mapping[str, Any] | None) -> Any:
+    """The `rksc_span` entry of a generation's meta_info (None from servers that send none)."""
+    entries = (meta or {}).get("rksc_span") or [None]
+    return entries[0]
+
+
 def merge(forks: Any, var: str, threshold: float | None) -> Any:
     """`merge_branches(forks, var, threshold)`; with no threshold, every branch alone.
 

@@ -106,6 +106,11 @@ def tree_of_thought(
             "reflection": reflection["reflection"],
             "score": int(reflection["score"]),
             "weight": weight,
+            # The server's span vectors (with --rksc-span-embeddings on): merging can be replayed offline.
+            "spans": {
+                "plan": common.span_entry(plan.get_meta_info("plan")),
+                "solution": common.span_entry(solution.get_meta_info("solution")),
+            },
             "verification": verification.record(reflection["score"], reflection.get_meta_info("score")),
             "meta": [  # every merged member was generated too
                 *(p.get_meta_info("plan") for p in members[0]),
@@ -137,7 +142,7 @@ def score_problem(problem: gsm8k.Problem, leaves: list[dict[str, Any]]) -> dict[
         "merged_branches": sum(weights) - len(weights),
         "verifications": [leaf["verification"] for leaf in leaves],
         "tokens": common.count_calls(m for leaf in leaves for m in leaf["meta"]).as_dict(),
-        "branches": [{k: leaf[k] for k in ("plan", "solution", "reflection", "score")} for leaf in leaves],
+        "branches": [{k: leaf[k] for k in ("plan", "solution", "reflection", "score", "spans")} for leaf in leaves],
     }
 
 

@@ -28,6 +28,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
             "reflection": "",
             "score": 5,
             "weight": 1,
+            "spans": {"plan": None, "solution": None},
             "verification": _verification("5", skipped=False),
             "meta": [plan, _meta("s1", 60, 50, 12), _meta("r1", 80, 70, 6)],
         },
@@ -37,6 +38,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
             "reflection": "",
             "score": 1,
             "weight": 1,
+            "spans": {"plan": None, "solution": None},
             "verification": _verification("1", skipped=False),
             "meta": [plan, _meta("s2", 60, 50, 12), _meta("r2", 80, 70, 6)],
         },
@@ -46,6 +48,7 @@ def test_tree_of_thought_votes_by_score_and_counts_shared_calls_once():
             "reflection": "",
             "score": 1,
             "weight": 1,
+            "spans": {"plan": None, "solution": None},
             "verification": _verification("1", skipped=False),
             "meta": [plan, _meta("s3", 60, 50, 12), _meta("r3", 80, 70, 6)],
         },
@@ -144,9 +147,9 @@ def test_game_of_24_row():
 def test_merged_leaves_vote_with_their_group_size():
     """A merged leaf stands for its group: its score and its majority vote count `weight` times."""
     leaves = [
-        {"plan": "", "solution": "The answer is 18.", "reflection": "", "score": 2, "weight": 3,
+        {"plan": "", "solution": "The answer is 18.", "reflection": "", "score": 2, "weight": 3, "spans": {},
          "verification": _verification("2", skipped=False), "meta": [_meta("s1", 60, 50, 12), _meta("s2", 60, 50, 12)]},
-        {"plan": "", "solution": "The answer is 20.", "reflection": "", "score": 5, "weight": 1,
+        {"plan": "", "solution": "The answer is 20.", "reflection": "", "score": 5, "weight": 1, "spans": {},
          "verification": _verification("5", skipped=False), "meta": [_meta("s3", 60, 50, 12)]},
     ]  # fmt: skip
     row = tree_of_thought.score_problem(PROBLEM, leaves)
