@@ -46,7 +46,7 @@ def check_slice(program: str, start: int, count: int) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sglang_rksc.bench.compare",
-        description=__doc__.split("\n\n")[0] + ".",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--program", choices=sorted(PROGRAMS), default=tree_of_thought.NAME, help="program to run")
