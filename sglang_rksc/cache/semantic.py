@@ -21,6 +21,10 @@ embedding of S comes from, since no forward has run on S yet:
   two share `ANCHOR_TOKENS` tokens again), or with the request when the donor
   is a leaf with nothing after it.
 
+Span vectors (`RkscConfig.span_embeddings`, independent of `semantic`): at release, the pooled states
+of the request's output slots go into its meta_info (`rksc_span`), for the frontend's
+`merge_branches`; read-only, before dedupe can free those slots.
+
 Invariants kept: every KV slot belongs to one node (a fork reuses C's slots
 through an ordinary match; a dedupe frees N's slots and deletes N), a slot is
 freed once (through the allocator, for unlocked leaves only), locked nodes
