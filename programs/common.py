@@ -198,12 +198,6 @@ def add_merge_argument(group: argparse._ActionsContainer, what: str) -> None:
     )
 
 
-def span_entry(meta: Mapping[str, Any] | None) -> Any:
-    """The `rksc_span` entry of a generation's meta_info (None from servers that send none)."""
-    entries = (meta or {}).get("rksc_span") or [None]
-    return entries[0]
-
-
 def merge(forks: Any, var: str, threshold: float | None) -> Any:
     """`merge_branches(forks, var, threshold)`; with no threshold, every branch alone.
 
@@ -217,7 +211,7 @@ def merge(forks: Any, var: str, threshold: float | None) -> Any:
     states = tuple(forks)
     for state in states:
         sync(state)
-    return BranchGroups(states, tuple((i,) for i in range(len(states))), (1.0,) * len(states))
+    return BranchGroups.alone(states)
 
 
 # Openings that make greedy branches differ deterministically (`--diversify`): without them,

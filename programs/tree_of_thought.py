@@ -17,6 +17,7 @@ from typing import Any
 
 import sglang as sgl
 
+from sglang_rksc.cache import span_vector
 from sglang_rksc.programs import common, gsm8k, verification
 
 NAME = "tree_of_thought"
@@ -108,8 +109,8 @@ def tree_of_thought(
             "weight": weight,
             # The server's span vectors (with --rksc-span-embeddings on): merging can be replayed offline.
             "spans": {
-                "plan": common.span_entry(plan.get_meta_info("plan")),
-                "solution": common.span_entry(solution.get_meta_info("solution")),
+                "plan": span_vector.entry(plan.get_meta_info("plan")),
+                "solution": span_vector.entry(solution.get_meta_info("solution")),
             },
             "verification": verification.record(reflection["score"], reflection.get_meta_info("score")),
             "meta": [  # every merged member was generated too

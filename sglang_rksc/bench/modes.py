@@ -19,6 +19,11 @@ class Mode:
 MERGE_THRESHOLD = 0.8
 MERGE_FLAG = "--merge-branches"
 
+
+def _merge_description(threshold: float | str) -> str:
+    return f"near-duplicate branches merged in the frontend (similarity {threshold}), by the server's span embeddings"
+
+
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
@@ -77,8 +82,7 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "rksc-merge",
-            f"near-duplicate branches merged in the frontend (similarity {MERGE_THRESHOLD}), by the server's span "
-            "embeddings",
+            _merge_description(MERGE_THRESHOLD),
             ("--radix-cache-backend", "rksc", "--rksc-span-embeddings", "on"),
             program_args=("--merge-branches", str(MERGE_THRESHOLD)),
         ),
@@ -115,8 +119,7 @@ def _with_merge_threshold(mode: Mode, spec: str) -> Mode:
         raise ValueError(f"mode {mode.name}@{spec}: the merge threshold must be a similarity in [-1, 1]")
     args = list(mode.program_args)
     args[args.index(MERGE_FLAG) + 1] = spec
-    description = f"{mode.description.split(' (similarity')[0]} (similarity {spec})"
-    return Mode(f"{mode.name}@{spec}", description, mode.server_args, tuple(args))
+    return Mode(f"{mode.name}@{spec}", _merge_description(spec), mode.server_args, tuple(args))
 
 
 def _with_thresholds(mode: Mode, spec: str) -> Mode:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-args", default="", help="extra flags for the server, e.g. a model")
     args = parser.parse_args(argv)
     prompts = [f"Question: {p.question}\nAnswer:" for p in gsm8k.load_problems(300, args.num_prompts)]
-    with LaunchedServer(args.server_args.split()) as server:
+    with LaunchedServer(shlex.split(args.server_args)) as server:
         result = measure(server.url, prompts, args.max_new_tokens)
     result["command"] = "python -m sglang_rksc.bench.replay_agreement " + " ".join(argv or sys.argv[1:])
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

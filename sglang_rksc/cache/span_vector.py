@@ -33,6 +33,12 @@ def encode(embedding: Any, weights: Any = None, *, tokens: int) -> dict[str, Any
     return {"vector": base64.b64encode(flat.numpy().tobytes()).decode("ascii"), "dtype": DTYPE, "tokens": tokens}
 
 
+def entry(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The `rksc_span` entry of a generation's meta_info (None from servers that send none)."""
+    entries = (meta or {}).get(META_KEY) or [None]
+    return entries[0]
+
+
 def decode(info: Mapping[str, Any]) -> list[float]:
     """The vector of an `rksc_span` entry; ValueError if it is not one."""
     if not isinstance(info, Mapping) or info.get("dtype") != DTYPE or not isinstance(info.get("vector"), str):

@@ -48,6 +48,11 @@ class BranchGroups:
     similarities: tuple[float, ...]  # per branch: to its representative (1.0 for a representative)
     note: str | None = None  # why nothing was merged, when the server could not say
 
+    @classmethod
+    def alone(cls, states: Sequence[Any], note: str | None = None) -> BranchGroups:
+        """Every branch its own group (nothing merged)."""
+        return cls(tuple(states), tuple((i,) for i in range(len(states))), (1.0,) * len(states), note)
+
     def __post_init__(self) -> None:
         members = sorted(i for group in self.groups for i in group)
         assert members == list(range(len(self.states))), "every branch is in exactly one group"
@@ -109,8 +114,8 @@ def span_vectors(states: Sequence[Any], var: str) -> list[list[float] | None]:
         meta = state.get_meta_info(var)
         if not isinstance(meta, dict):
             raise ValueError(f"branch {i} has no generation named {var!r}")
-        entries = meta.get(span_vector.META_KEY) or [None]
-        vectors.append(span_vector.decode(entries[0]) if entries[0] is not None else None)
+        info = span_vector.entry(meta)
+        vectors.append(span_vector.decode(info) if info is not None else None)
     return vectors
 
 

@@ -20,13 +20,13 @@ from typing import Any
 
 from sglang.srt.managers.schedule_batch import FINISH_ABORT
 
+from sglang_rksc.exit.spec import META_KEY as CGEE_META
 from sglang_rksc.reuse.signature import reuse_key
 from sglang_rksc.reuse.store import META_KEY, Record, ReuseStore
 
 logger = logging.getLogger(__name__)
 
 KEY_ATTR = "_rksc_reuse_key"
-CGEE_META = "rksc_cgee"
 
 
 def _store(scheduler: Any) -> ReuseStore | None:
