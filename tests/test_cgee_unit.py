@@ -182,6 +182,22 @@ def test_every_hook_target_exists_in_the_pinned_sglang():
     from sglang_rksc.srt import plugin
 
     for target in [*plugin._HOOKS.values(), *plugin.EXIT_MODELS]:
-        module_path, cls_name, attr = target.rsplit(".", 2)
-        cls = getattr(importlib.import_module(module_path), cls_name)
-        assert callable(getattr(cls, attr)), target
+        parts = target.split(".")
+        # The longest importable prefix is the module; the rest are attributes (a class and its method, or a function).
+        cut = 1
+        while cut < len(parts) and _is_module(".".join(parts[: cut + 1])):
+            cut += 1
+        obj = importlib.import_module(".".join(parts[:cut]))
+        for name in parts[cut:]:
+            obj = getattr(obj, name)
+        assert callable(obj), target
+
+
+def _is_module(dotted: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(dotted)
+    except ImportError:
+        return False
+    return True

@@ -13,7 +13,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-CUSTOM_KEY = "rksc"
+from sglang_rksc.cache.request_options import CUSTOM_KEY
+
 CGEE_KEY = "cgee"
 META_KEY = "rksc_cgee"  # the response's meta_info key
 
@@ -83,13 +84,31 @@ def _flag(raw: dict[str, Any], name: str, default: bool) -> bool:
 _KNOWN = {"choices", "choice_ids", "prefix_ids", "theta", "eps", "k", "min_layer", "early_exit", "record"}
 
 
+def _positive_int(raw: dict[str, Any], name: str) -> None:
+    value = raw.get(name)
+    if name in raw and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"cgee.{name} must be a positive integer, got {value!r:.80}")
+
+
+def check_call_params(raw: dict[str, Any]) -> None:
+    """The checks that need no model: what `verify` runs when a call is written, and the server first."""
+    unknown = set(raw) - _KNOWN
+    if unknown:
+        raise ValueError(f"cgee has unknown parameters: {', '.join(sorted(map(str, unknown)))}")
+    for name in ("theta", "eps"):
+        if name in raw:
+            _number(raw, name, 0.0, 0.0, 100.0)
+    _positive_int(raw, "k")
+    _positive_int(raw, "min_layer")
+    for name in ("early_exit", "record"):
+        _flag(raw, name, False)
+
+
 def parse(
     raw: dict[str, Any], choice_ids: list[int], num_layers: int, defaults: ExitDefaults, prefix_ids: list[int] = ()
 ) -> ExitSpec:
     """Validate a request's `cgee` dict against the model; `choice_ids` are already resolved."""
-    unknown = set(raw) - _KNOWN
-    if unknown:
-        raise ValueError(f"cgee has unknown parameters: {', '.join(sorted(unknown))}")
+    check_call_params(raw)
     theta = _number(raw, "theta", defaults.theta, 0.0, 100.0)
     eps = _number(raw, "eps", defaults.eps, 0.0, 100.0)
     k = raw.get("k", defaults.k)
@@ -129,8 +148,10 @@ def resolve_choices(raw: dict[str, Any], encode: Any, vocab_size: int) -> tuple[
         if bad:
             raise ValueError(f"cgee.choice_ids {bad} are not in the vocabulary (size {vocab_size})")
         common = raw.get("prefix_ids", [])  # an already resolved request
-        if not isinstance(common, list) or not all(isinstance(i, int) for i in common):
-            raise ValueError(f"cgee.prefix_ids must be a list of token ids, got {common!r}")
+        if not isinstance(common, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in common
+        ):
+            raise ValueError(f"cgee.prefix_ids must be a list of token ids in [0, {vocab_size}), got {common!r:.80}")
     else:
         texts = raw.get("choices")
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):

@@ -1,10 +1,10 @@
 """Validation of verification requests in SGLang's tokenizer process.
 
-An AROUND hook on `TokenizerManager._validate_one_request`: a request marked as a
-verification has its choices resolved to token ids and every parameter checked
-against the model; a bad one raises `ValueError`, which SGLang returns as HTTP 400
-while the server keeps serving. The resolved spec replaces the request's `cgee`
-dict, so the scheduler reads only checked values.
+Called by the request checks at the door (`sglang_rksc.srt.request_checks`): a
+request marked as a verification has its choices resolved to token ids and every
+parameter checked against the model; a bad one raises `ValueError`, which SGLang
+returns as HTTP 400 while the server keeps serving. The resolved spec replaces the
+request's `cgee` dict, so the scheduler reads only checked values.
 """
 
 from __future__ import annotations
@@ -50,12 +50,3 @@ def resolve_request(sampling_params: dict[str, Any], input_ids: Any, tokenizer: 
     spec = parse(raw, ids, model_config.num_hidden_layers, server_defaults(), common)
     # A fresh dict: requests of one batch may share theirs.
     sampling_params["custom_params"] = {**custom, CUSTOM_KEY: {**custom[CUSTOM_KEY], CGEE_KEY: spec.to_dict()}}
-
-
-def validate_request(original: Any, manager: Any, obj: Any, input_ids: Any, *args: Any, **kwargs: Any) -> Any:
-    """AROUND hook on `TokenizerManager._validate_one_request`."""
-    result = original(manager, obj, input_ids, *args, **kwargs)
-    params = getattr(obj, "sampling_params", None)
-    if isinstance(params, dict):
-        resolve_request(params, input_ids, manager.tokenizer, manager.model_config)
-    return result

@@ -44,12 +44,14 @@ def branch_rids(state: Any) -> list[str]:
 
 
 def mark_branch(states: Any, mark: str) -> bool:
-    """Mark one state's branch, or several states' branches, `rejected` or `finished`.
+    """Mark one state's branch, or several states' branches (a list or a fork), `rejected` or `finished`.
 
     Returns True when the server took the mark, False when there was nothing to mark or the
     server does not use marks (no plugin, another cache backend or eviction policy). Raises ValueError on a bad mark."""
-    if mark not in MARKS:
+    if not isinstance(mark, str) or mark not in MARKS:
         raise ValueError(f"mark must be one of {', '.join(MARKS)}, got {mark!r}")
+    if hasattr(states, "states") and not hasattr(states, "stream_executor"):
+        states = states.states  # a fork itself (SGLang's ProgramStateGroup)
     group = list(states) if isinstance(states, Iterable) and not hasattr(states, "stream_executor") else [states]
     for state in group:
         if not hasattr(state, "stream_executor"):

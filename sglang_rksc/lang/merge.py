@@ -147,6 +147,8 @@ def group_by_similarity(
 def merge_branches(states: Any, var: str, threshold: float) -> BranchGroups:
     """Group a fork's branches by the similarity of their generation `var` (waits for it)."""
     threshold = _check_threshold(threshold)
+    if not isinstance(var, str) or not var:
+        raise ValueError(f"merge_branches needs the name of the branches' generation, got {var!r:.80}")
     group = _fork_states(states)
     vectors = span_vectors(group, var)
     note = None

@@ -30,6 +30,7 @@ from typing import Any
 from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod, token_length_normalized
 from sglang.lang.ir import SglSelect
 
+from sglang_rksc.exit.spec import check_call_params
 from sglang_rksc.lang.gate import Confidence, Gate, confidence_of
 from sglang_rksc.lang.server_probe import ServerProbe
 
@@ -76,10 +77,21 @@ def verify(
     `gate=True` uses RKSC's thresholds (`Gate()`), a `Gate` sets them, False/None never skips.
     `theta`, `eps`, `k`, `min_layer` override the server's exit defaults for this call.
     """
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"verify: name must be a string, got {name!r:.80}")
+    if isinstance(choices, str) or (choices is not None and not isinstance(choices, (list, tuple))):
+        raise ValueError(f"verify: choices must be a list of strings, got {choices!r:.80}")
     choices = list(choices if choices is not None else [" yes", " no"])
     if len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
         raise ValueError(f"verify needs at least two non-empty choices, got {choices!r}")
-    if not isinstance(accept, int) or not 0 <= accept < len(choices):
+    if len(set(choices)) != len(choices):
+        raise ValueError(f"verify: choices must be distinct, got {choices!r}")
+    if candidate is not None and not isinstance(candidate, str):
+        raise ValueError(f"verify: candidate must be a variable name, got {candidate!r:.80}")
+    for flag, value in (("early_exit", early_exit), ("audit", audit)):
+        if not isinstance(value, bool):
+            raise ValueError(f"verify: {flag} must be True or False, got {value!r:.80}")
+    if isinstance(accept, bool) or not isinstance(accept, int) or not 0 <= accept < len(choices):
         raise ValueError(f"verify: accept must index a choice (0..{len(choices) - 1}), got {accept!r}")
     if gate is True:
         gate = Gate()
@@ -90,6 +102,8 @@ def verify(
     if gate is not None and candidate is None:
         raise ValueError("verify: a gate needs the candidate's variable name (candidate=...)")
     overrides = {"theta": theta, "eps": eps, "k": k, "min_layer": min_layer}
+    # The model-independent checks now; the server checks the rest (min_layer within the depth).
+    check_call_params({key: v for key, v in overrides.items() if v is not None})
     method = VerifyMethod(
         candidate=candidate,
         gate=gate,

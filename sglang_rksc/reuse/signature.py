@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from sglang_rksc.cache.request_options import request_options
+from sglang_rksc.cache.request_options import CUSTOM_KEY, request_options
 
 # custom_params["rksc"] keys that do not change what is generated.
 NEUTRAL_OPTIONS = ("mark", "reuse")
@@ -24,6 +24,8 @@ def why_not_reusable(req: Any) -> str | None:
     sp = req.sampling_params
     if request_options(req).get("reuse") is False:
         return "opted out"
+    if getattr(req, "to_finish", None) is not None:
+        return "refused before it ran"  # SGLang finishes it with an abort after a one-token prefill
     if sp.top_k != 1 and sp.sampling_seed is None:
         return "sampled without a seed"
     if req.return_logprob or getattr(req, "return_hidden_states", False):
@@ -50,13 +52,13 @@ def why_not_reusable(req: Any) -> str | None:
 def _sampling_signature(sp: Any) -> bytes:
     fields = msgspec.structs.asdict(sp)
     custom = dict(fields.get("custom_params") or {})
-    options = custom.get("rksc")
+    options = custom.get(CUSTOM_KEY)
     if isinstance(options, dict):
         options = {k: v for k, v in options.items() if k not in NEUTRAL_OPTIONS}
         if options:
-            custom["rksc"] = options
+            custom[CUSTOM_KEY] = options
         else:
-            del custom["rksc"]
+            del custom[CUSTOM_KEY]
     fields["custom_params"] = custom or None
     for name, value in fields.items():
         if isinstance(value, (set, frozenset)):

@@ -9,6 +9,7 @@ cheap to import: it is loaded in every SGLang process.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ _HOOKS = {
         "sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController.set_internal_state"
     ),
     "run_batch": "sglang.srt.managers.scheduler.Scheduler.run_batch",
+    "process_result": "sglang.srt.managers.scheduler.Scheduler.process_batch_result",
     "add_request": "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue",
     "input_requests": "sglang.srt.managers.scheduler.Scheduler.process_input_requests",
     "logits": "sglang.srt.layers.logits_processor.LogitsProcessor.forward",
@@ -38,6 +40,8 @@ _HOOKS = {
     "forward_batch": "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
     "admission": "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req",
     "validate": "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request",
+    "scheduler_validate": "sglang.srt.managers.utils.validate_input_length",
+    "normalize": "sglang.srt.managers.io_struct.GenerateReqInput.normalize_batch_and_arguments",
     "prefill_graph": (
         "sglang.srt.model_executor.runner.prefill_cuda_graph_runner.PrefillCudaGraphRunner.can_run_graph"
     ),
@@ -58,8 +62,8 @@ def register() -> None:
     from sglang_rksc.cache.eviction import register_policy
     from sglang_rksc.cache.radix_cache import BACKEND_NAME
     from sglang_rksc.exit import layer_exit
-    from sglang_rksc.exit.validate import validate_request
     from sglang_rksc.reuse import hooks as reuse_hooks
+    from sglang_rksc.srt import batch_failures, request_checks
     from sglang_rksc.srt.backend import build_tree_cache
     from sglang_rksc.srt.capture import capture_final_hidden_states
     from sglang_rksc.srt.counters import time_batch
@@ -72,6 +76,9 @@ def register() -> None:
         HookRegistry.register(_HOOKS["internal_state"], _report_tree_cache, HookType.AFTER)
         HookRegistry.register(_HOOKS["set_internal_state"], _mark_branches, HookType.AROUND)
         HookRegistry.register(_HOOKS["run_batch"], time_batch, HookType.AROUND)
+        # Registered after the others on these targets, so it is the outermost wrapper.
+        HookRegistry.register(_HOOKS["run_batch"], batch_failures.run_batch_contained, HookType.AROUND)
+        HookRegistry.register(_HOOKS["process_result"], batch_failures.process_batch_result_contained, HookType.AROUND)
         HookRegistry.register(_HOOKS["add_request"], reuse_hooks.add_request_to_queue, HookType.AROUND)
         HookRegistry.register(_HOOKS["input_requests"], reuse_hooks.serve_followers, HookType.AFTER)
         HookRegistry.register(_HOOKS["logits"], capture_final_hidden_states, HookType.AROUND)
@@ -80,7 +87,11 @@ def register() -> None:
         HookRegistry.register(_HOOKS["req_init"], layer_exit.mark_request, HookType.AFTER)
         HookRegistry.register(_HOOKS["forward_batch"], layer_exit.attach_rows, HookType.AROUND)
         HookRegistry.register(_HOOKS["admission"], layer_exit.isolate_verifications, HookType.AROUND)
-        HookRegistry.register(_HOOKS["validate"], validate_request, HookType.AROUND)
+        HookRegistry.register(_HOOKS["validate"], request_checks.validate_request, HookType.AROUND)
+        HookRegistry.register(_HOOKS["normalize"], request_checks.normalize_request, HookType.AROUND)
+        HookRegistry.register(_HOOKS["scheduler_validate"], request_checks.scheduler_prompt_error, HookType.AFTER)
+        if batch_failures.parse_fault(os.environ.get(batch_failures.FAULT_ENV)):
+            HookRegistry.register(_HOOKS["logits"], batch_failures.injected_fault, HookType.AROUND)
         HookRegistry.register(_HOOKS["prefill_graph"], layer_exit.keep_out_of_prefill_graph, HookType.AROUND)
         for target in EXIT_MODELS:
             HookRegistry.register(target, layer_exit.forward_with_exit, HookType.AROUND)
@@ -97,6 +108,7 @@ def describe_tree_cache(tree_cache: Any) -> dict[str, Any]:
 
 def _report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) -> Any:
     """AFTER hook: add the live tree cache and our counters to `/server_info`'s internal states."""
+    from sglang_rksc.srt.batch_failures import STATS as FAILURES
     from sglang_rksc.srt.counters import COUNTERS
 
     tree_cache = getattr(controller.scheduler, "tree_cache", None)
@@ -104,7 +116,11 @@ def _report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) 
     if tree_cache is not None and "evictable_tokens" not in state:
         state["evictable_tokens"] = int(tree_cache.evictable_size())
         state["protected_tokens"] = int(tree_cache.protected_size())
-    result.internal_state[INTERNAL_STATE_KEY] = {**state, "counters": COUNTERS.as_dict()}
+    result.internal_state[INTERNAL_STATE_KEY] = {
+        **state,
+        "counters": COUNTERS.as_dict(),
+        "failures": FAILURES.as_dict(),
+    }
     return result
 
 
