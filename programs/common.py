@@ -35,7 +35,7 @@ class Program(Protocol):
 
     def describe_row(self, row: Mapping[str, Any]) -> str: ...
 
-    def summarize(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def summarize(self, rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) -> dict[str, Any]:
         """Program-specific figures beside the common ones (baselines, verification counts)."""
 
 
@@ -100,7 +100,7 @@ def endpoint(args: argparse.Namespace) -> Iterator[str]:
         _check_reachable(args.url)
         yield args.url.rstrip("/")
         return
-    from sglang_rksc.srt.server_process import LaunchedServer, ServerStartError
+    from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
 
     server = LaunchedServer(shlex.split(args.server_args), log_path=args.server_log)
     print(f"starting the embedded sglang-rksc server (log: {server.log_path}) ...", file=sys.stderr, flush=True)
@@ -351,13 +351,13 @@ def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
                 f"{program.describe_row(row)}; cache hits {t['cached_tokens']}/{t['prompt_tokens']} prompt tokens "
                 f"over {t['requests']} generations"
             )
-    summary = {**summarize(rows, seconds), **program.summarize(rows)}
+    summary = summarize(rows, seconds)
     print(
         f"{summary['problems']} problems in {seconds:.1f} s: accuracy {summary['accuracy']:.2f}; "
         f"server-reported cache hits {summary['cached_tokens']}/{summary['prompt_tokens']} prompt tokens "
         f"({summary['cache_hit_rate']:.0%}); {summary['completion_tokens']} tokens generated"
     )
-    extras = program.summarize(rows)
+    extras = {k: v for k, v in program.summarize(rows, args).items() if v is not None}
     if extras:
         print(
             "; ".join(

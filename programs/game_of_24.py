@@ -177,12 +177,10 @@ def describe_row(row: Mapping[str, Any]) -> str:
     return f"puzzle {row['index']} ({numbers}): {outcome}; best steps: {row['prediction']}"
 
 
-def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) -> dict[str, Any]:
     reached = [len(r["search"]) for r in rows]
-    return {
-        "mean_steps_reached": sum(reached) / len(reached) if reached else 0.0,
-        "merged_states": sum(r["merged_states"] for r in rows),
-    }
+    merged = {"merged_states": sum(r["merged_states"] for r in rows)} if options.merge_branches else {}
+    return {"mean_steps_reached": sum(reached) / len(reached) if reached else 0.0, **merged}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,13 +159,14 @@ def describe_row(row: Mapping[str, Any]) -> str:
     )
 
 
-def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) -> dict[str, Any]:
     n = len(rows) or 1
     verdicts = [v for r in rows for v in r["verdicts"]]
     right = [v for r in rows for v in r["verdicts_right"]]
+    merged = {"merged_samples": sum(r["merged_samples"] for r in rows)} if options.merge_branches else {}
     return {
         "majority_vote_accuracy": sum(r["majority_correct"] for r in rows) / n,
-        "merged_samples": sum(r["merged_samples"] for r in rows),
+        **merged,
         "verifications": len(verdicts),
         "verdict_yes_rate": verdicts.count("yes") / len(verdicts) if verdicts else 0.0,
         "verdict_accuracy": sum(right) / len(right) if right else 0.0,

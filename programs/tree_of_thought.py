@@ -216,11 +216,12 @@ def describe_row(row: Mapping[str, Any]) -> str:
     )
 
 
-def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) -> dict[str, Any]:
     n = len(rows) or 1
+    merged = {"merged_branches": sum(r["merged_branches"] for r in rows)} if options.merge_branches else {}
     return {
         "majority_vote_accuracy": sum(r["majority_correct"] for r in rows) / n,
-        "merged_branches": sum(r["merged_branches"] for r in rows),
+        **merged,
         **verification.summarize(v for r in rows for v in r["verifications"]),
     }
 

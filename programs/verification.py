@@ -94,19 +94,22 @@ def record(verdict: str, meta: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Skip rate, depth run, and (audited calls) disagreement with the full-depth verdict."""
+    """Calls and skips; the depth run where the server reported it (CGEE), the disagreement with the
+    full-depth verdict where calls were audited, the server's forward time where it was measured.
+    A figure that does not apply (SGLang's `select` reports no depth) is left out, not None."""
     records = list(records)
     if not records:
-        return {"verify_calls": 0}
+        return {}
     ran = [r for r in records if not r["skipped"] and r["layers_run"] and r["num_layers"]]
     audited = [r for r in records if r["full_verdict"] is not None]
     seconds = [r["server_seconds"] for r in records if r["server_seconds"] is not None]
-    return {
-        "verify_calls": len(records),
-        "verify_skipped": sum(r["skipped"] for r in records),
-        "verify_mean_layers_run": statistics.mean(r["layers_run"] for r in ran) if ran else None,
-        "verify_num_layers": ran[0]["num_layers"] if ran else None,
-        "verify_audited": len(audited),
-        "verify_disagreements": sum(r["verdict"] != r["full_verdict"] for r in audited) if audited else None,
-        "verify_server_seconds": sum(seconds) if seconds else None,
-    }
+    out: dict[str, Any] = {"verify_calls": len(records), "verify_skipped": sum(r["skipped"] for r in records)}
+    if ran:
+        out["verify_mean_layers_run"] = statistics.mean(r["layers_run"] for r in ran)
+        out["verify_num_layers"] = ran[0]["num_layers"]
+    if audited:
+        out["verify_audited"] = len(audited)
+        out["verify_disagreements"] = sum(r["verdict"] != r["full_verdict"] for r in audited)
+    if seconds:
+        out["verify_server_seconds"] = sum(seconds)
+    return out

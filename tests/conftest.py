@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sglang_rksc.runtime.default_model import prepare_default_model
-from sglang_rksc.srt.server_process import LaunchedServer
+from sglang_rksc.runtime.server_process import LaunchedServer
 
 REPO = Path(__file__).resolve().parents[1]
 # SGLang's idle check then raises (and the server fails loudly) on a leaked, double-freed or

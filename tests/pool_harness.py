@@ -22,14 +22,20 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.common import release_kv_cache
 from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+from sglang.srt.mem_cache.radix_cache import RadixCache
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
-from sglang_rksc.cache.semantic import SemanticRadixCache
-from sglang_rksc.srt.config import RkscConfig
+from sglang_rksc.cache.radix_cache import RkscRadixCache
+from sglang_rksc.config import RkscConfig, SemanticSettings
 
 HIDDEN = 16
 VOCAB = 512
+
+
+def asks_config(on: bool = True, **settings) -> RkscConfig:
+    """A config with semantic sharing on (or off) and these ASKS settings."""
+    return RkscConfig(semantic=SemanticSettings(on=on, **settings))
 
 
 def token_states(tokens: Sequence[int]) -> torch.Tensor:
@@ -48,6 +54,8 @@ class PoolHarness:
         rows: int = 32,
         states_fn: Callable[[Sequence[int]], torch.Tensor] = token_states,
         eviction_policy: str = "lru",
+        kv_events: bool = False,
+        stock: bool = False,  # SGLang's own RadixCache instead of ours (for comparisons)
     ) -> None:
         self.allocator = TokenToKVPoolAllocator(
             size=slots, dtype=torch.bfloat16, device="cpu", kvcache=None, need_sort=False
@@ -59,10 +67,14 @@ class PoolHarness:
             token_to_kv_pool_allocator=self.allocator,
             page_size=1,
             eviction_policy=eviction_policy,
+            enable_kv_cache_events=kv_events,
         )
         self.states = SlotStates(slots + 1, HIDDEN, dtype=torch.float32)
         probe = TokenProbe(token_states(range(VOCAB)))
-        self.cache = SemanticRadixCache(params, config or RkscConfig(semantic=True), states=self.states, probe=probe)
+        if stock:
+            self.cache = RadixCache(params)
+        else:
+            self.cache = RkscRadixCache(params, config or asks_config(), states=self.states, probe=probe)
         self.states_fn = states_fn
         self.slots = slots
         self._ids = itertools.count()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sglang_rksc.srt.server_process import LaunchedServer
+from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import LEAK_MARKERS, STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
 pytestmark = pytest.mark.server
@@ -44,7 +44,7 @@ def cache_state(server: LaunchedServer) -> dict:
 
 def test_semantic_backend_is_live(asks_server):
     state = cache_state(asks_server)
-    assert state["impl"] == "SemanticRadixCache" and state["semantic"]
+    assert state["impl"] == "RkscRadixCache" and state["semantic"]
     assert state["config"]["threshold"] == 0.7
     assert "semantic sharing on" in asks_server.log_text()
 
@@ -104,7 +104,7 @@ def test_bad_semantic_flags_are_refused_in_one_line():
         timeout=180,
     )
     assert done.returncode == 2
-    assert done.stderr.strip() == "sglang-rksc: error: --rksc-threshold must be a cosine in [-1, 1], got 1.5"
+    assert done.stderr.strip() == "sglang-rksc: error: --rksc-threshold must be in [-1, 1], got 1.5"
 
 
 def test_layer_pooling_runs_on_the_real_server(default_model_dir: Path, tmp_path: Path):

@@ -13,7 +13,7 @@ import sglang as sgl
 
 from sglang_rksc import Gate, verify
 from sglang_rksc.runtime import cpu
-from sglang_rksc.srt.server_process import LaunchedServer
+from sglang_rksc.runtime.server_process import LaunchedServer
 
 CASES = [
     ("The capital of France is", [" Paris", " London", " Rome"]),

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from sglang_rksc.config import ConfigError, add_arguments, split_args
 from sglang_rksc.exit.criterion import RowExit, first_checked_layer, update_rows
-from sglang_rksc.exit.spec import ExitDefaults, ExitSpec, parse, resolve_choices
+from sglang_rksc.exit.spec import CALL_PARAMS, ExitDefaults, ExitRule, ExitSpec, parse, resolve_choices
 from sglang_rksc.kernels.verdict import choice_distribution, entropy, verdict_step
 from sglang_rksc.lang import Gate, confidence_of, verify
-from sglang_rksc.srt.config import ConfigError, split_args
 
 VOCAB = 100
 
@@ -35,7 +35,7 @@ def test_choices_resolve_to_first_tokens_and_must_differ():
 def test_parameters_are_checked_against_the_model():
     defaults = ExitDefaults(min_layer_fraction=0.5)
     spec = parse({}, [1, 2], num_layers=30, defaults=defaults)
-    assert spec.min_layer == 15 and spec.k == defaults.k and spec.early_exit
+    assert spec.min_layer == 15 and spec.rule == defaults.rule and spec.early_exit
     assert parse({"min_layer": 30}, [1, 2], 30, defaults).min_layer == 30
     for bad, message in [
         ({"min_layer": 31}, "model's depth"),
@@ -53,15 +53,34 @@ def test_parameters_are_checked_against_the_model():
 
 def test_server_flags_are_validated():
     _, config = split_args(["--rksc-cgee", "off", "--rksc-cgee-theta", "0.2"])
-    assert not config.cgee and config.exit_defaults().theta == 0.2
+    assert not config.cgee.enabled and config.cgee.rule.theta == 0.2
     with pytest.raises(ConfigError, match="min-layer-fraction"):
         split_args(["--rksc-cgee-min-layer-fraction", "0"])
     with pytest.raises(ConfigError, match="cgee-k"):
         split_args(["--rksc-cgee-k", "0"])
 
 
-def _spec(**kw) -> ExitSpec:
-    return ExitSpec(**{"choice_ids": (1, 2), "theta": 0.2, "eps": 0.05, "k": 2, "min_layer": 3, **kw})
+def _spec(min_layer: int = 3, record: bool = False, **rule) -> ExitSpec:
+    return ExitSpec((1, 2), ExitRule(**{"theta": 0.2, "eps": 0.05, "k": 2, **rule}), min_layer, record=record)
+
+
+def test_each_exit_parameter_is_declared_once_and_reaches_every_surface():
+    """A field of ExitRule is a server flag, a checked per-call parameter, and a field of the spec on the wire."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    rule = ExitRule(theta=0.3, eps=0.02, k=3)
+    spec = ExitSpec(choice_ids=(1, 2), rule=rule, min_layer=4)
+    assert ExitSpec.from_dict(spec.to_dict()) == spec
+    for name in ("theta", "eps", "k"):
+        assert f"--rksc-cgee-{name}" in flags and name in CALL_PARAMS and name in spec.to_dict()
+        with pytest.raises(ValueError, match=f"cgee.{name}"):
+            parse({name: -5}, [1, 2], 30, ExitDefaults())
+    assert verify("ok", choices=["a", "b"], gate=False, k=3).choices_method.exit_params == {"k": 3}
+    with pytest.raises(ValueError, match="unknown parameters"):
+        verify("ok", choices=["a", "b"], gate=False, choice_ids=[1, 2])
 
 
 def _feed(row: RowExit, entropies: list[float]) -> int | None:

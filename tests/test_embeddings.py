@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from sglang_rksc.cache import capture
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
+from sglang_rksc.config import ConfigError, RkscConfig, split_args
 from sglang_rksc.kernels import similarity
-from sglang_rksc.srt import capture
-from sglang_rksc.srt.config import ConfigError, RkscConfig, split_args
 
 
 def test_layer_weights_follow_rksc():
@@ -75,13 +75,13 @@ def test_pooled_layers_spread_over_the_upper_half():
 def test_flags_split_validate_and_travel_as_json():
     rest, cfg = split_args(["--port", "1", "--rksc-semantic", "on", "--rksc-threshold=0.9", "--rksc-probe", "off"])
     assert rest == ["--port", "1"]
-    assert cfg.semantic and cfg.threshold == 0.9 and not cfg.probe
+    assert cfg.semantic.on and cfg.semantic.threshold == 0.9 and not cfg.semantic.probe
     assert RkscConfig.from_env({"SGLANG_RKSC_CONFIG": cfg.to_env()}) == cfg
     assert RkscConfig.from_env({}) == RkscConfig()
     for bad, message in [
-        (["--rksc-threshold", "2"], "cosine in [-1, 1]"),
+        (["--rksc-threshold", "2"], "--rksc-threshold must be in [-1, 1]"),
         (["--rksc-min-span", "0"], "at least 1"),
-        (["--rksc-length-ratio", "0.5"], "at least 1.0"),
+        (["--rksc-length-ratio", "0.5"], "at least 1"),
         (["--rksc-pooling", "max"], "one of last, layers"),
         (["--rksc-semantic", "maybe"], "expected on or off"),
         (["--rksc-nonsense", "1"], "unrecognized"),

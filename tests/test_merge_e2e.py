@@ -13,7 +13,7 @@ import sglang as sgl
 from sglang_rksc.cache import span_vector
 from sglang_rksc.lang import merge_branches
 from sglang_rksc.programs import common, gsm8k, self_consistency_verify, tree_of_thought
-from sglang_rksc.srt.server_process import LaunchedServer
+from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean
 
 pytestmark = pytest.mark.server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_self_consistency_with_audited_cgee(backend):
         assert record["verdict"] == verdict and record["full_verdict"] in ("yes", "no")
         assert record["layers_run"] == record["num_layers"] == 30 and record["confidence"] is not None
         assert record["skipped"] or record["exit_layer"] is None or record["exit_layer"] <= 30
-    summary = self_consistency_verify.summarize([row])
+    summary = self_consistency_verify.summarize([row], Namespace(merge_branches=None))
     assert summary["verify_calls"] == summary["verify_audited"] == 2
 
 

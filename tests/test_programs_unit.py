@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from argparse import Namespace
 
 import pytest
 
@@ -109,10 +110,10 @@ def test_self_consistency_weights_by_the_verifier():
     row = self_consistency_verify.score_problem(PROBLEM, samples)
     assert row["prediction"] == "18" and row["majority_prediction"] == "3"
     assert row["verdicts_right"] == [True, True, True]
-    summary = self_consistency_verify.summarize([row])
+    summary = self_consistency_verify.summarize([row], Namespace(merge_branches=None))
+    # Only the figures that apply: no merging asked for, no audited call, no server timing.
     assert summary == {
         "majority_vote_accuracy": 0.0,
-        "merged_samples": 0,
         "verifications": 3,
         "verdict_yes_rate": pytest.approx(1 / 3),
         "verdict_accuracy": 1.0,
@@ -120,10 +121,9 @@ def test_self_consistency_weights_by_the_verifier():
         "verify_skipped": 1,
         "verify_mean_layers_run": 30,
         "verify_num_layers": 30,
-        "verify_audited": 0,
-        "verify_disagreements": None,
-        "verify_server_seconds": None,
     }
+    merged = self_consistency_verify.summarize([row], Namespace(merge_branches=0.8))
+    assert merged["merged_samples"] == 0
 
 
 def test_game_of_24_row():
@@ -139,7 +139,9 @@ def test_game_of_24_row():
         },
     )
     assert row["correct"] and row["prediction"] == "1 + 11 = 12; 1 + 11 = 12; 12 + 12 = 24"
-    assert row["merged_states"] == 2 and game_of_24.summarize([row])["merged_states"] == 2
+    assert row["merged_states"] == 2
+    assert game_of_24.summarize([row], Namespace(merge_branches=0.8))["merged_states"] == 2
+    assert "merged_states" not in game_of_24.summarize([row], Namespace(merge_branches=None))
     empty = {"solved": False, "steps": [], "trace": [], "meta": [], "merged": 0}
     assert game_of_24.score_puzzle(puzzle, empty)["prediction"] is None
 

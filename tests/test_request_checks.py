@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from sglang_rksc.cache.request_options import check_custom_params, request_options
 from sglang_rksc.exit.spec import check_call_params, resolve_choices
 from sglang_rksc.srt.batch_failures import parse_fault
 from sglang_rksc.srt.request_checks import normalize_request, prompt_error, scheduler_prompt_error, validate_request
+from sglang_rksc.wire import check_custom_params, request_options
 
 VOCAB = 100
 

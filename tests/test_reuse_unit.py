@@ -9,7 +9,6 @@ import pytest
 from sglang.srt.managers.schedule_batch import FINISH_ABORT, FINISH_LENGTH, Req
 from sglang.srt.sampling.sampling_params import SamplingParams
 
-from sglang_rksc.reuse.hooks import record_release
 from sglang_rksc.reuse.signature import reuse_key, why_not_reusable
 from sglang_rksc.reuse.store import ReuseStore
 
@@ -71,7 +70,7 @@ def finished_req(rid="leader", reason=None):
 def test_a_record_lives_as_long_as_its_path():
     store = ReuseStore(lambda node: node.attached)
     req = finished_req()
-    record_release(store, req, store.attached)
+    store.on_release(req, True)
     record = store.lookup(req._rksc_reuse_key)
     assert record.output_ids == (11, 12, 13) and record.rid == "leader"
     req.last_node.attached = False  # evicted
@@ -86,7 +85,7 @@ def test_an_aborted_request_records_nothing_but_frees_its_followers():
     store.lead(key, leader)
     follower = make_req(rid="follower")
     store.follow(key, follower)
-    record_release(store, leader, store.attached)
+    store.on_release(leader, True)
     assert store.lookup(key) is None
     assert store.take_ready() == [(key, follower)] and not store.leaders
 
@@ -103,7 +102,7 @@ def test_a_leader_that_finished_without_release_is_found_stale():
 
 
 def test_the_server_flag():
-    from sglang_rksc.srt.config import ConfigError, RkscConfig, split_args
+    from sglang_rksc.config import ConfigError, RkscConfig, split_args
 
     assert RkscConfig().reuse is False
     rest, config = split_args(["--rksc-reuse", "on", "--port", "1"])

@@ -10,17 +10,9 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
 from sglang_rksc.cache import eviction
 from sglang_rksc.cache.eviction import POLICY_NAME, RsbcmStrategy, check_policy_flags, reasoning_depth
-from sglang_rksc.cache.marks import (
-    FINISHED,
-    OPEN,
-    REJECTED,
-    mark_request_args,
-    node_mark,
-    parse_mark_request,
-    set_mark,
-)
-from sglang_rksc.srt.config import RkscConfig
-from tests.pool_harness import PoolHarness
+from sglang_rksc.cache.marks import FINISHED, OPEN, REJECTED, node_mark, set_mark
+from sglang_rksc.wire import mark_request_args, parse_mark_request
+from tests.pool_harness import PoolHarness, asks_config
 
 pytestmark = pytest.mark.usefixtures("sglang_context")
 
@@ -124,7 +116,7 @@ def test_mark_payload_round_trip_and_errors():
 
 
 def _harness(slots=256, **kwargs):
-    return PoolHarness(RkscConfig(semantic=False), slots=slots, rows=8, eviction_policy=POLICY_NAME, **kwargs)
+    return PoolHarness(asks_config(on=False), slots=slots, rows=8, eviction_policy=POLICY_NAME, **kwargs)
 
 
 def _freed_by_evict(h, n):
@@ -141,8 +133,8 @@ def test_eviction_frees_exactly_what_it_reports_and_never_a_locked_node():
     lock = h.cache.lock(kept.last_node)
     reported, freed = _freed_by_evict(h, 10_000)
     assert reported == freed > 0
-    assert h.cache._attached(kept.last_node), "a locked node was evicted"
-    assert not h.cache._attached(other.last_node)
+    assert h.cache.attached(kept.last_node), "a locked node was evicted"
+    assert not h.cache.attached(other.last_node)
     h.check()
     assert _freed_by_evict(h, 10_000) == (0, 0)  # nothing is freed twice
     h.cache.unlock(lock)
@@ -160,10 +152,10 @@ def test_rejected_branches_go_first_then_finished_then_open():
     h.cache.mark([rejected.rid], "rejected")
     reported, _ = _freed_by_evict(h, 19)
     assert reported == 19
-    assert not h.cache._attached(rejected.last_node)
-    assert h.cache._attached(finished.last_node) and h.cache._attached(open_.last_node)
+    assert not h.cache.attached(rejected.last_node)
+    assert h.cache.attached(finished.last_node) and h.cache.attached(open_.last_node)
     _freed_by_evict(h, 19)
-    assert not h.cache._attached(finished.last_node) and h.cache._attached(open_.last_node)
+    assert not h.cache.attached(finished.last_node) and h.cache.attached(open_.last_node)
     stats = h.cache.eviction_stats
     assert (stats.evicted_rejected, stats.evicted_finished, stats.evicted_open) == (19, 19, 0)
     h.check()
@@ -183,7 +175,7 @@ def test_a_mark_covers_the_branch_below_its_branch_point_and_not_the_shared_trun
     assert node_mark(check.last_node) == REJECTED
     reported, freed = _freed_by_evict(h, marked)
     assert reported == freed == marked
-    assert h.cache._attached(sibling.last_node)
+    assert h.cache.attached(sibling.last_node)
     h.check()
 
 
@@ -214,13 +206,11 @@ def test_a_mark_stops_at_a_locked_node():
 
 def test_aliases_go_with_their_donor():
     """Semantic sharing on: when eviction takes a donor span, the alias that pointed at it goes too."""
-    h = PoolHarness(
-        RkscConfig(semantic=True, threshold=0.8, min_span=8), slots=256, rows=8, eviction_policy=POLICY_NAME
-    )
+    h = PoolHarness(asks_config(threshold=0.8, min_span=8), slots=256, rows=8, eviction_policy=POLICY_NAME)
     span = list(range(100, 121))
     h.run(PROMPT, span)
     h.run(PROMPT, span[:7] + [300] + span[8:])  # a near-duplicate: deduplicated into the first
-    assert h.cache.stats.dedupes == 1 and h.cache.aliases
+    assert h.cache.asks.stats.dedupes == 1 and len(h.cache.asks.aliases)
     _freed_by_evict(h, 10_000)
-    assert not h.cache.aliases
+    assert not len(h.cache.asks.aliases)
     h.check()

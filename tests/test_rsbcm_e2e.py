@@ -12,7 +12,7 @@ import requests
 import sglang as sgl
 
 from sglang_rksc.lang import mark_branch
-from sglang_rksc.srt.server_process import LaunchedServer
+from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
 pytestmark = pytest.mark.server

@@ -20,8 +20,7 @@ from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
 from sglang_rksc.cache.eviction import POLICY_NAME
 from sglang_rksc.cache.marks import MARKS, node_mark
-from sglang_rksc.srt.config import RkscConfig
-from tests.pool_harness import PoolHarness
+from tests.pool_harness import PoolHarness, asks_config
 from tests.test_semantic_state_machine import SemanticCacheMachine
 
 pytestmark = pytest.mark.usefixtures("sglang_context")
@@ -43,7 +42,7 @@ def documented_priority(node, now):
 class RsbcmCacheMachine(SemanticCacheMachine):
     def __init__(self) -> None:
         super().__init__()
-        config = RkscConfig(semantic=True, threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
+        config = asks_config(threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
         self.h = PoolHarness(config, slots=320, rows=8, eviction_policy=POLICY_NAME)
 
     @precondition(lambda self: self.h.released)
@@ -63,8 +62,8 @@ class RsbcmCacheMachine(SemanticCacheMachine):
         marked_before = stats.evicted_rejected + stats.evicted_finished
         result = cache.evict(EvictParams(num_tokens=n))
         assert self.h.allocator.available_size() - free_before == result.num_tokens_evicted
-        gone = [leaf for leaf in leaves if not cache._attached(leaf)]
-        kept = [leaf for leaf in leaves if cache._attached(leaf)]
+        gone = [leaf for leaf in leaves if not cache.attached(leaf)]
+        kept = [leaf for leaf in leaves if cache.attached(leaf)]
         if gone and kept:
             # Leaves present before the call went in priority order (rank, then value: the value
             # ratios do not depend on the time they were read at).

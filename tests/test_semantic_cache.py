@@ -7,9 +7,10 @@ import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 from sglang.srt.mem_cache.radix_cache import RadixCache
 
-from sglang_rksc.cache.semantic import META_KEY, SemanticRadixCache
-from sglang_rksc.srt.config import RkscConfig
-from tests.pool_harness import PoolHarness
+from sglang_rksc.cache.radix_cache import RkscRadixCache
+from sglang_rksc.config import RkscConfig, SemanticSettings
+from sglang_rksc.wire import Meta
+from tests.pool_harness import PoolHarness, asks_config
 from tests.test_tree_cache import _exercise
 
 X = list(range(10, 22))  # the shared prompt
@@ -22,23 +23,30 @@ R = [50, 51, 52, 53, 54, 55]  # what the program sends after a span
 pytestmark = pytest.mark.usefixtures("sglang_context")
 
 
+META_KEY = Meta.SEMANTIC
+
+
+def settings(**overrides) -> SemanticSettings:
+    values = dict(on=True, threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
+    return SemanticSettings(**{**values, **overrides})
+
+
 def config(**overrides) -> RkscConfig:
-    values = dict(semantic=True, threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
-    return RkscConfig(**{**values, **overrides})
+    return RkscConfig(semantic=settings(**overrides))
 
 
 def test_semantic_off_is_exactly_radix_cache():
-    ours = SemanticRadixCache.create_simulated(config=RkscConfig(semantic=False))
+    ours = RkscRadixCache.create_simulated(config=asks_config(on=False))
     assert _exercise(ours) == _exercise(RadixCache.create_simulated())
 
 
 def test_semantic_off_keeps_requests_untouched():
-    h = PoolHarness(RkscConfig(semantic=False))
+    h = PoolHarness(asks_config(on=False))
     h.run(X, A)
     h.run(X, A2)
     req = h.admit(X + A2 + R)
     assert list(req.origin_input_ids) == X + A2 + R and req.customized_info is None
-    assert h.cache.stats.semantic_hits == 0 and h.cache.stats.dedupes == 0
+    assert h.cache.asks is None  # no semantic component at all
     h.finish(req)
     h.check()
 
@@ -50,9 +58,9 @@ def test_near_duplicate_output_is_freed_into_an_alias():
     h.run(X, A2)
     # A2 shares A's first 7 tokens: its own span, from the branch point on, went back to the
     # allocator; the alias remembers where it went.
-    assert h.cache.stats.dedupes == 1 and h.cache.stats.slots_freed == len(A2) - 1 - 7
+    assert h.cache.asks.stats.dedupes == 1 and h.cache.asks.stats.slots_freed == len(A2) - 1 - 7
     assert h.allocator.available_size() == free_before
-    (alias,) = [a for aliases in h.cache.aliases.values() for a in aliases]
+    (alias,) = [a for aliases in h.cache.asks.aliases.by_parent.values() for a in aliases]
     assert alias.tokens == tuple(A2[7:-1]) and alias.donor == tuple(A[7:-1]) and alias.similarity >= 0.8
     h.check()
 
@@ -68,7 +76,7 @@ def test_a_branch_reaching_an_alias_forks_from_its_donor():
     (info,) = req.customized_info[META_KEY]
     assert info["fork"] and info["source"] == "alias" and info["replaced_tokens"] == len(A) - 1 - 7
     assert info["reused_tokens"] == len(A) - 1 - 7 and info["fork_at"] == len(X) + 7
-    assert h.cache.stats.forks_alias == 1
+    assert h.cache.asks.stats.forks_alias == 1
     h.finish(req)
     h.check()
 
@@ -91,7 +99,7 @@ def test_unrelated_spans_neither_fork_nor_dedupe():
     h = PoolHarness(config())
     h.run(X, A)
     h.run(X, B)
-    assert h.cache.stats.dedupes == 0
+    assert h.cache.asks.stats.dedupes == 0
     req = h.admit(X + B[:-1] + R)
     assert list(req.origin_input_ids) == X + B[:-1] + R  # its own span, exactly cached
     assert req.customized_info[META_KEY] == [{"fork": False}]
@@ -112,9 +120,9 @@ def test_nothing_crosses_a_namespace(field):
         assert req.customized_info[META_KEY] == [{"fork": False}]
         h.finish(req)
     # A near-duplicate in another namespace is not deduplicated into the default one's spans.
-    dedupes = h.cache.stats.dedupes
+    dedupes = h.cache.asks.stats.dedupes
     h.run(X, A2, **{field: "tenant-2"})
-    assert h.cache.stats.dedupes == dedupes
+    assert h.cache.asks.stats.dedupes == dedupes
     h.check()
 
 
@@ -146,8 +154,8 @@ def test_a_locked_node_is_never_deduplicated():
     holder = h.admit(X + B[:-1] + R)  # locks the B node while it runs
     node = holder.last_node
     assert list(node.key.raw_token_ids()) == B[:-1] and node.lock_ref > 0
-    h.cache.config = config(threshold=-1.0)  # anything would be similar enough
-    assert h.cache.dedupe(node) is None
+    h.cache.asks.settings = settings(threshold=-1.0)  # anything would be similar enough
+    assert h.cache.asks.dedupe(node) is None
     h.finish(holder)
     h.check()
 
@@ -156,10 +164,10 @@ def test_eviction_frees_each_slot_once_and_drops_dead_aliases():
     h = PoolHarness(config(probe=False))
     h.run(X, A)
     h.run(X, A2)
-    assert h.cache.aliases
+    assert len(h.cache.asks.aliases)
     evicted = h.cache.evict(EvictParams(num_tokens=10_000)).num_tokens_evicted
     assert evicted == len(X) + len(A) - 1 and h.cache.total_size() == 0
-    assert not h.cache.aliases  # the parent they hung on is gone
+    assert not len(h.cache.asks.aliases)  # the parent they hung on is gone
     h.check()
     # With the donor gone, the alias cannot serve: the request computes its own span.
     req = h.admit(X + A2[:-1] + R)
@@ -174,12 +182,12 @@ def test_flush_resets_aliases_and_counts():
     h.run(X, A2)
     h.cache.evict(EvictParams(num_tokens=10_000))
     h.cache.reset()
-    assert h.cache.aliases == {} and h.cache.total_size() == 0
+    assert len(h.cache.asks.aliases) == 0 and h.cache.total_size() == 0
 
 
 def test_probe_embedding_of_a_paraphrase_is_closer_than_an_unrelated_span():
     h = PoolHarness(config())
-    probe = h.cache.probe
+    probe = h.cache.asks.probe
     a, a2, b = probe.embed(A), probe.embed(A2), probe.embed(B)
     assert float(a @ a2) > 0.9 > float(a @ b)
     assert torch.allclose(a.norm(), torch.tensor(1.0))

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
-from sglang_rksc.srt.config import RkscConfig
-from tests.pool_harness import PoolHarness
+from sglang_rksc.cache import tree_paths
+from tests.pool_harness import PoolHarness, asks_config
 
 pytestmark = pytest.mark.usefixtures("sglang_context")
 
@@ -31,7 +31,7 @@ REACHED = {"dedupes": 0, "forks_alias": 0, "forks_probe": 0, "evicted": 0}  # ov
 class SemanticCacheMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        config = RkscConfig(semantic=True, threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
+        config = asks_config(threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
         self.h = PoolHarness(config, slots=320, rows=8)
         self.locks = []  # (lock, node) held by the test itself
 
@@ -59,18 +59,18 @@ class SemanticCacheMachine(RuleBasedStateMachine):
             self.h.generate(req, output)
             self.h.finish(req)
 
-    @precondition(lambda self: self.h.cache.aliases)
+    @precondition(lambda self: len(self.h.cache.asks.aliases))
     @rule(data=st.data(), tail=st.sampled_from(TAILS))
     def reach_an_alias(self, data, tail):
         """A request that continues through a deduplicated span: it should fork from the donor."""
-        parent = data.draw(st.sampled_from(sorted(self.h.cache.aliases, key=lambda n: n.id)))
-        alias = data.draw(st.sampled_from(self.h.cache.aliases[parent]))
+        parent = data.draw(st.sampled_from(sorted(self.h.cache.asks.aliases.by_parent, key=lambda n: n.id)))
+        alias = data.draw(st.sampled_from(self.h.cache.asks.aliases.under(parent)))
         path, node = [], parent
         while node is not self.h.cache.root_node:
             path[:0] = list(node.key.raw_token_ids())
             node = node.parent
         self._make_room()
-        if self.h.cache._attached(parent):  # finishing a request may have evicted or deduplicated it
+        if self.h.cache.attached(parent):  # finishing a request may have evicted or deduplicated it
             self.h.admit(path + list(alias.tokens) + tail, extra_key=alias.namespace[0], cache_salt=alias.namespace[1])
 
     @rule(data=st.data())
@@ -88,7 +88,7 @@ class SemanticCacheMachine(RuleBasedStateMachine):
             return
         parent = data.draw(st.sampled_from(parents))
         child = data.draw(st.sampled_from(sorted(parent.children.values(), key=lambda n: n.id)))
-        donor = list(cache._span_tokens(cache._donor_spans(child)[-1]))
+        donor = list(tree_paths.tokens_of(tree_paths.chain_below(child)))
         if len(donor) < 12:
             return
         path, node = [], parent
@@ -97,7 +97,7 @@ class SemanticCacheMachine(RuleBasedStateMachine):
             node = node.parent
         paraphrase = donor[:1] + [499] + donor[2:]
         self._make_room()
-        if not cache._attached(child):
+        if not cache.attached(child):
             return
         self.h.admit(path + paraphrase, extra_key=child.key.extra_key, cache_salt=child.key.cache_salt)
 
@@ -147,13 +147,13 @@ class SemanticCacheMachine(RuleBasedStateMachine):
     @invariant()
     def locked_nodes_stay_in_the_tree(self):
         for _, node in self.locks:
-            assert self.h.cache._attached(node), "a locked node was evicted or deduplicated"
+            assert self.h.cache.attached(node), "a locked node was evicted or deduplicated"
         for req in self.h.running:
-            assert self.h.cache._attached(req.last_node), "a running request's prefix was evicted"
+            assert self.h.cache.attached(req.last_node), "a running request's prefix was evicted"
 
     def teardown(self):
         for key in ("dedupes", "forks_alias", "forks_probe"):
-            REACHED[key] += getattr(self.h.cache.stats, key)
+            REACHED[key] += getattr(self.h.cache.asks.stats, key)
 
 
 SemanticCacheMachine.TestCase.settings = settings(

@@ -12,7 +12,7 @@ import sglang as sgl
 
 from sglang_rksc.programs import common
 from sglang_rksc.runtime import cpu
-from sglang_rksc.srt.server_process import LaunchedServer
+from sglang_rksc.runtime.server_process import LaunchedServer
 
 pytestmark = pytest.mark.server
 
@@ -36,15 +36,15 @@ def test_generate_answers(rksc_server):
 
 def test_live_tree_cache_is_the_rksc_backend(rksc_server):
     state = _tree_cache_state(rksc_server.url)
-    assert state["backend"] == "rksc" and state["impl"] == "SemanticRadixCache" and not state["disabled"]
+    assert state["backend"] == "rksc" and state["impl"] == "RkscRadixCache" and not state["disabled"]
     assert state["semantic"] is False  # off unless --rksc-semantic on: exactly SGLang's RadixCache
-    ready = f"ready at {rksc_server.url}, radix cache backend: rksc (SemanticRadixCache)"
+    ready = f"ready at {rksc_server.url}, radix cache backend: rksc (RkscRadixCache)"
     for _ in range(40):  # the launcher prints it from its own poll of /health, a moment later
         if ready in rksc_server.log_text():
             break
         time.sleep(0.25)
     log = rksc_server.log_text()
-    assert "Tree cache initialized: source=registered('rksc') impl=SemanticRadixCache" in log
+    assert "Tree cache initialized: source=registered('rksc') impl=RkscRadixCache" in log
     assert ready in log
 
 
@@ -95,7 +95,7 @@ def test_stock_sglang_launcher_picks_up_the_plugin(default_model_dir: Path, tmp_
         args = cpu.apply_cpu_defaults(args)
     with LaunchedServer(args, module="sglang.launch_server", env=env, log_path=tmp_path / "stock.log") as server:
         state = _tree_cache_state(server.url)
-        assert state["backend"] == "rksc" and state["impl"] == "SemanticRadixCache"
+        assert state["backend"] == "rksc" and state["impl"] == "RkscRadixCache"
         resp = requests.post(
             server.url + "/generate",
             json={"text": "1, 2, 3, 4,", "sampling_params": {"max_new_tokens": 4, "temperature": 0}},

@@ -49,6 +49,8 @@ def test_describe_reports_the_backend():
         "eviction_policy": "lru",
         "evictable_tokens": 5,
         "protected_tokens": 0,
+        "semantic": False,
+        "span_embeddings": False,
     }
     assert eviction["evicted_tokens"] == 0 and eviction["marks_requests_marked"] == 0
     assert reuse == {"on": False}

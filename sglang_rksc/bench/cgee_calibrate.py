@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sglang_rksc.exit.criterion import RowExit
-from sglang_rksc.exit.spec import ExitSpec
+from sglang_rksc.exit.spec import ExitRule, ExitSpec
 from sglang_rksc.lang.gate import Confidence, Gate
 
 DESCRIPTION = "Replay CGEE's exit rule and gate over audited verification calls; print the trade-off."
@@ -61,7 +61,9 @@ def replay_exit(profiles: Sequence[Sequence[Sequence[float]]], min_layer: int, t
     results = []
     for profile in profiles:
         row = RowExit(
-            ExitSpec(choice_ids=tuple(range(len(profile[0]))), theta=theta, eps=eps, k=k, min_layer=min_layer)
+            ExitSpec(
+                choice_ids=tuple(range(len(profile[0]))), rule=ExitRule(theta=theta, eps=eps, k=k), min_layer=min_layer
+            )
         )
         for layer, probs in enumerate(profile, start=1):
             ent = -sum(p * math.log(max(p, 1e-12)) for p in probs)

@@ -26,7 +26,7 @@ from sglang_rksc.bench import modes as modes_mod
 from sglang_rksc.bench import server_stats
 from sglang_rksc.bench.report import Run, add_speedups, markdown_table, summarize_mode, write_chart
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
-from sglang_rksc.srt.server_process import LaunchedServer, ServerStartError
+from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
 
 PROGRAMS: dict[str, Any] = {p.NAME: p for p in (tree_of_thought, self_consistency_verify, game_of_24)}
 GSM8K_CALIBRATION_END = 300  # problems 0-299 tune thresholds; 300+ are reported

@@ -26,7 +26,7 @@ import torch
 from sglang_rksc.programs import gsm8k
 from sglang_rksc.programs.common import positive_int
 from sglang_rksc.runtime.default_model import prepare_default_model
-from sglang_rksc.srt.server_process import LaunchedServer
+from sglang_rksc.runtime.server_process import LaunchedServer
 
 NUM_PROMPTS = 8
 

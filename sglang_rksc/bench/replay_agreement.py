@@ -25,7 +25,7 @@ import requests
 
 from sglang_rksc.programs import gsm8k
 from sglang_rksc.programs.common import positive_int
-from sglang_rksc.srt.server_process import LaunchedServer
+from sglang_rksc.runtime.server_process import LaunchedServer
 
 
 def _generate(url: str, prompt: str, max_new_tokens: int) -> list[int]:

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import requests
 
-from sglang_rksc.srt.plugin import INTERNAL_STATE_KEY
+from sglang_rksc.wire import Section, rksc_state
 
 # Our names for SGLang's counters (needs --enable-metrics on the server).
 PROMETHEUS_COUNTERS = {
@@ -45,14 +45,14 @@ def snapshot(url: str) -> dict[str, float]:
         # A labelled counter appears only once it was first incremented: absent means 0.
         out.update({ours: metrics.get(theirs, 0.0) for ours, theirs in PROMETHEUS_COUNTERS.items()})
     info = requests.get(url + "/server_info", timeout=30).json()
-    state = (info.get("internal_states") or [{}])[0].get(INTERNAL_STATE_KEY) or {}
-    out.update({k: float(v) for k, v in (state.get("counters") or {}).items()})
+    state = rksc_state(info) or {}
+    out.update({k: float(v) for k, v in (state.get(Section.COUNTERS) or {}).items()})
     # The semantic cache's own totals (semantic hits by source, slots freed by dedupe).
-    out.update({k: float(v) for k, v in (state.get("stats") or {}).items()})
+    out.update({k: float(v) for k, v in (state.get(Section.SEMANTIC) or {}).items()})
     # What eviction freed, by mark, and the marks programs sent (the rksc backend, any policy).
-    out.update({k: float(v) for k, v in (state.get("eviction") or {}).items()})
+    out.update({k: float(v) for k, v in (state.get(Section.EVICTION) or {}).items()})
     # Decode-side reuse: requests replayed or coalesced, tokens they did not generate.
-    out.update({k: float(v) for k, v in (state.get("reuse") or {}).items() if k != "on"})
+    out.update({k: float(v) for k, v in (state.get(Section.REUSE) or {}).items() if k != "on"})
     if "evictable_tokens" in state:
         out["tree_tokens"] = float(state["evictable_tokens"] + state["protected_tokens"])
     return out

@@ -32,8 +32,9 @@ from typing import Any
 from sglang.srt.mem_cache.evict_policy import EvictionStrategy
 
 from sglang_rksc.cache.marks import node_mark
+from sglang_rksc.wire import BACKEND_NAME, EVICTION_POLICY
 
-POLICY_NAME = "rsbcm"
+POLICY_NAME = EVICTION_POLICY
 
 
 def reasoning_depth(node: Any) -> int:
@@ -104,8 +105,8 @@ def check_policy_flags(policy: str | None, config_json: str | None, backend: str
     """Launcher-side check of `--radix-eviction-policy rsbcm` and its config; ValueError if bad."""
     if policy is None or policy.lower() != POLICY_NAME:
         return
-    if backend != "rksc":
-        raise ValueError(f"--radix-eviction-policy {POLICY_NAME} needs --radix-cache-backend rksc")
+    if backend != BACKEND_NAME:
+        raise ValueError(f"--radix-eviction-policy {POLICY_NAME} needs --radix-cache-backend {BACKEND_NAME}")
     settings: Any = {}
     if config_json:
         try:

@@ -21,9 +21,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sglang_rksc.cache.tree_paths import attached
+from sglang_rksc.wire import MARKS as MARK_WIRE_NAMES
+from sglang_rksc.wire import Option, request_options
+
+# A mark's rank: eviction takes the smallest first (the wire names, strongest first, then open).
 REJECTED, FINISHED, OPEN = 0, 1, 2
-MARKS = {"rejected": REJECTED, "finished": FINISHED}
-MARK_NAMES = {REJECTED: "rejected", FINISHED: "finished", OPEN: "open"}
+MARKS = dict(zip(MARK_WIRE_NAMES, (REJECTED, FINISHED), strict=True))
+MARK_NAMES = {**{rank: name for name, rank in MARKS.items()}, OPEN: "open"}
 # Node attributes of ours (SGLang's TreeNode has no slots, so they live on the node itself).
 MARK_ATTR = "rksc_mark"
 MARKED_AT_ATTR = "rksc_marked_at"
@@ -68,39 +73,6 @@ class MarkStats:
         return {f"marks_{k}": v for k, v in asdict(self).items()}
 
 
-MARK_KEY = "rksc_mark"  # the set_internal_state key prefix: rksc_mark/<mark>/<rid>
-
-
-def mark_request_args(rids: Sequence[str], mark: str) -> dict[str, int]:
-    """The `server_args` of a `/set_internal_state` call marking `rids` (its values must be
-    numbers, so the mark and the rids travel in the keys)."""
-    if mark not in MARKS:
-        raise ValueError(f"mark must be one of {', '.join(MARKS)}, got {mark!r}")
-    bad = [r for r in rids if not isinstance(r, str) or not r or "/" in r]
-    if bad or not rids:
-        raise ValueError(f"request ids must be non-empty strings without '/', got {list(rids)!r}")
-    return {f"{MARK_KEY}/{mark}/{rid}": 1 for rid in rids}
-
-
-def is_mark_request(server_args: dict[str, Any]) -> bool:
-    return any(k.startswith(MARK_KEY + "/") for k in server_args)
-
-
-def parse_mark_request(server_args: dict[str, Any]) -> tuple[list[str], str]:
-    """(rids, mark) of a `/set_internal_state` payload made by `mark_request_args`; ValueError if bad."""
-    rids, marks = [], set()
-    for key in server_args:
-        prefix, _, rest = key.partition("/")
-        mark, _, rid = rest.partition("/")
-        if prefix != MARK_KEY or mark not in MARKS or not rid or "/" in rid:
-            raise ValueError(f"{MARK_KEY}: bad key {key!r} (expected {MARK_KEY}/<{'|'.join(MARKS)}>/<rid>)")
-        marks.add(mark)
-        rids.append(rid)
-    if len(marks) != 1:
-        raise ValueError(f"{MARK_KEY}: one mark per call, got {', '.join(sorted(marks))}")
-    return rids, marks.pop()
-
-
 class BranchMarks:
     """The released requests' path ends, and the marking of branches by rid."""
 
@@ -111,6 +83,14 @@ class BranchMarks:
 
     def reset(self) -> None:
         self.released.clear()
+
+    def on_release(self, req: Any, checkpointed: bool) -> None:
+        """Release observer: remember where the request's path ends (to mark it by rid later), and
+        mark it now if its own options ask for it."""
+        self.remember(req)
+        mark = request_options(req).get(Option.MARK)
+        if mark in MARKS:
+            self.mark_request(req, MARKS[mark])
 
     def remember(self, req: Any) -> None:
         node = req.last_node
@@ -129,7 +109,7 @@ class BranchMarks:
             node = self.released.get(rid)
             if node is None:
                 self.stats.requests_unknown += 1
-            elif not self.cache._attached(node):
+            elif not attached(self.cache, node):
                 self.stats.requests_gone += 1
             else:
                 self.stats.requests_marked += 1
@@ -156,14 +136,6 @@ class BranchMarks:
             if set_mark(node, mark, now):
                 self.stats.nodes_marked += 1
                 self.stats.tokens_marked += len(node.key)
-
-
-def _path_len(node: Any) -> int:
-    n = 0
-    while node.parent is not None:
-        n += len(node.key)
-        node = node.parent
-    return n
 
 
 def _subtree(top: Any) -> Iterable[Any]:

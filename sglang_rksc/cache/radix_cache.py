@@ -1,26 +1,43 @@
-"""The base of the `rksc` radix-cache backend: SGLang's `RadixCache` that reports itself,
-counts what eviction frees, and takes branch marks for RSBCM.
+"""The `rksc` radix-cache backend: SGLang's `RadixCache` with this project's features composed in.
 
-`SemanticRadixCache` (semantic.py) builds on it; `sglang_rksc.srt.backend`
-builds the live one inside the scheduler.
+`RkscRadixCache` is exactly `RadixCache` for matching, inserting and evicting,
+plus components, each present only when its feature is on:
+
+- `marks` (always): RSBCM branch marks, by rid or by a request's own option;
+- `reuse` (`--rksc-reuse on`): records of finished deterministic requests;
+- `span_report` (`--rksc-span-embeddings on`): the output's pooled states in its response;
+- `asks` (`--rksc-semantic on`): semantic fork at admission and dedupe at release.
+
+What happens when a request is released is one explicit, ordered list of
+observers (`release_observers`), not an order kept across subclasses:
+span report (reads the output's slots), marks, reuse record (so a replay carries
+the span vector), ASKS dedupe (last: it may free the span). The cache accepts
+everything SGLang's `RadixCache` accepts (its constructor and `create_simulated`),
+and emits KV events exactly as it does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult, MatchPrefixParams, MatchResult
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixCache, TreeNode
 
-from sglang_rksc.cache.eviction import POLICY_NAME, register_policy
+from sglang_rksc.cache import tree_paths
+from sglang_rksc.cache.asks import request_edit
+from sglang_rksc.cache.asks.sharing import SemanticSharing
+from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
+from sglang_rksc.cache.eviction import register_policy
 from sglang_rksc.cache.marks import MARK_NAMES, MARKS, BranchMarks, copy_mark, node_mark
-from sglang_rksc.cache.request_options import request_options
-from sglang_rksc.reuse.hooks import record_release
+from sglang_rksc.cache.span_report import SpanReport
+from sglang_rksc.config import RkscConfig
 from sglang_rksc.reuse.store import ReuseStore
+from sglang_rksc.wire import BACKEND_NAME, EVICTION_POLICY, Section
 
-BACKEND_NAME = "rksc"
+ReleaseObserver = Callable[[Any, bool], None]  # (req, checkpointed)
 
 
 @dataclass
@@ -36,39 +53,84 @@ class EvictionStats:
 
 
 class RkscRadixCache(RadixCache):
-    """SGLang's `RadixCache`, registered as the `rksc` backend."""
+    """SGLang's `RadixCache`, registered as the `rksc` backend, with the features of `config`."""
 
     backend_name = BACKEND_NAME
 
-    def __init__(self, params: CacheInitParams) -> None:
-        if params.eviction_policy.lower() == POLICY_NAME:
+    def __init__(
+        self,
+        params: CacheInitParams,
+        config: RkscConfig | None = None,
+        *,
+        states: SlotStates | None = None,
+        probe: TokenProbe | None = None,
+        context_len: int | None = None,
+    ) -> None:
+        if params.eviction_policy.lower() == EVICTION_POLICY:
             register_policy()  # already done in a server process (plugin); here for direct use
+        self.config = config or RkscConfig()
         self.marks = BranchMarks(self)
         self.eviction_stats = EvictionStats()
         self._evicting = False
-        self.reuse: ReuseStore | None = None  # decode-side reuse, when on (enable_reuse)
+        self.reuse: ReuseStore | None = None
+        self.span_report: SpanReport | None = None
+        self.asks: SemanticSharing | None = None
         super().__init__(params)
+        if not self.disable:
+            if self.config.reuse:
+                self.reuse = ReuseStore(self.attached)
+            if self.config.span_embeddings and states is not None:
+                self.span_report = SpanReport(self, states)
+            if self.config.semantic.on and states is not None:
+                self.asks = SemanticSharing(self, self.config.semantic, states, probe, context_len)
+        self.release_observers: list[ReleaseObserver] = [
+            observer.on_release
+            for observer in (self.span_report, self.marks, self.reuse, self.asks)
+            if observer is not None and not self.disable
+        ]
 
     @classmethod
-    def create_simulated(cls, disable: bool = False, mock_allocator: Any = None, page_size: int = 1) -> RkscRadixCache:
+    def create_simulated(
+        cls,
+        disable: bool = False,
+        mock_allocator: Any = None,
+        page_size: int = 1,
+        enable_kv_cache_events: bool = False,
+        dynamo_kv_event_format: bool = False,
+        kv_event_lora_names: Any = None,
+        *,
+        config: RkscConfig | None = None,
+        states: SlotStates | None = None,
+        probe: TokenProbe | None = None,
+    ) -> RkscRadixCache:
         """A cache without memory pools, for unit tests (SGLang's own always builds a `RadixCache`)."""
         params = CacheInitParams(
-            disable=disable, req_to_token_pool=None, token_to_kv_pool_allocator=mock_allocator, page_size=page_size
+            disable=disable,
+            req_to_token_pool=None,
+            token_to_kv_pool_allocator=mock_allocator,
+            page_size=page_size,
+            enable_kv_cache_events=enable_kv_cache_events,
+            dynamo_kv_event_format=dynamo_kv_event_format,
+            kv_event_lora_names=kv_event_lora_names,
         )
-        return cls(params)
+        return cls(params, config, states=states, probe=probe)
+
+    @property
+    def semantic(self) -> bool:
+        return self.asks is not None
+
+    def attached(self, node: TreeNode) -> bool:
+        return tree_paths.attached(self, node)
 
     def reset(self) -> None:
         super().reset()
-        self.marks.reset()
-        if self.reuse is not None:
-            self.reuse.reset()
-
-    def enable_reuse(self) -> None:
-        self.reuse = ReuseStore(self._attached)
+        for component in (self.marks, self.reuse, self.asks):
+            if component is not None:
+                component.reset()
 
     def describe(self) -> dict[str, Any]:
         """Plain-data summary of the live cache, for `/server_info`."""
-        return {
+        out = {
             "backend": self.backend_name,
             "impl": type(self).__name__,
             "disabled": bool(self.disable),
@@ -76,20 +138,33 @@ class RkscRadixCache(RadixCache):
             "eviction_policy": self.eviction_policy,
             "evictable_tokens": int(self.evictable_size()),
             "protected_tokens": int(self.protected_size()),
-            "eviction": {**self.eviction_stats.as_dict(), **self.marks.stats.as_dict()},
-            "reuse": {"on": self.reuse is not None, **(self.reuse.stats.as_dict() if self.reuse else {})},
+            "semantic": self.semantic,
+            "span_embeddings": self.span_report is not None,
+            Section.EVICTION: {**self.eviction_stats.as_dict(), **self.marks.stats.as_dict()},
+            Section.REUSE: {"on": self.reuse is not None, **(self.reuse.stats.as_dict() if self.reuse else {})},
         }
+        if self.asks is not None:
+            described = self.asks.describe()
+            out.update(config=described["config"], aliases=described["aliases"])
+            out[Section.SEMANTIC] = described["stats"]
+        return out
 
-    def _attached(self, node: TreeNode) -> bool:
-        """Whether `node` is still in the tree (a deleted leaf keeps its fields)."""
-        while node is not self.root_node:
-            parent = node.parent
-            if parent is None or parent.children.get(node.key.child_key(self.page_size)) is not node:
-                return False
-            node = parent
-        return True
+    # ------------------------------------------------------------------ admission
 
-    # ------------------------------------------------------------------ eviction
+    def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
+        req = params.req
+        if self.asks is not None and req is not None and request_edit.first_admission(req):
+            return self.asks.match_prefix(params, super().match_prefix)
+        return super().match_prefix(params)
+
+    # ------------------------------------------------------------------ release
+
+    def on_release(self, req: Any, *, checkpointed: bool) -> None:
+        super().on_release(req, checkpointed=checkpointed)
+        for observer in self.release_observers:
+            observer(req, checkpointed)
+
+    # ------------------------------------------------------------------ tree changes
 
     def evict(self, params: EvictParams) -> EvictResult:
         self._evicting = True
@@ -100,6 +175,8 @@ class RkscRadixCache(RadixCache):
         if result.num_tokens_evicted:
             self.eviction_stats.evictions += 1
             self.eviction_stats.evicted_tokens += result.num_tokens_evicted
+            if self.asks is not None:
+                self.asks.on_evicted()
         return result
 
     def _delete_leaf(self, node: TreeNode) -> None:
@@ -107,6 +184,8 @@ class RkscRadixCache(RadixCache):
             field = f"evicted_{MARK_NAMES[node_mark(node)]}"
             setattr(self.eviction_stats, field, getattr(self.eviction_stats, field) + len(node.key))
         super()._delete_leaf(node)
+        if self.asks is not None:
+            self.asks.on_delete(node)
 
     def _split_node(self, key: Any, child: TreeNode, split_len: int) -> TreeNode:
         new_node = super()._split_node(key, child, split_len)
@@ -114,17 +193,6 @@ class RkscRadixCache(RadixCache):
         return new_node
 
     # ------------------------------------------------------------------ marks
-
-    def on_release(self, req: Any, *, checkpointed: bool) -> None:
-        super().on_release(req, checkpointed=checkpointed)
-        if self.disable:
-            return
-        self.marks.remember(req)
-        if self.reuse is not None:
-            record_release(self.reuse, req, self._attached)
-        mark = request_options(req).get("mark")
-        if mark in MARKS:
-            self.marks.mark_request(req, MARKS[mark])
 
     def mark(self, rids: list[str], mark: str) -> int:
         """Mark the branches generated by these (released) requests; returns the tokens marked."""

@@ -17,11 +17,13 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-META_KEY = "rksc_span"
+from sglang_rksc.wire import Meta, SpanEntry, meta_entry
+
+META_KEY = Meta.SPAN
 DTYPE = "float16"
 
 
-def encode(embedding: Any, weights: Any = None, *, tokens: int) -> dict[str, Any]:
+def encode(embedding: Any, weights: Any = None, *, tokens: int) -> SpanEntry:
     """meta_info entry for a pooled span embedding ([H], or [L, H] with layer weights [L])."""
     import torch
 
@@ -35,8 +37,7 @@ def encode(embedding: Any, weights: Any = None, *, tokens: int) -> dict[str, Any
 
 def entry(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The `rksc_span` entry of a generation's meta_info (None from servers that send none)."""
-    entries = (meta or {}).get(META_KEY) or [None]
-    return entries[0]
+    return meta_entry(meta, META_KEY)
 
 
 def decode(info: Mapping[str, Any]) -> list[float]:

@@ -29,12 +29,9 @@ class RowExit:
         if self.exit_layer is not None:
             return True
         self.entropies.append(entropy)
-        window = self.entropies[-(self.spec.k + 1) :]
-        if (
-            len(window) == self.spec.k + 1
-            and entropy < self.spec.theta
-            and max(abs(entropy - e) for e in window[:-1]) < self.spec.eps
-        ):
+        rule = self.spec.rule
+        window = self.entropies[-(rule.k + 1) :]
+        if len(window) == rule.k + 1 and entropy < rule.theta and max(abs(entropy - e) for e in window[:-1]) < rule.eps:
             self.exit_layer, self.exit_probs = layer, probs
         return self.exit_layer is not None
 

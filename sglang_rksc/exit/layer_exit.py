@@ -30,8 +30,9 @@ from typing import Any
 import torch
 
 from sglang_rksc.exit.criterion import RowExit, first_checked_layer, update_rows
-from sglang_rksc.exit.spec import META_KEY, ExitSpec, requested
+from sglang_rksc.exit.spec import ExitSpec, requested
 from sglang_rksc.kernels.verdict import entropy, verdict_step
+from sglang_rksc.wire import CgeeEntry, Meta, put_meta
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,7 @@ def mark_request(result: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
     params = getattr(getattr(req, "sampling_params", None), "custom_params", None)
     raw = requested(params)
     if raw is not None and "choice_ids" in raw:
-        fields = {k: v for k, v in raw.items() if k != "choices"}
-        fields["choice_ids"] = tuple(fields["choice_ids"])
-        fields["prefix_ids"] = tuple(fields.get("prefix_ids", ()))
-        spec = ExitSpec(**fields)
+        spec = ExitSpec.from_dict(raw)
         setattr(req, SPEC_ATTR, spec)
         if spec.early_exit:
             req.skip_radix_cache_insert = True
@@ -227,7 +225,7 @@ def _report(rows: BatchRows, results: list[RowExit | None], model: Any, layers_r
     for req, spec, row in zip(rows.reqs, rows.specs, results, strict=True):
         if spec is None:
             continue
-        info: dict[str, Any] = {"num_layers": depth, "layers_run": layers_run if layers_run else depth}
+        info: CgeeEntry = {"num_layers": depth, "layers_run": layers_run if layers_run else depth}
         if row is not None:
             probs = _verdict_probs(row, info["layers_run"])[: len(spec.choice_ids)]
             info.update(
@@ -244,6 +242,4 @@ def _report(rows: BatchRows, results: list[RowExit | None], model: Any, layers_r
                 info["first_checked_layer"] = spec.min_layer
         for key, value in extra.items():
             info[key] = round(value, 6) if isinstance(value, float) else value
-        if req.customized_info is None:
-            req.customized_info = {}
-        req.customized_info[META_KEY] = [info]
+        put_meta(req, Meta.CGEE, info)

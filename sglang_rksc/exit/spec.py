@@ -1,7 +1,7 @@
 """What a verification request asks of the server, and its validation.
 
 A request is a verification when `sampling_params.custom_params` holds
-`{"rksc": {"cgee": {...}}}`. The frontend sends the choices as text; the
+`{"rksc": {"cgee": {...}}}` (`sglang_rksc.wire`). The frontend sends the choices as text; the
 tokenizer process resolves them to token ids (`choice_ids`), checks every
 value, and raises `ValueError`, which SGLang answers with HTTP 400 while it
 keeps serving. The scheduler then reads the resolved spec from the request.
@@ -10,84 +10,98 @@ keeps serving. The scheduler then reads the resolved spec from the request.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from sglang_rksc.cache.request_options import CUSTOM_KEY
+from sglang_rksc.settings import Bounds, SettingError, bounds_of, check_value, setting
+from sglang_rksc.wire import Option, options_of
 
-CGEE_KEY = "cgee"
-META_KEY = "rksc_cgee"  # the response's meta_info key
+
+@dataclass(frozen=True)
+class ExitRule:
+    """The exit rule's parameters, declared once: each is a server flag (`--rksc-cgee-<name>`, whose
+    default is the field's) and a per-call override (`verify(<name>=...)`, `cgee.<name>` on the wire).
+
+    The forward checks after every layer from the minimum layer on and stops once the entropy over
+    the choices is below `theta` nats and has moved by less than `eps` over the last `k` layers.
+    Server defaults calibrated on SmolLM2-135M (GSM8K 0-11 of self_consistency_verify, 48 audited calls).
+    """
+
+    theta: float = setting(0.1, "exit when the verdict entropy (nats) is below this", low=0.0, high=100.0)
+    eps: float = setting(0.05, "...and moved less than this over the last k layers", low=0.0, high=100.0)
+    k: int = setting(1, "layers of entropy history for the exit rule (at most the depth - 1)", low=1)
+
+
+RULE_PARAMS = tuple(f.name for f in fields(ExitRule))
+# The first layer checked: per call a layer number (`min_layer`), on the server a fraction of the depth.
+MIN_LAYER = "min_layer"
+CALL_PARAMS = (*RULE_PARAMS, MIN_LAYER)
+
+
+@dataclass(frozen=True)
+class ExitDefaults:
+    """The server's `--rksc-cgee*` settings: whether layer exit runs, the rule, and where checking starts."""
+
+    enabled: bool = setting(
+        True, "CGEE layer exit of verify requests (off: they run every layer; any cache backend)", flag=""
+    )
+    rule: ExitRule = field(default_factory=ExitRule)
+    min_layer_fraction: float = setting(
+        0.86, "first layer checked, as a fraction of the model's depth (SmolLM2: 26 of 30)", above=0.0, high=1.0
+    )
+
+    def first_layer(self, num_layers: int) -> int:
+        return max(1, math.ceil(self.min_layer_fraction * num_layers))
 
 
 @dataclass(frozen=True)
 class ExitSpec:
-    """One verification: the choice tokens and the entropy-stabilised exit rule.
-
-    The forward checks after every layer from `min_layer` on (layers counted from 1) and
-    stops once the entropy over the choices is below `theta` nats and has moved by less
-    than `eps` over the last `k` layers. `early_exit=False` runs the full depth.
-    `record=True` also runs the full depth, but reports where it would have stopped and
-    every layer's distribution, so that exit and full-depth verdicts can be compared.
-    """
+    """One verification: the choice tokens, the exit rule, and where checking starts (layers counted
+    from 1). `early_exit=False` runs the full depth. `record=True` also runs the full depth, but
+    reports where it would have stopped and every layer's distribution, so that exit and full-depth
+    verdicts can be compared."""
 
     choice_ids: tuple[int, ...]
-    theta: float
-    eps: float
-    k: int
+    rule: ExitRule
     min_layer: int
     early_exit: bool = True
     record: bool = False
     prefix_ids: tuple[int, ...] = ()  # tokens all choices start with, appended to the prompt
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "choice_ids": list(self.choice_ids), "prefix_ids": list(self.prefix_ids)}
+        """The resolved spec as it travels in `custom_params`: the rule's parameters at the top level."""
+        out = {**asdict(self), **asdict(self.rule)}
+        del out["rule"]
+        return {**out, "choice_ids": list(self.choice_ids), "prefix_ids": list(self.prefix_ids)}
 
-
-@dataclass(frozen=True)
-class ExitDefaults:
-    """Server-wide defaults (the `--rksc-cgee-*` flags, whose defaults are these); a call may override each."""
-
-    enabled: bool = True
-    theta: float = 0.1
-    eps: float = 0.05
-    k: int = 1
-    min_layer_fraction: float = 0.86  # min_layer = ceil(fraction * depth) when the call gives none
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ExitSpec:
+        return cls(
+            choice_ids=tuple(raw["choice_ids"]),
+            rule=ExitRule(**{name: raw[name] for name in RULE_PARAMS}),
+            min_layer=raw[MIN_LAYER],
+            early_exit=raw.get("early_exit", True),
+            record=raw.get("record", False),
+            prefix_ids=tuple(raw.get("prefix_ids", ())),
+        )
 
 
 def requested(custom_params: Any) -> dict[str, Any] | None:
     """The raw `cgee` dict of a request, or None when it is not a verification."""
-    if not isinstance(custom_params, dict):
-        return None
-    ours = custom_params.get(CUSTOM_KEY)
-    if not isinstance(ours, dict):
-        return None
-    raw = ours.get(CGEE_KEY)
+    options = options_of(custom_params)
+    raw = options.get(Option.CGEE)
     return raw if isinstance(raw, dict) else None
 
 
-def _number(raw: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    value = raw.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"cgee.{name} must be a number, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"cgee.{name} must be in [{low}, {high}], got {value}")
-    return float(value)
+_FLAGS = ("early_exit", "record")
+_KNOWN = {"choices", "choice_ids", "prefix_ids", *CALL_PARAMS, *_FLAGS}
 
 
-def _flag(raw: dict[str, Any], name: str, default: bool) -> bool:
-    value = raw.get(name, default)
-    if not isinstance(value, bool):
-        raise ValueError(f"cgee.{name} must be true or false, got {value!r}")
-    return value
-
-
-_KNOWN = {"choices", "choice_ids", "prefix_ids", "theta", "eps", "k", "min_layer", "early_exit", "record"}
-
-
-def _positive_int(raw: dict[str, Any], name: str) -> None:
-    value = raw.get(name)
-    if name in raw and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"cgee.{name} must be a positive integer, got {value!r:.80}")
+def _check(name: str, value: Any, kind: type, bounds: Bounds) -> None:
+    try:
+        check_value(f"cgee.{name}", value, kind, bounds)
+    except SettingError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def check_call_params(raw: dict[str, Any]) -> None:
@@ -95,13 +109,14 @@ def check_call_params(raw: dict[str, Any]) -> None:
     unknown = set(raw) - _KNOWN
     if unknown:
         raise ValueError(f"cgee has unknown parameters: {', '.join(sorted(map(str, unknown)))}")
-    for name in ("theta", "eps"):
+    for f in fields(ExitRule):
+        if f.name in raw:
+            _check(f.name, raw[f.name], type(f.default), bounds_of(f))
+    if MIN_LAYER in raw:
+        _check(MIN_LAYER, raw[MIN_LAYER], int, Bounds("", low=1))
+    for name in _FLAGS:
         if name in raw:
-            _number(raw, name, 0.0, 0.0, 100.0)
-    _positive_int(raw, "k")
-    _positive_int(raw, "min_layer")
-    for name in ("early_exit", "record"):
-        _flag(raw, name, False)
+            _check(name, raw[name], bool, Bounds(""))
 
 
 def parse(
@@ -109,26 +124,18 @@ def parse(
 ) -> ExitSpec:
     """Validate a request's `cgee` dict against the model; `choice_ids` are already resolved."""
     check_call_params(raw)
-    theta = _number(raw, "theta", defaults.theta, 0.0, 100.0)
-    eps = _number(raw, "eps", defaults.eps, 0.0, 100.0)
-    k = raw.get("k", defaults.k)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < num_layers:
-        raise ValueError(f"cgee.k must be an integer in [1, {num_layers - 1}], got {k!r}")
-    default_min = max(1, math.ceil(defaults.min_layer_fraction * num_layers))
-    min_layer = raw.get("min_layer", default_min)
-    if isinstance(min_layer, bool) or not isinstance(min_layer, int) or not 1 <= min_layer <= num_layers:
-        raise ValueError(
-            f"cgee.min_layer must be an integer in [1, {num_layers}] (the model's depth), got {min_layer!r}"
-        )
-    early_exit = _flag(raw, "early_exit", True) and defaults.enabled
+    rule = ExitRule(**{name: raw.get(name, getattr(defaults.rule, name)) for name in RULE_PARAMS})
+    if rule.k >= num_layers:
+        raise ValueError(f"cgee.k must be an integer in [1, {num_layers - 1}], got {rule.k!r}")
+    min_layer = raw.get(MIN_LAYER, defaults.first_layer(num_layers))
+    if min_layer > num_layers:
+        raise ValueError(f"cgee.min_layer must be an integer in [1, {num_layers}] (the model's depth), got {min_layer}")
     return ExitSpec(
         choice_ids=tuple(choice_ids),
-        theta=theta,
-        eps=eps,
-        k=k,
+        rule=rule,
         min_layer=min_layer,
-        early_exit=early_exit,
-        record=_flag(raw, "record", False),
+        early_exit=raw.get("early_exit", True) and defaults.enabled,
+        record=raw.get("record", False),
         prefix_ids=tuple(prefix_ids),
     )
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sglang_rksc.exit.spec import CGEE_KEY, CUSTOM_KEY, ExitDefaults, parse, requested, resolve_choices
+from sglang_rksc.exit.spec import ExitDefaults, parse, requested, resolve_choices
+from sglang_rksc.wire import CUSTOM_KEY, Option
 
 
 @cache
 def server_defaults() -> ExitDefaults:
-    from sglang_rksc.srt.config import RkscConfig
+    from sglang_rksc.config import RkscConfig
 
-    return RkscConfig.from_env().exit_defaults()
+    return RkscConfig.from_env().cgee
 
 
 def resolve_request(sampling_params: dict[str, Any], input_ids: Any, tokenizer: Any, model_config: Any) -> None:
@@ -30,7 +31,7 @@ def resolve_request(sampling_params: dict[str, Any], input_ids: Any, tokenizer: 
     custom = sampling_params.get("custom_params")
     raw = requested(custom)
     if raw is None:
-        if isinstance(custom, dict) and isinstance(custom.get(CUSTOM_KEY), dict) and CGEE_KEY in custom[CUSTOM_KEY]:
+        if isinstance(custom, dict) and isinstance(custom.get(CUSTOM_KEY), dict) and Option.CGEE in custom[CUSTOM_KEY]:
             raise ValueError("custom_params.rksc.cgee must be an object")
         return
     max_new = sampling_params.get("max_new_tokens", 1)
@@ -49,4 +50,4 @@ def resolve_request(sampling_params: dict[str, Any], input_ids: Any, tokenizer: 
         input_ids.extend(common)
     spec = parse(raw, ids, model_config.num_hidden_layers, server_defaults(), common)
     # A fresh dict: requests of one batch may share theirs.
-    sampling_params["custom_params"] = {**custom, CUSTOM_KEY: {**custom[CUSTOM_KEY], CGEE_KEY: spec.to_dict()}}
+    sampling_params["custom_params"] = {**custom, CUSTOM_KEY: {**custom[CUSTOM_KEY], Option.CGEE: spec.to_dict()}}

@@ -23,10 +23,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from sglang_rksc.cache.marks import MARKS, mark_request_args
 from sglang_rksc.lang.server_probe import ServerProbe
-
-POLICY_NAME = "rsbcm"  # sglang_rksc.cache.eviction.POLICY_NAME, which imports SGLang's server
+from sglang_rksc.wire import BACKEND_NAME, EVICTION_POLICY, MARKS, mark_request_args
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ def mark_branch(states: Any, mark: str) -> bool:
     if getattr(endpoint, "base_url", None) is None or not ServerProbe.has_plugin(endpoint):
         return False
     state = ServerProbe.rksc_state(endpoint) or {}
-    if state.get("backend") != "rksc" or state.get("eviction_policy") != POLICY_NAME:
+    if state.get("backend") != BACKEND_NAME or state.get("eviction_policy") != EVICTION_POLICY:
         return False
     rids = [rid for state in group for rid in branch_rids(state)]
     if not rids:

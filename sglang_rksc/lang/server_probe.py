@@ -1,33 +1,67 @@
-"""What the server behind a frontend endpoint runs: asked once per URL through `/server_info`."""
+"""What the server behind a frontend endpoint runs, asked through `/server_info`.
+
+An answer is kept for a few seconds (`TTL_S`): a program asks before every
+verification and mark, and a server does not change its flags while it runs;
+after that it is asked again, so a server restarted on the same URL with other
+flags is read anew. A failed question is never kept: the next call asks again.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
-from sglang_rksc.srt.plugin import INTERNAL_STATE_KEY
+from sglang_rksc.wire import rksc_state
+
+TTL_S = 5.0
 
 
 class ServerProbe:
     """The sglang-rksc state a server reports (None: no plugin, or no answer)."""
 
-    _known: dict[str, dict[str, Any] | None] = {}
+    _known: dict[str, tuple[float, dict[str, Any] | None]] = {}  # url -> (when asked, state)
     _lock = threading.Lock()
+    ttl_s = TTL_S
+    clock = staticmethod(time.monotonic)
 
     @classmethod
     def rksc_state(cls, endpoint: Any) -> dict[str, Any] | None:
+        url = endpoint.base_url
         with cls._lock:
-            if endpoint.base_url not in cls._known:
-                from sglang.utils import http_request
+            known = cls._known.get(url)
+            if known is not None and cls.clock() - known[0] < cls.ttl_s:
+                return known[1]
+        state, ok = cls._ask(endpoint)
+        with cls._lock:
+            if ok:
+                cls._known[url] = (cls.clock(), state)
+            else:
+                cls._known.pop(url, None)
+        return state
 
-                try:
-                    res = http_request(endpoint.base_url + "/server_info", api_key=endpoint.api_key)
-                    states = res.json().get("internal_states") or [{}]
-                    cls._known[endpoint.base_url] = (states[0] or {}).get(INTERNAL_STATE_KEY)
-                except Exception:
-                    cls._known[endpoint.base_url] = None
-            return cls._known[endpoint.base_url]
+    @staticmethod
+    def _ask(endpoint: Any) -> tuple[dict[str, Any] | None, bool]:
+        """(state, whether the server answered)."""
+        from sglang.utils import http_request
+
+        try:
+            res = http_request(endpoint.base_url + "/server_info", api_key=endpoint.api_key)
+            if res.status_code != 200:
+                return None, False
+            return rksc_state(res.json()), True
+        except Exception:
+            return None, False
 
     @classmethod
     def has_plugin(cls, endpoint: Any) -> bool:
         return cls.rksc_state(endpoint) is not None
+
+    @classmethod
+    def forget(cls, url: str | None = None) -> None:
+        """Drop what is known of one URL, or of all."""
+        with cls._lock:
+            if url is None:
+                cls._known.clear()
+            else:
+                cls._known.pop(url, None)

@@ -7,8 +7,8 @@
 
 `verify` is an `SglSelect` whose `choices_method` carries the CGEE parameters, so
 it works wherever a `select` does (`run`, `run_batch`, `fork`, tracing). Through a
-`sgl.RuntimeEndpoint`, importing this module wraps `RuntimeEndpoint.select` (with
-SGLang's hook registry) so that a verification
+`sgl.RuntimeEndpoint`, writing a `verify` wraps `RuntimeEndpoint.select` (with
+SGLang's hook registry, once per process) so that a verification
 1. is skipped, at no server call, when the candidate's generation was confident
    (`Gate`); the verdict is then the accepting choice (`accept`, default the first);
 2. otherwise is one `/generate` call of one token, marked for the server's layer exit,
@@ -30,9 +30,10 @@ from typing import Any
 from sglang.lang.choices import ChoicesDecision, ChoicesSamplingMethod, token_length_normalized
 from sglang.lang.ir import SglSelect
 
-from sglang_rksc.exit.spec import check_call_params
+from sglang_rksc.exit.spec import CALL_PARAMS, check_call_params
 from sglang_rksc.lang.gate import Confidence, Gate, confidence_of
 from sglang_rksc.lang.server_probe import ServerProbe
+from sglang_rksc.wire import Meta, Option, meta_entry, with_options
 
 SELECT_TARGET = "sglang.lang.backend.runtime_endpoint.RuntimeEndpoint.select"
 
@@ -67,16 +68,16 @@ def verify(
     early_exit: bool = True,
     accept: int = 0,
     audit: bool = False,
-    theta: float | None = None,
-    eps: float | None = None,
-    k: int | None = None,
-    min_layer: int | None = None,
+    **exit_params: float,
 ) -> SglSelect:
     """A verification of the variable `candidate` (see the module docs).
 
     `gate=True` uses RKSC's thresholds (`Gate()`), a `Gate` sets them, False/None never skips.
-    `theta`, `eps`, `k`, `min_layer` override the server's exit defaults for this call.
+    `exit_params` override the server's exit rule for this call: any of `sglang_rksc.exit.spec.CALL_PARAMS`
+    (`theta`, `eps`, `k`, `min_layer`). Writing the first `verify` of a process wraps SGLang's
+    `RuntimeEndpoint.select` (see `install`).
     """
+    install()
     if name is not None and not isinstance(name, str):
         raise ValueError(f"verify: name must be a string, got {name!r:.80}")
     if isinstance(choices, str) or (choices is not None and not isinstance(choices, (list, tuple))):
@@ -101,16 +102,19 @@ def verify(
         raise ValueError(f"verify: gate must be a Gate, True or False, got {gate!r}")
     if gate is not None and candidate is None:
         raise ValueError("verify: a gate needs the candidate's variable name (candidate=...)")
-    overrides = {"theta": theta, "eps": eps, "k": k, "min_layer": min_layer}
+    unknown = sorted(set(exit_params) - set(CALL_PARAMS))
+    if unknown:
+        raise ValueError(f"verify: unknown parameters {', '.join(unknown)} (exit rule: {', '.join(CALL_PARAMS)})")
+    overrides = {key: value for key, value in exit_params.items() if value is not None}
     # The model-independent checks now; the server checks the rest (min_layer within the depth).
-    check_call_params({key: v for key, v in overrides.items() if v is not None})
+    check_call_params(overrides)
     method = VerifyMethod(
         candidate=candidate,
         gate=gate,
         early_exit=early_exit,
         accept=accept,
         audit=audit,
-        exit_params={key: v for key, v in overrides.items() if v is not None},
+        exit_params=overrides,
     )
     return SglSelect(name, choices, 0.0, method)
 
@@ -150,11 +154,11 @@ def _verify_on_server(endpoint: Any, s: Any, choices: list[str], method: VerifyM
         "sampling_params": {
             "max_new_tokens": 1,
             "temperature": 0,
-            "custom_params": {"rksc": {"cgee": params}},
+            "custom_params": with_options({Option.CGEE: params}),
         },
     }
     obj = endpoint._generate_http_request(s, data)
-    info = (obj["meta_info"].get("rksc_cgee") or [None])[0]
+    info = meta_entry(obj["meta_info"], Meta.CGEE)
     if info is None:
         raise RuntimeError("the server did not report a CGEE verdict (is it running sglang-rksc's plugin?)")
     return info
@@ -206,7 +210,10 @@ _installed = False
 
 
 def install() -> None:
-    """Wrap `RuntimeEndpoint.select` in this process (idempotent; done on import)."""
+    """Wrap `RuntimeEndpoint.select` in this process, through SGLang's hook registry (idempotent).
+
+    Done when a program first writes a `verify`, not on import: a process that never verifies
+    keeps SGLang's frontend as it is."""
     global _installed
     if _installed:
         return
@@ -215,6 +222,3 @@ def install() -> None:
     HookRegistry.register(SELECT_TARGET, select_with_verify, HookType.AROUND)
     HookRegistry.apply_hooks()
     _installed = True
-
-
-install()

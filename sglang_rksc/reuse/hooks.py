@@ -18,15 +18,11 @@ import logging
 from array import array
 from typing import Any
 
-from sglang.srt.managers.schedule_batch import FINISH_ABORT
-
-from sglang_rksc.exit.spec import META_KEY as CGEE_META
 from sglang_rksc.reuse.signature import reuse_key
-from sglang_rksc.reuse.store import META_KEY, Record, ReuseStore
+from sglang_rksc.reuse.store import KEY_ATTR, Record, ReuseStore
+from sglang_rksc.wire import Meta, ReuseEntry
 
 logger = logging.getLogger(__name__)
-
-KEY_ATTR = "_rksc_reuse_key"
 
 
 def _store(scheduler: Any) -> ReuseStore | None:
@@ -83,22 +79,11 @@ def replay(scheduler: Any, store: ReuseStore, req: Any, record: Record, how: str
     req.finished_len = record.finished_len
     req.cached_tokens = len(req.origin_input_ids)  # nothing was computed for it
     info = {k: copy.deepcopy(v) for k, v in record.customized_info.items()}
-    info[META_KEY] = [{how: True, "source_rid": record.rid, "tokens": len(record.output_ids)}]
+    entry: ReuseEntry = {how: True, "source_rid": record.rid, "tokens": len(record.output_ids)}  # type: ignore[misc]
+    info[Meta.REUSE] = [entry]
     req.customized_info = {**(req.customized_info or {}), **info}
     store.stats.replayed += how == "replayed"
     store.stats.coalesced += how == "coalesced"
-    store.stats.verdicts_reused += CGEE_META in record.customized_info
+    store.stats.verdicts_reused += Meta.CGEE in record.customized_info
     store.stats.tokens_not_generated += len(record.output_ids)
     scheduler.output_streamer.stream_output([req], req.return_logprob)
-
-
-def record_release(store: ReuseStore, req: Any, attached: Any) -> None:
-    """Called by the cache when `req` is released: record its result, free its followers."""
-    key = getattr(req, KEY_ATTR, None)
-    if key is None:
-        return
-    node = req.last_node
-    done = req.finished() and not isinstance(req.finished_reason, FINISH_ABORT)
-    if done and node is not None and attached(node) and len(req.output_ids) > 0:
-        store.record(key, req, node)
-    store.leader_done(key, req)

@@ -13,16 +13,13 @@ from typing import Any
 
 import msgspec
 
-from sglang_rksc.cache.request_options import CUSTOM_KEY, request_options
-
-# custom_params["rksc"] keys that do not change what is generated.
-NEUTRAL_OPTIONS = ("mark", "reuse")
+from sglang_rksc.wire import CUSTOM_KEY, NEUTRAL_OPTIONS, Option, request_options
 
 
 def why_not_reusable(req: Any) -> str | None:
     """Why this request must run itself, or None."""
     sp = req.sampling_params
-    if request_options(req).get("reuse") is False:
+    if request_options(req).get(Option.REUSE) is False:
         return "opted out"
     if getattr(req, "to_finish", None) is not None:
         return "refused before it ran"  # SGLang finishes it with an abort after a one-token prefill

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-REMEMBERED_RESULTS = 16384
+from sglang_rksc.wire import NOT_REPLAYED
 
-META_KEY = "rksc_reuse"
-# Request-level meta_info of the original that says how it ran, not what it produced.
-NOT_REPLAYED = (META_KEY, "rksc_semantic")
+REMEMBERED_RESULTS = 16384
+KEY_ATTR = "_rksc_reuse_key"  # on a request: its reuse key, once the scheduler hook computed it
 
 
 @dataclass
@@ -69,6 +68,19 @@ class ReuseStore:
             return None
         self.records.move_to_end(key)
         return record
+
+    def on_release(self, req: Any, checkpointed: bool) -> None:
+        """Release observer: record the request's result (finished, not aborted, its path still in
+        the tree) and free its followers."""
+        key = getattr(req, KEY_ATTR, None)
+        if key is None:
+            return
+        node = req.last_node
+        aborted = req.finished_reason is not None and req.finished_reason.to_json().get("type") == "abort"
+        done = req.finished() and not aborted
+        if done and node is not None and self.attached(node) and len(req.output_ids) > 0:
+            self.record(key, req, node)
+        self.leader_done(key, req)
 
     def record(self, key: tuple, req: Any, node: Any) -> None:
         info = {k: copy.deepcopy(v) for k, v in (req.customized_info or {}).items() if k not in NOT_REPLAYED}

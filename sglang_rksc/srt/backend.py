@@ -1,9 +1,9 @@
 """The `rksc` radix-cache backend factory: runs inside the scheduler process.
 
-Builds `SemanticRadixCache` from SGLang's `TreeCacheBuildContext` and the
-`--rksc-*` settings (`SGLANG_RKSC_CONFIG`). With semantic sharing on it also
-creates the per-slot hidden-state store, the input-embedding probe, and points
-the capture hooks at them.
+Builds `RkscRadixCache` from SGLang's `TreeCacheBuildContext` and the
+`--rksc-*` settings (`SGLANG_RKSC_CONFIG`). With semantic sharing or span
+embeddings on it also creates the per-slot hidden-state store (and, for
+semantic sharing, the input-embedding probe), and points the capture hooks at it.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
+from sglang_rksc.cache import capture
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
-from sglang_rksc.cache.semantic import SemanticRadixCache
-from sglang_rksc.srt import capture
-from sglang_rksc.srt.config import RkscConfig
+from sglang_rksc.cache.radix_cache import RkscRadixCache
+from sglang_rksc.config import RkscConfig
 
 if TYPE_CHECKING:
     from sglang.srt.mem_cache.registry import TreeCacheBuildContext
@@ -35,48 +35,51 @@ def _why_no_semantic(ctx: TreeCacheBuildContext) -> str | None:
     return None
 
 
-def build_tree_cache(ctx: TreeCacheBuildContext) -> SemanticRadixCache:
-    """Factory for `register_radix_cache_backend("rksc", ...)`."""
+def build_tree_cache(ctx: TreeCacheBuildContext) -> RkscRadixCache:
+    """Factory for `register_radix_cache_backend(BACKEND_NAME, ...)`."""
     config = RkscConfig.from_env()
     capture.deactivate()
-    if config.semantic or config.span_embeddings:
+    wants_states = config.semantic.on or config.span_embeddings
+    if wants_states:
         why = _why_no_semantic(ctx)
         if why:
             logger.warning("sglang-rksc: semantic sharing and span embeddings are not supported with %s", why)
-            config = dataclasses.replace(config, semantic=False, span_embeddings=False)
-    if not (config.semantic or config.span_embeddings):
-        return _with_reuse(SemanticRadixCache(ctx.params, config), config)
+            off = dataclasses.replace(config.semantic, on=False)
+            config = dataclasses.replace(config, semantic=off, span_embeddings=False)
+            wants_states = False
+    if not wants_states:
+        return _logged(RkscRadixCache(ctx.params, config))
 
+    settings = config.semantic
     model = ctx.tp_worker.model_runner.model
     device = next(model.parameters()).device
     allocator = ctx.params.token_to_kv_pool_allocator
     layers = None
-    if config.pooling == "layers":
-        layers = capture.pooled_layer_indices(ctx.model_config.num_hidden_layers, config.pooling_layers)
+    if settings.pooling == "layers":
+        layers = capture.pooled_layer_indices(ctx.model_config.num_hidden_layers, settings.pooling_layers)
     # Slot 0 is the allocator's padding slot: one row more than its size.
     states = SlotStates(
         allocator.size + 1, ctx.model_config.hidden_size, num_layers=len(layers) if layers else 1, device=device
     )
-    probe = TokenProbe(model.get_input_embeddings().weight) if config.semantic and config.probe else None
+    probe = TokenProbe(model.get_input_embeddings().weight) if settings.on and settings.probe else None
     capture.activate(states, model, layers)
     logger.info(
         "sglang-rksc: hidden states captured (semantic sharing %s, threshold %.3f, probe %s at %.3f, span "
         "embeddings %s, pooling %s%s, %.1f MiB of states)",
-        "on" if config.semantic else "off",
-        config.threshold,
+        "on" if settings.on else "off",
+        settings.threshold,
         "on" if probe else "off",
-        config.probe_threshold,
+        settings.probe_threshold,
         "on" if config.span_embeddings else "off",
-        config.pooling,
+        settings.pooling,
         f" {layers}" if layers else "",
         states.states.numel() * states.states.element_size() / 2**20,
     )
-    cache = SemanticRadixCache(ctx.params, config, states=states, probe=probe, context_len=ctx.model_config.context_len)
-    return _with_reuse(cache, config)
+    cache = RkscRadixCache(ctx.params, config, states=states, probe=probe, context_len=ctx.model_config.context_len)
+    return _logged(cache)
 
 
-def _with_reuse(cache: SemanticRadixCache, config: RkscConfig) -> SemanticRadixCache:
-    if config.reuse and not cache.disable:
-        cache.enable_reuse()
+def _logged(cache: RkscRadixCache) -> RkscRadixCache:
+    if cache.reuse is not None:
         logger.info("sglang-rksc: decode-side reuse on (replay and coalescing of deterministic duplicates)")
     return cache

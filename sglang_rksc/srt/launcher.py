@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import NoReturn
 
+from sglang_rksc import config as rksc_config
 from sglang_rksc.runtime import cpu
 from sglang_rksc.runtime.default_model import ModelPreparationError, prepare_default_model
 from sglang_rksc.runtime.model_path import ModelPathError, check_model_path
-from sglang_rksc.srt import config as rksc_config
-from sglang_rksc.srt.plugin import INTERNAL_STATE_KEY, PLUGIN_NAME
+from sglang_rksc.wire import BACKEND_NAME, PLUGIN_NAME, rksc_state
 
 PROG = "python -m sglang_rksc.launch_server"
 STOCK_BACKEND = "default"  # our value for "omit --radix-cache-backend"
-DEFAULT_BACKEND = "rksc"
+DEFAULT_BACKEND = BACKEND_NAME
 LOG_PREFIX = "sglang-rksc:"
 
 HELP_HEAD = f"""usage: {PROG} [SGLang server flags]
@@ -201,8 +201,7 @@ def _report_when_ready(plan: LaunchPlan, stop: threading.Event) -> None:
             info = _get_json(base + "/server_info")
         except (urllib.error.URLError, OSError, ValueError):
             continue
-        states = info.get("internal_states") or [{}]
-        cache = states[0].get(INTERNAL_STATE_KEY) or {}
+        cache = rksc_state(info) or {}
         impl = cache.get("impl", "unknown")
         backend = cache.get("backend") or "SGLang default"
         disabled = " (disabled by --disable-radix-cache)" if cache.get("disabled") else ""
@@ -245,10 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     device = "cpu" if plan.on_cpu else "gpu"
     standin = ", sgl_kernel stand-in" if plan.standin else ""
     semantic = ""
-    if plan.rksc.semantic:
+    asks = plan.rksc.semantic
+    if asks.on:
         semantic = (
-            f", semantic sharing on (threshold {plan.rksc.threshold}, probe "
-            f"{f'at {plan.rksc.probe_threshold}' if plan.rksc.probe else 'off'})"
+            f", semantic sharing on (threshold {asks.threshold}, probe "
+            f"{f'at {asks.probe_threshold}' if asks.probe else 'off'})"
         )
     print(
         f"{LOG_PREFIX} starting SGLang on {device}{standin}: model {plan.model_path}, "

@@ -12,12 +12,9 @@ import logging
 import os
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from sglang_rksc.wire import INTERNAL_STATE_KEY, META_PREFIX, Section
 
-PLUGIN_NAME = "rksc"
-INTERNAL_STATE_KEY = "rksc"
-# Customized-info keys of ours are emitted once per request, not per token.
-META_PREFIX = "rksc_"
+logger = logging.getLogger(__name__)
 
 _HOOKS = {
     "internal_state": (
@@ -59,14 +56,14 @@ def register() -> None:
     from sglang.srt.mem_cache.registry import get_radix_cache_factory, register_radix_cache_backend
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    from sglang_rksc.cache.capture import capture_final_hidden_states
     from sglang_rksc.cache.eviction import register_policy
-    from sglang_rksc.cache.radix_cache import BACKEND_NAME
     from sglang_rksc.exit import layer_exit
     from sglang_rksc.reuse import hooks as reuse_hooks
     from sglang_rksc.srt import batch_failures, request_checks
     from sglang_rksc.srt.backend import build_tree_cache
-    from sglang_rksc.srt.capture import capture_final_hidden_states
     from sglang_rksc.srt.counters import time_batch
+    from sglang_rksc.wire import BACKEND_NAME
 
     global _hooks_registered
     if get_radix_cache_factory(BACKEND_NAME) is None:
@@ -118,8 +115,8 @@ def _report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) 
         state["protected_tokens"] = int(tree_cache.protected_size())
     result.internal_state[INTERNAL_STATE_KEY] = {
         **state,
-        "counters": COUNTERS.as_dict(),
-        "failures": FAILURES.as_dict(),
+        Section.COUNTERS: COUNTERS.as_dict(),
+        Section.FAILURES: FAILURES.as_dict(),
     }
     return result
 
@@ -129,7 +126,7 @@ def _mark_branches(original: Any, controller: Any, recv_req: Any) -> Any:
     (see `sglang_rksc.cache.marks`); every other update goes to SGLang."""
     from sglang.srt.managers.io_struct import SetInternalStateReqOutput
 
-    from sglang_rksc.cache.marks import is_mark_request, parse_mark_request
+    from sglang_rksc.wire import is_mark_request, parse_mark_request
 
     requested = recv_req.server_args or {}
     if not is_mark_request(requested):
@@ -154,7 +151,7 @@ def _request_level_info(original: Any, streamer: Any, key: str) -> bool:
 def _report_client_prompt_tokens(result: Any, accumulator: Any, *args: Any, req: Any = None, **kwargs: Any) -> Any:
     """AFTER hook: a request whose prompt a semantic fork rewrote reports the prompt it was sent
     (and no more cached tokens than that), as the client's own bookkeeping expects."""
-    from sglang_rksc.cache.semantic import CLIENT_PROMPT_LEN
+    from sglang_rksc.cache.asks.request_edit import CLIENT_PROMPT_LEN
 
     client_len = getattr(req, CLIENT_PROMPT_LEN, None)
     if client_len is not None and accumulator.rids and accumulator.rids[-1] == req.rid:

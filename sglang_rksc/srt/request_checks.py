@@ -29,8 +29,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sglang_rksc.cache.request_options import check_custom_params
 from sglang_rksc.exit.validate import resolve_request
+from sglang_rksc.wire import check_custom_params
 
 # GenerateReqInput fields that a batch holds one element of per prompt (SGLang's `__getitem__` indexes them).
 PER_PROMPT_FIELDS = (

@@ -1,0 +1,228 @@
+"""ASKS as a component of the `rksc` cache: fork at admission, dedupe at release.
+
+Dedupe at release. When a request is released and its last node N (for a
+generation, its output span) is a free leaf whose pooled hidden states are
+within `threshold` of a sibling C under the same parent P, N's KV slots are
+freed at once and an alias (P, N's tokens) -> C's tokens is recorded.
+
+Fork at admission. When a request's tokens leave the tree at node P, its next
+span S may fork from a child C of P (`planning`): its prompt is rewritten to
+P + C + the rest (`request_edit`), so the scheduler sees an ordinary exact hit
+on C's KV.
+
+Invariants kept: every KV slot belongs to one node (a fork reuses C's slots
+through an ordinary match; a dedupe frees N's slots and deletes N), a slot is
+freed once (through the allocator, for unlocked leaves only), locked nodes
+are never touched, and nothing crosses a namespace (`extra_key`,
+`cache_salt`): only children in the request's own namespace are compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult
+from sglang.srt.mem_cache.radix_cache import RadixKey
+
+from sglang_rksc.cache import tree_paths
+from sglang_rksc.cache.asks import planning, request_edit
+from sglang_rksc.cache.asks.aliases import AliasBook
+from sglang_rksc.cache.asks.planning import Alias, ForkPlan, SpanRules
+from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
+from sglang_rksc.config import SemanticSettings
+from sglang_rksc.wire import Meta, SemanticEntry, put_meta
+
+
+@dataclass
+class SemanticStats:
+    admissions: int = 0  # requests checked at admission
+    exact_hit_tokens: int = 0  # tokens matched exactly at admission, before any fork
+    forks_alias: int = 0
+    forks_probe: int = 0
+    tokens_reused: int = 0  # prompt tokens served beyond the exact match thanks to a fork
+    tokens_replaced: int = 0  # request tokens replaced by donor tokens
+    dedupes: int = 0
+    slots_freed: int = 0  # KV slots freed by dedupe
+
+    @property
+    def semantic_hits(self) -> int:
+        return self.forks_alias + self.forks_probe
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "semantic_hits": self.semantic_hits}
+
+
+class SemanticSharing:
+    """ASKS over one `RkscRadixCache` (`cache`), whose tree, allocator and node deletion it uses."""
+
+    def __init__(
+        self,
+        cache: Any,
+        settings: SemanticSettings,
+        states: SlotStates,
+        probe: TokenProbe | None = None,
+        context_len: int | None = None,
+    ) -> None:
+        if cache.page_size != 1:
+            raise ValueError("semantic sharing (--rksc-semantic on) needs --page-size 1")
+        self.cache = cache
+        self.settings = settings
+        self.rules = SpanRules(settings.min_span, settings.length_ratio)
+        self.states = states
+        self.probe = probe if settings.probe else None
+        self.context_len = context_len
+        self.aliases = AliasBook()
+        self.stats = SemanticStats()
+
+    def reset(self) -> None:
+        self.aliases.reset()
+
+    def describe(self) -> dict[str, Any]:
+        return {"config": asdict(self.settings), "stats": self.stats.as_dict(), "aliases": len(self.aliases)}
+
+    # ------------------------------------------------------------------ admission
+
+    def match_prefix(self, params: MatchPrefixParams, exact_match: Callable[[MatchPrefixParams], MatchResult]):
+        """The cache's `match_prefix` for a request being admitted for the first time."""
+        req = params.req
+        exact = exact_match(MatchPrefixParams(key=params.key, cow_mamba=params.cow_mamba))
+        self.stats.admissions += 1
+        self.stats.exact_hit_tokens += exact.device_prefix_len
+        skipped = request_edit.why_not_forked(req)
+        plan = None if skipped else self._plan(req, exact)
+        if plan is None:
+            entry: SemanticEntry = {"fork": False}
+            if skipped:
+                entry["skipped"] = skipped
+            put_meta(req, Meta.SEMANTIC, entry)
+            return exact
+        request_edit.rewrite_prompt(req, plan.new_ids)
+        key = RadixKey(
+            req.full_untruncated_fill_ids,
+            req.extra_key,
+            is_bigram=params.key.is_bigram,
+            limit=None if params.key.limit is None else req._compute_max_prefix_len(len(req.full_untruncated_fill_ids)),
+            cache_salt=req.cache_salt,
+        )
+        result = exact_match(MatchPrefixParams(key=key, cow_mamba=params.cow_mamba, req=req))
+        reused = max(0, result.device_prefix_len - exact.device_prefix_len)
+        if plan.source == "alias":
+            self.stats.forks_alias += 1
+        else:
+            self.stats.forks_probe += 1
+        self.stats.tokens_reused += reused
+        self.stats.tokens_replaced += plan.span_len
+        fork: SemanticEntry = {
+            "fork": True,
+            "source": plan.source,
+            "similarity": round(plan.similarity, 4),
+            "fork_at": plan.prefix_len,
+            "replaced_tokens": plan.span_len,
+            "donor_tokens": len(plan.donor),
+            "reused_tokens": reused,
+            "prompt_tokens_served": len(req.origin_input_ids),
+        }
+        put_meta(req, Meta.SEMANTIC, fork)
+        return result
+
+    def _plan(self, req: Any, exact: MatchResult) -> ForkPlan | None:
+        parent, prefix_len = exact.last_device_node, exact.device_prefix_len
+        prompt = list(req.origin_input_ids)
+        if len(prompt) - prefix_len < self.rules.min_span or (not parent.children and parent not in self.aliases):
+            return None
+        space = (req.extra_key, req.cache_salt)
+        plan = None
+        if self.settings.dedupe:
+            plan = planning.plan_from_aliases(
+                prompt,
+                prefix_len,
+                self.aliases.under(parent),
+                space,
+                lambda alias: tree_paths.has_path(self.cache, parent, alias.donor, alias.namespace),
+            )
+        if plan is None and self.probe is not None:
+            plan = self._plan_from_probe(parent, prompt, prefix_len, space)
+        if plan is None or not planning.fits_context(plan, req.sampling_params.max_new_tokens, self.context_len):
+            return None
+        return plan
+
+    def _plan_from_probe(self, parent: Any, prompt: list[int], prefix_len: int, space: Any) -> ForkPlan | None:
+        rest = prompt[prefix_len:]
+        candidates = []
+        for child in parent.children.values():
+            if tree_paths.namespace(child.key) != space:
+                continue
+            path = tree_paths.tokens_of(tree_paths.chain_below(child))
+            found = planning.probe_counterparts(rest, path, not child.children, self.rules)
+            if found is not None:
+                candidates.append(found)
+
+        def score(span: Sequence[int], donor: Sequence[int]) -> float:
+            return self.probe.best(self.probe.embed(span), [self.probe.embed(donor)])[1]
+
+        return planning.best_probe_plan(prompt, prefix_len, candidates, score, self.settings.probe_threshold)
+
+    # ------------------------------------------------------------------ release
+
+    def on_release(self, req: Any, checkpointed: bool) -> None:
+        """Release observer (the last one: it may free the request's span)."""
+        if checkpointed and self.settings.dedupe and req.last_node is not None and not request_edit.opted_out(req):
+            self.dedupe(req.last_node)
+
+    def _embedding(self, chain: Sequence[Any]) -> Any:
+        return self.states.span_embedding(torch.cat([node.value for node in chain]))
+
+    def dedupe(self, leaf: Any) -> Alias | None:
+        """Free the span that ends in `leaf` into an alias of its nearest sibling span, if one is
+        within the threshold. The span runs up from `leaf` to its branch point P; it must be
+        unlocked and end in a leaf, so no request holds any of its slots."""
+        cache = self.cache
+        if leaf is cache.root_node or leaf.lock_ref > 0 or leaf.children or not tree_paths.attached(cache, leaf):
+            return None
+        chain = tree_paths.span_above(cache, leaf)
+        tokens = tree_paths.tokens_of(chain)
+        if len(tokens) < self.rules.min_span:
+            return None
+        embedding = self._embedding(chain)
+        if embedding is None:
+            return None
+        parent, space = chain[0].parent, tree_paths.namespace(leaf.key)
+        donors, embeddings = [], []
+        for sibling in parent.children.values():
+            if sibling is chain[0] or tree_paths.namespace(sibling.key) != space:
+                continue
+            below = tree_paths.chain_below(sibling)
+            for end in range(1, len(below) + 1):  # a donor span ends where its path ends or continues
+                span = below[:end]
+                if not self.rules.comparable(len(tokens), sum(len(node.key) for node in span)):
+                    continue
+                donor_embedding = self._embedding(span)
+                if donor_embedding is not None:
+                    donors.append(span)
+                    embeddings.append(donor_embedding)
+        best, sim = self.states.best(embedding, embeddings)
+        if best < 0 or sim < self.settings.threshold:
+            return None
+        alias = Alias(tokens, tree_paths.tokens_of(donors[best]), sim, space)
+        self.aliases.add(parent, alias)
+        for node in reversed(chain):  # leaf first: each is a leaf when its turn comes
+            cache.token_to_kv_pool_allocator.free(node.value)
+            self.stats.slots_freed += len(node.value)
+            cache._delete_leaf(node)
+            cache.kv_events.record_remove(node)
+        self.stats.dedupes += 1
+        return alias
+
+    # ------------------------------------------------------------------ tree changes
+
+    def on_delete(self, node: Any) -> None:
+        self.aliases.forget(node)  # its recorded children are gone with it
+
+    def on_evicted(self) -> None:
+        """An alias lives no longer than its donor: once eviction took any of the donor's path, the
+        alias is dropped (it could no longer serve a fork, and must not pin a record)."""
+        if len(self.aliases):
+            self.aliases.keep_only(lambda parent, a: tree_paths.has_path(self.cache, parent, a.donor, a.namespace))

@@ -1,0 +1,146 @@
+"""Server-side settings of sglang-rksc: the `--rksc-*` flags, one dataclass checked once and passed whole.
+
+Each setting is declared once, as a field with its default, help and bounds
+(`sglang_rksc.settings.setting`); its flag, its check and its help text derive
+from that field. The launcher takes these flags off the command line (SGLang's
+own parser would refuse them), validates them, and hands them to the scheduler
+process through the `SGLANG_RKSC_CONFIG` environment variable, which spawned
+children inherit. A stock `python -m sglang.launch_server` reads the same variable.
+No SGLang import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import Field, asdict, dataclass, field
+from typing import Any, NoReturn
+
+from sglang_rksc.exit.spec import ExitDefaults
+from sglang_rksc.settings import SettingError, add_flags, bounds_of, build, check, leaves, setting
+
+ENV_VAR = "SGLANG_RKSC_CONFIG"
+POOLINGS = ("last", "layers")
+ConfigError = SettingError
+
+
+@dataclass(frozen=True)
+class SemanticSettings:
+    """ASKS: semantic matching in the radix tree (off: the backend is SGLang's RadixCache)."""
+
+    on: bool = setting(False, "ASKS semantic sharing in the radix tree (default off: exact sharing only)", flag="")
+    threshold: float = setting(
+        0.95,
+        "hidden-state cosine (centred, pooled) for deduplicating a finished span into a sibling, and so for "
+        "forking later requests that reach it",
+        low=-1.0,
+        high=1.0,
+    )
+    probe_threshold: float = setting(
+        0.98,
+        "input-embedding cosine for forking an unseen span at admission, with no forward (its own space)",
+        low=-1.0,
+        high=1.0,
+    )
+    min_span: int = setting(8, "shortest span that may fork or dedupe", low=1)
+    length_ratio: float = setting(1.5, "largest length ratio between a span and its donor", low=1.0)
+    dedupe: bool = setting(True, "deduplicate finished spans into similar siblings (frees their KV)")
+    probe: bool = setting(True, "fork unseen spans by the zero-forward input-embedding probe")
+    pooling: str = setting(
+        "last",
+        "span pooling: 'last' (final-normed last layer) or 'layers' (several layers, per-layer cosines "
+        "weighted by exp(linspace(0, 1.5, L)))",
+        choices=POOLINGS,
+    )
+    pooling_layers: int = setting(4, "layers pooled with --rksc-pooling layers", low=1)
+
+
+@dataclass(frozen=True)
+class RkscConfig:
+    semantic: SemanticSettings = field(default_factory=SemanticSettings)
+    cgee: ExitDefaults = field(default_factory=ExitDefaults)
+    reuse: bool = setting(
+        False,
+        "answer deterministic duplicates (greedy or seeded, same prompt and sampling) from a finished or running "
+        "twin, without a forward (rksc backend)",
+    )
+    span_embeddings: bool = setting(
+        False,
+        "return each generation's pooled hidden states in meta_info['rksc_span'] (from the forwards already run), "
+        "which the frontend's merge_branches groups near-duplicate branches by (rksc backend)",
+    )
+
+    def __post_init__(self) -> None:
+        check(self, flag_name)
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_env(cls, environ: Any = os.environ) -> RkscConfig:
+        raw = environ.get(ENV_VAR)
+        if not raw:
+            return cls()
+        try:
+            nested = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{ENV_VAR} is not JSON: {exc}") from exc
+        values = dict(_flatten(nested))
+        known = {path for path, _, _ in leaves(cls)}
+        unknown = sorted(".".join(path) for path in set(values) - known)
+        if unknown:
+            raise ConfigError(f"{ENV_VAR} has unknown settings: {', '.join(unknown)}")
+        return build(cls, values)
+
+
+def _flatten(values: Any, path: tuple[str, ...] = ()) -> Any:
+    if isinstance(values, dict):
+        for key, value in values.items():
+            yield from _flatten(value, (*path, key))
+    else:
+        yield path, values
+
+
+# Flags are `--rksc-<group prefix><field>`; a field's own `flag` replaces its name ("" keeps the prefix alone).
+_GROUP_PREFIX = {"semantic": "", "cgee": "cgee-", "rule": ""}
+_GROUP_OWN_FLAG = {"semantic": "semantic", "cgee": "cgee"}
+
+
+def flag_name(path: tuple[str, ...], f: Field) -> str:
+    """The command-line flag of the setting at `path` (e.g. ("cgee", "rule", "theta") -> --rksc-cgee-theta)."""
+    prefix = "".join(_GROUP_PREFIX[group] for group in path[:-1])
+    own = bounds_of(f).flag
+    if own == "":
+        return "--rksc-" + _GROUP_OWN_FLAG[path[0]]
+    return "--rksc-" + prefix + (own or path[-1]).replace("_", "-")
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def add_arguments(parser: argparse._ActionsContainer) -> None:
+    """The `--rksc-*` flags, with the defaults of `RkscConfig` (also used for --help)."""
+    add_flags(parser, RkscConfig, flag_name, RkscConfig())
+
+
+def split_args(argv: list[str]) -> tuple[list[str], RkscConfig]:
+    """Separate the `--rksc-*` flags from SGLang's; raise ConfigError on a bad one."""
+    ours, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--rksc-"):
+            ours.append(arg)
+            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                ours.append(argv[i + 1])
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    parser = _RaisingParser(add_help=False)
+    add_arguments(parser)
+    parsed = parser.parse_args(ours)
+    values = {tuple(dest.split("__")): value for dest, value in vars(parsed).items()}
+    return rest, build(RkscConfig, values)

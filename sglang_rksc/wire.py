@@ -1,0 +1,203 @@
+"""The wire contract: every name and shape that crosses the HTTP boundary between an sglang-rksc
+server and its clients (the frontend primitives, the programs, the benchmarks). No SGLang import,
+so both sides use it.
+
+- Request options: `sampling_params.custom_params["rksc"]`, a JSON object of `Option`s.
+- Response entries: request-level `meta_info` keys (`Meta`), each `[entry]` (one per request).
+- Branch marks: `/set_internal_state` keys `rksc_mark/<mark>/<rid>` (values must be numbers).
+- Server state: `/server_info` -> `internal_states[0]["rksc"]`, in `Section`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+PLUGIN_NAME = "rksc"  # the `sglang.srt.plugins` entry point
+BACKEND_NAME = "rksc"  # --radix-cache-backend
+EVICTION_POLICY = "rsbcm"  # --radix-eviction-policy that reads branch marks
+
+# ---------------------------------------------------------------- request options
+
+CUSTOM_KEY = "rksc"
+
+
+class Option:
+    SEMANTIC = "semantic"  # false: no semantic sharing (ASKS) for this request
+    FORK = "fork"  # false: no semantic fork at admission
+    REUSE = "reuse"  # false: no decode-side reuse
+    MARK = "mark"  # one of MARKS: mark the request's own branch when it is released
+    CGEE = "cgee"  # an object: this request is a verification (checked in depth by sglang_rksc.exit)
+
+
+BOOL_OPTIONS = (Option.SEMANTIC, Option.FORK, Option.REUSE)
+OPTIONS = (*BOOL_OPTIONS, Option.MARK, Option.CGEE)
+# Options that change nothing about what is generated (decode-side reuse keys ignore them).
+NEUTRAL_OPTIONS = (Option.MARK, Option.REUSE)
+MARKS = ("rejected", "finished")  # a branch mark, strongest first
+
+
+def check_custom_params(custom_params: Any) -> None:
+    """Raise ValueError, naming the key, unless `custom_params` and its `rksc` options are well formed."""
+    if custom_params is None:
+        return
+    if not isinstance(custom_params, dict):
+        raise ValueError(f"sampling_params.custom_params must be an object, got {type(custom_params).__name__}")
+    if CUSTOM_KEY not in custom_params:
+        return
+    options = custom_params[CUSTOM_KEY]
+    where = f"custom_params.{CUSTOM_KEY}"
+    if not isinstance(options, dict):
+        raise ValueError(f"{where} must be an object of options ({', '.join(OPTIONS)}), got {options!r:.80}")
+    for key, value in options.items():
+        if key in BOOL_OPTIONS:
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}.{key} must be true or false, got {value!r:.80}")
+        elif key == Option.MARK:
+            if not isinstance(value, str) or value not in MARKS:
+                raise ValueError(f"{where}.mark must be one of {', '.join(MARKS)}, got {value!r:.80}")
+        elif key == Option.CGEE:
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.cgee must be an object, got {value!r:.80}")
+        else:
+            raise ValueError(f"{where} has an unknown option {key!r:.80} (known: {', '.join(OPTIONS)})")
+
+
+def options_of(custom_params: Any) -> dict[str, Any]:
+    """The `rksc` options in `custom_params` (anything malformed counts as none: the door refuses it)."""
+    options = custom_params.get(CUSTOM_KEY) if isinstance(custom_params, dict) else None
+    return options if isinstance(options, dict) else {}
+
+
+def request_options(req: Any) -> dict[str, Any]:
+    """A server-side request's `rksc` options."""
+    return options_of(getattr(req.sampling_params, "custom_params", None))
+
+
+def with_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`custom_params` carrying these options."""
+    return {CUSTOM_KEY: dict(options)}
+
+
+# ---------------------------------------------------------------- response entries
+
+META_PREFIX = "rksc_"  # every key of ours in meta_info: SGLang emits them once per request
+
+
+class Meta:
+    SEMANTIC = "rksc_semantic"  # SemanticEntry: whether ASKS forked the request
+    CGEE = "rksc_cgee"  # CgeeEntry: the verdict of a verification
+    SPAN = "rksc_span"  # SpanEntry: the output's pooled hidden states
+    REUSE = "rksc_reuse"  # ReuseEntry: the result was replayed or coalesced
+
+
+# Entries that say how the original request ran, not what it produced: a replay does not repeat them.
+NOT_REPLAYED = (Meta.REUSE, Meta.SEMANTIC)
+
+
+class SemanticEntry(TypedDict, total=False):
+    fork: bool
+    skipped: str  # why the request could not fork
+    source: str  # "alias" or "probe"
+    similarity: float
+    fork_at: int
+    replaced_tokens: int
+    donor_tokens: int
+    reused_tokens: int
+    prompt_tokens_served: int
+
+
+class CgeeEntry(TypedDict, total=False):
+    num_layers: int
+    layers_run: int
+    verdict_index: int
+    probs: list[float]
+    exit_layer: int | None
+    early_exit: bool
+    stopped_early: bool
+    full_verdict_index: int | None  # audited calls
+    profile: list[list[float]]  # audited calls: the distribution after every layer
+    first_checked_layer: int
+    seconds: float  # this call's share of its batch's forward
+
+
+class SpanEntry(TypedDict):
+    vector: str  # base64 of little-endian float16 values (sglang_rksc.cache.span_vector)
+    dtype: str
+    tokens: int
+
+
+class ReuseEntry(TypedDict, total=False):
+    replayed: bool
+    coalesced: bool
+    source_rid: str
+    tokens: int
+
+
+def meta_entry(meta_info: Mapping[str, Any] | None, key: str) -> dict[str, Any] | None:
+    """A request-level entry of ours from a generation's meta_info (None when the server sent none)."""
+    entries = (meta_info or {}).get(key) or [None]
+    return entries[0]
+
+
+def put_meta(req: Any, key: str, entry: Mapping[str, Any]) -> None:
+    """Attach an entry to a server-side request's response (SGLang's request-level customized info)."""
+    if req.customized_info is None:
+        req.customized_info = {}
+    req.customized_info[key] = [dict(entry)]
+
+
+# ---------------------------------------------------------------- branch marks
+
+MARK_KEY = "rksc_mark"
+
+
+def mark_request_args(rids: Sequence[str], mark: str) -> dict[str, int]:
+    """The `server_args` of a `/set_internal_state` call marking `rids` (its values must be
+    numbers, so the mark and the rids travel in the keys)."""
+    if not isinstance(mark, str) or mark not in MARKS:
+        raise ValueError(f"mark must be one of {', '.join(MARKS)}, got {mark!r}")
+    bad = [r for r in rids if not isinstance(r, str) or not r or "/" in r]
+    if bad or not rids:
+        raise ValueError(f"request ids must be non-empty strings without '/', got {list(rids)!r}")
+    return {f"{MARK_KEY}/{mark}/{rid}": 1 for rid in rids}
+
+
+def is_mark_request(server_args: Mapping[str, Any]) -> bool:
+    return any(isinstance(k, str) and k.startswith(MARK_KEY + "/") for k in server_args)
+
+
+def parse_mark_request(server_args: Mapping[str, Any]) -> tuple[list[str], str]:
+    """(rids, mark) of a `/set_internal_state` payload made by `mark_request_args`; ValueError if bad."""
+    rids, marks = [], set()
+    for key in server_args:
+        prefix, _, rest = key.partition("/")
+        mark, _, rid = rest.partition("/")
+        if prefix != MARK_KEY or mark not in MARKS or not rid or "/" in rid:
+            raise ValueError(f"{MARK_KEY}: bad key {key!r} (expected {MARK_KEY}/<{'|'.join(MARKS)}>/<rid>)")
+        marks.add(mark)
+        rids.append(rid)
+    if len(marks) != 1:
+        raise ValueError(f"{MARK_KEY}: one mark per call, got {', '.join(sorted(marks))}")
+    return rids, marks.pop()
+
+
+# ---------------------------------------------------------------- server state
+
+INTERNAL_STATE_KEY = "rksc"
+
+
+class Section:
+    """Parts of `internal_states[0]["rksc"]` beside `backend`, `impl`, `eviction_policy`, ... ."""
+
+    COUNTERS = "counters"  # forward passes: prefill tokens, decode steps and rows, seconds
+    FAILURES = "failures"  # forwards that failed and were contained
+    SEMANTIC = "stats"  # ASKS: admissions, forks by source, dedupes, slots freed
+    EVICTION = "eviction"  # evicted tokens by mark, marks received
+    REUSE = "reuse"  # replayed, coalesced, tokens not generated
+
+
+def rksc_state(server_info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Our state in a `/server_info` answer (None: a server without the plugin)."""
+    states = server_info.get("internal_states") or [{}]
+    return (states[0] or {}).get(INTERNAL_STATE_KEY)
