@@ -11,7 +11,8 @@ so both sides use it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, TypedDict
 
 PLUGIN_NAME = "rksc"  # the `sglang.srt.plugins` entry point
 BACKEND_NAME = "rksc"  # --radix-cache-backend
@@ -201,3 +202,114 @@ def rksc_state(server_info: Mapping[str, Any]) -> dict[str, Any] | None:
     """Our state in a `/server_info` answer (None: a server without the plugin)."""
     states = server_info.get("internal_states") or [{}]
     return (states[0] or {}).get(INTERNAL_STATE_KEY)
+
+
+# ---------------------------------------------------------------- counters in /server_info
+# The shapes of the sections' counters: the server fills them in, clients read them by these names.
+
+
+@dataclass
+class ForwardCounters:
+    """Section.COUNTERS: the scheduler's forward passes (SGLang's Prometheus metrics count requests and
+    tokens, not forwards). Seconds are host wall times of `Scheduler.run_batch`: meaningful where a batch
+    runs synchronously, as on the CPU; with the overlap scheduler on a GPU they only time the launch."""
+
+    prefill_batches: int = 0
+    prefill_tokens: int = 0  # prompt tokens computed (not served from the cache)
+    prefill_seconds: float = 0.0
+    decode_steps: int = 0
+    decode_rows: int = 0  # requests summed over decode steps: rows / steps = mean decode batch
+    decode_seconds: float = 0.0
+    capture_prefill_seconds: float = 0.0  # spent writing hidden states into the slot store
+    capture_decode_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class FailureStats:
+    """Section.FAILURES: forwards that raised and were contained (their batches aborted)."""
+
+    failed_batches: int = 0
+    aborted_requests: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SemanticStats:
+    """Section.SEMANTIC: what ASKS did."""
+
+    admissions: int = 0  # requests checked at admission
+    exact_hit_tokens: int = 0  # tokens matched exactly at admission, before any fork
+    forks_alias: int = 0
+    forks_probe: int = 0
+    tokens_reused: int = 0  # prompt tokens served beyond the exact match thanks to a fork
+    tokens_replaced: int = 0  # request tokens replaced by donor tokens
+    dedupes: int = 0
+    slots_freed: int = 0  # KV slots freed by dedupe
+
+    @property
+    def semantic_hits(self) -> int:
+        return self.forks_alias + self.forks_probe
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "semantic_hits": self.semantic_hits}
+
+
+@dataclass
+class EvictionStats:
+    """Section.EVICTION (with MarkStats): what eviction freed, by mark, in any eviction policy."""
+
+    evictions: int = 0  # calls that freed something
+    evicted_tokens: int = 0
+    evicted_rejected: int = 0  # ... of which marked rejected
+    evicted_finished: int = 0
+    evicted_open: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class MarkStats:
+    """Section.EVICTION, prefixed `marks_`: the branch marks received."""
+
+    requests_marked: int = 0
+    requests_unknown: int = 0  # never seen, or forgotten
+    requests_gone: int = 0  # their path was evicted or deduplicated before the mark came
+    nodes_marked: int = 0
+    tokens_marked: int = 0
+
+    PREFIX: ClassVar[str] = "marks_"
+
+    def as_dict(self) -> dict[str, int]:
+        return {self.PREFIX + k: v for k, v in asdict(self).items()}
+
+
+@dataclass
+class ReuseStats:
+    """Section.REUSE, prefixed `reuse_` (beside `on`): decode-side reuse."""
+
+    recorded: int = 0
+    replayed: int = 0  # answered from a record, after their twin finished
+    coalesced: int = 0  # waited for a running twin instead of running
+    verdicts_reused: int = 0  # of the replayed and coalesced: verifications (CGEE)
+    tokens_not_generated: int = 0
+    invalidated: int = 0  # records whose path was evicted before they were asked for
+
+    PREFIX: ClassVar[str] = "reuse_"
+
+    def as_dict(self) -> dict[str, int]:
+        return {self.PREFIX + k: v for k, v in asdict(self).items()}
+
+
+def counter_names(shape: type, *names: str) -> tuple[str, ...]:
+    """The keys under which these counters of `shape` appear in `/server_info` (a misspelt one fails)."""
+    known = {f.name for f in fields(shape)} | {n for n in dir(shape) if isinstance(getattr(shape, n), property)}
+    missing = [n for n in names if n not in known]
+    assert not missing, f"{shape.__name__} has no counters {missing}"
+    return tuple(getattr(shape, "PREFIX", "") + n for n in names)

@@ -10,19 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from sglang_rksc.bench.modes import REFERENCE, Mode
+from sglang_rksc.wire import EvictionStats, MarkStats, ReuseStats, SemanticStats, counter_names
 
 # Figures later features report through the server's counters; "n/a" until a mode has them.
-FEATURE_COUNTERS = ("semantic_hits",)
+FEATURE_COUNTERS = counter_names(SemanticStats, "semantic_hits")
 # The rksc backend's eviction totals (any policy) and RSBCM's marks.
-EVICTION_COUNTERS = (
-    "evicted_tokens",
-    "evicted_rejected",
-    "evicted_finished",
-    "evicted_open",
-    "marks_requests_marked",
-    "marks_tokens_marked",
-)
-REUSE_COUNTERS = ("reuse_replayed", "reuse_coalesced", "reuse_verdicts_reused", "reuse_tokens_not_generated")
+EVICTION_COUNTERS = counter_names(
+    EvictionStats, "evicted_tokens", "evicted_rejected", "evicted_finished", "evicted_open"
+) + counter_names(MarkStats, "requests_marked", "tokens_marked")
+REUSE_COUNTERS = counter_names(ReuseStats, "replayed", "coalesced", "verdicts_reused", "tokens_not_generated")
 
 
 @dataclass

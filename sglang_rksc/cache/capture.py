@@ -89,10 +89,10 @@ def capture_final_hidden_states(
 
 
 def _record(forward_batch: Any, seconds: float) -> None:
-    from sglang_rksc.srt.counters import COUNTERS
+    from sglang_rksc.srt.counters import record_capture
 
     mode = getattr(forward_batch, "forward_mode", None)
-    COUNTERS.record_capture(bool(mode is not None and mode.is_decode()), seconds)
+    record_capture(bool(mode is not None and mode.is_decode()), seconds)
 
 
 def _layer_hook(slot: int) -> Any:

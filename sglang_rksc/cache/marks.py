@@ -18,12 +18,11 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from sglang_rksc.cache.tree_paths import attached
 from sglang_rksc.wire import MARKS as MARK_WIRE_NAMES
-from sglang_rksc.wire import Option, request_options
+from sglang_rksc.wire import MarkStats, Option, request_options
 
 # A mark's rank: eviction takes the smallest first (the wire names, strongest first, then open).
 REJECTED, FINISHED, OPEN = 0, 1, 2
@@ -59,18 +58,6 @@ def copy_mark(src: Any, dst: Any) -> None:
 
 
 REMEMBERED_REQUESTS = 8192  # released requests whose paths can still be marked
-
-
-@dataclass
-class MarkStats:
-    requests_marked: int = 0
-    requests_unknown: int = 0  # never seen, or forgotten (REMEMBERED_REQUESTS)
-    requests_gone: int = 0  # their path was evicted or deduplicated before the mark came
-    nodes_marked: int = 0
-    tokens_marked: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f"marks_{k}": v for k, v in asdict(self).items()}
 
 
 class BranchMarks:

@@ -19,7 +19,6 @@ and emits KV events exactly as it does.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult, MatchPrefixParams, MatchResult
@@ -35,21 +34,9 @@ from sglang_rksc.cache.marks import MARK_NAMES, MARKS, BranchMarks, copy_mark, n
 from sglang_rksc.cache.span_report import SpanReport
 from sglang_rksc.config import RkscConfig
 from sglang_rksc.reuse.store import ReuseStore
-from sglang_rksc.wire import BACKEND_NAME, EVICTION_POLICY, Section
+from sglang_rksc.wire import BACKEND_NAME, EVICTION_POLICY, EvictionStats, Section
 
 ReleaseObserver = Callable[[Any, bool], None]  # (req, checkpointed)
-
-
-@dataclass
-class EvictionStats:
-    evictions: int = 0  # calls that freed something
-    evicted_tokens: int = 0
-    evicted_rejected: int = 0  # ... of which marked rejected
-    evicted_finished: int = 0
-    evicted_open: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 class RkscRadixCache(RadixCache):

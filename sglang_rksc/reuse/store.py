@@ -13,26 +13,13 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from sglang_rksc.wire import NOT_REPLAYED
+from sglang_rksc.wire import NOT_REPLAYED, ReuseStats
 
 REMEMBERED_RESULTS = 16384
 KEY_ATTR = "_rksc_reuse_key"  # on a request: its reuse key, once the scheduler hook computed it
-
-
-@dataclass
-class ReuseStats:
-    recorded: int = 0
-    replayed: int = 0  # answered from a record, after their twin finished
-    coalesced: int = 0  # waited for a running twin instead of running
-    verdicts_reused: int = 0  # of the replayed and coalesced: verifications (CGEE)
-    tokens_not_generated: int = 0
-    invalidated: int = 0  # records whose path was evicted before they were asked for
-
-    def as_dict(self) -> dict[str, int]:
-        return {f"reuse_{k}": v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

@@ -31,24 +31,16 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+
+from sglang_rksc.wire import FailureStats
 
 logger = logging.getLogger(__name__)
 
 FAULT_ENV = "SGLANG_RKSC_INJECT_FAULT"
 FAULT_MODES = ("prefill", "decode")
-
-
-@dataclass
-class FailureStats:
-    failed_batches: int = 0
-    aborted_requests: int = 0
-    last_error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # One scheduler per process.

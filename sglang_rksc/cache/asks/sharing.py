@@ -20,7 +20,7 @@ are never touched, and nothing crosses a namespace (`extra_key`,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -33,26 +33,7 @@ from sglang_rksc.cache.asks.aliases import AliasBook
 from sglang_rksc.cache.asks.planning import Alias, ForkPlan, SpanRules
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
 from sglang_rksc.config import SemanticSettings
-from sglang_rksc.wire import Meta, SemanticEntry, put_meta
-
-
-@dataclass
-class SemanticStats:
-    admissions: int = 0  # requests checked at admission
-    exact_hit_tokens: int = 0  # tokens matched exactly at admission, before any fork
-    forks_alias: int = 0
-    forks_probe: int = 0
-    tokens_reused: int = 0  # prompt tokens served beyond the exact match thanks to a fork
-    tokens_replaced: int = 0  # request tokens replaced by donor tokens
-    dedupes: int = 0
-    slots_freed: int = 0  # KV slots freed by dedupe
-
-    @property
-    def semantic_hits(self) -> int:
-        return self.forks_alias + self.forks_probe
-
-    def as_dict(self) -> dict[str, int]:
-        return {**asdict(self), "semantic_hits": self.semantic_hits}
+from sglang_rksc.wire import Meta, SemanticEntry, SemanticStats, put_meta
 
 
 class SemanticSharing:
