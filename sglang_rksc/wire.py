@@ -11,7 +11,7 @@ so both sides use it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypedDict
 
 PLUGIN_NAME = "rksc"  # the `sglang.srt.plugins` entry point
@@ -97,9 +97,9 @@ NOT_REPLAYED = (Meta.REUSE, Meta.SEMANTIC)
 
 
 class SemanticEntry(TypedDict, total=False):
-    fork: bool
+    fork: bool  # a new fork (false for a follow-up, which repeats its branch's fork)
     skipped: str  # why the request could not fork
-    source: str  # "alias" or "probe"
+    source: str  # "alias" or "probe" (a new fork), "followup" (a forked branch's later request)
     similarity: float
     fork_at: int
     replaced_tokens: int
@@ -222,8 +222,17 @@ class ForwardCounters:
     decode_seconds: float = 0.0
     capture_prefill_seconds: float = 0.0  # spent writing hidden states into the slot store
     capture_decode_seconds: float = 0.0
+    # Decode steps by batch size (rows): what a cost model needs to price the run's decode.
+    decode_steps_by_batch: dict[int, int] = field(default_factory=dict)
+    # Sampled after every forward: KV held by running requests and locked paths (not the evictable
+    # cache), and requests waiting for admission (in a memory-bound server, waiting for memory).
+    forwards_sampled: int = 0
+    kv_in_use_sum: float = 0.0
+    kv_in_use_max: int = 0
+    waiting_sum: float = 0.0
+    waiting_max: int = 0
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -247,6 +256,8 @@ class SemanticStats:
     exact_hit_tokens: int = 0  # tokens matched exactly at admission, before any fork
     forks_alias: int = 0
     forks_probe: int = 0
+    followups_hit: int = 0  # later requests of a forked branch, rewritten the same way (not new forks)
+    followups_missed: int = 0  # ... whose donor path was gone: computed in full
     tokens_reused: int = 0  # prompt tokens served beyond the exact match thanks to a fork
     tokens_replaced: int = 0  # request tokens replaced by donor tokens
     dedupes: int = 0

@@ -85,6 +85,36 @@ def test_unrelated_question_is_neither_forked_nor_freed(asks_server):
     assert after["dedupes"] == before["dedupes"] and after["semantic_hits"] == before["semantic_hits"]
 
 
+PLAN = "You are a careful assistant.\nPlan:"
+DONOR_SPAN = " add the two numbers, then multiply the result by three and report the final answer clearly."
+BRANCH_SPAN = " sum the two numbers, then multiply the result by three and report the final answer clearly."
+
+
+def tokens(server: LaunchedServer, text: str) -> int:
+    return len(requests.post(server.url + "/tokenize", json={"prompt": text}, timeout=30).json()["tokens"])
+
+
+def test_a_forked_branch_follow_up_hits_the_rewritten_path_when_the_donor_has_children(asks_server):
+    generate(asks_server, PLAN + DONOR_SPAN + " First", max_new_tokens=4)
+    branch = generate(asks_server, PLAN + BRANCH_SPAN + " Second", max_new_tokens=4)
+    (fork,) = branch["meta_info"]["rksc_semantic"]
+    assert fork["fork"] and fork["source"] == "probe", fork
+    # The donor's span now goes on two ways (its own " First" and the branch's " Second"): it has children.
+    before = cache_state(asks_server)["stats"]
+    follow = generate(asks_server, PLAN + BRANCH_SPAN + " Second" + branch["text"] + " Third", max_new_tokens=2)
+    (info,) = follow["meta_info"]["rksc_semantic"]
+    assert info["source"] == "followup" and not info["fork"], info
+    after = cache_state(asks_server)["stats"]
+    assert (
+        after["followups_hit"] == before["followups_hit"] + 1
+        and after["followups_missed"] == before["followups_missed"]
+    )
+    assert (after["forks_probe"], after["forks_alias"]) == (before["forks_probe"], before["forks_alias"])  # no new fork
+    # Nothing of the rewritten span was computed again: the cache served all of it (and what follows, up to
+    # where the client's re-tokenized text parts from the branch's own output tokens).
+    assert follow["meta_info"]["cached_tokens"] >= tokens(asks_server, PLAN + DONOR_SPAN), branch["text"]
+
+
 def test_no_kv_slot_leaked_or_freed_twice(asks_server):
     """After all of the above, flushing the tree returns every slot; the idle check finds nothing."""
     flush_cache(asks_server)

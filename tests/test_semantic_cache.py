@@ -191,3 +191,36 @@ def test_probe_embedding_of_a_paraphrase_is_closer_than_an_unrelated_span():
     a, a2, b = probe.embed(A), probe.embed(A2), probe.embed(B)
     assert float(a @ a2) > 0.9 > float(a @ b)
     assert torch.allclose(a.norm(), torch.tensor(1.0))
+
+
+def test_a_forked_branch_later_requests_are_rewritten_the_same_way():
+    """After a probe fork, the branch's next request (its own span, its output, more) hits the donor's
+    path through the fork's record: a follow-up, not a new fork, and nothing of the span recomputed."""
+    h = PoolHarness(config(dedupe=False))
+    h.run(X + A2[:-1] + R, [60, 61])  # the donor branch
+    branch = h.run(X + A[:-1] + R, [70, 71])  # forks: A's span rewritten into A2's
+    (forked,) = branch.customized_info[META_KEY]
+    assert forked["fork"] and forked["source"] == "probe"
+    probes = h.cache.asks.stats.forks_probe
+    follow = h.admit(X + A[:-1] + R + [70, 71, 80, 81])
+    (info,) = follow.customized_info[META_KEY]
+    assert info == {**info, "fork": False, "source": "followup"}
+    assert list(follow.origin_input_ids) == X + A2[:-1] + R + [70, 71, 80, 81]
+    # Cached: the prompt, the rewritten span, the branch's output but its last token (never forwarded).
+    assert follow.prefix_len == len(X + A2[:-1] + R) + 1
+    stats = h.cache.asks.stats
+    assert (stats.followups_hit, stats.followups_missed, stats.forks_probe) == (1, 0, probes)
+    h.finish(follow)
+    h.check()
+
+
+def test_a_follow_up_whose_donor_was_evicted_is_computed_in_full():
+    h = PoolHarness(config(dedupe=False))
+    h.run(X + A2[:-1] + R, [60, 61])
+    h.run(X + A[:-1] + R, [70, 71])
+    h.cache.evict(EvictParams(num_tokens=10_000))
+    follow = h.admit(X + A[:-1] + R + [70, 71, 80])
+    assert list(follow.origin_input_ids) == X + A[:-1] + R + [70, 71, 80] and follow.prefix_len == 0
+    assert h.cache.asks.stats.followups_missed == 0  # the alias went with its donor: nothing to miss
+    h.finish(follow)
+    h.check()

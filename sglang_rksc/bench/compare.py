@@ -22,8 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sglang_rksc.bench import cost_model, server_stats
 from sglang_rksc.bench import modes as modes_mod
-from sglang_rksc.bench import server_stats
 from sglang_rksc.bench.report import Run, add_speedups, markdown_table, summarize_mode, write_chart
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
 from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", help="where bench.json, bench.md, bench.png go (default results/bench/<program>)"
     )
     parser.add_argument(
+        "--cost-model",
+        help="GPU cost model for the projection (JSON written by gpu_costmodel.py); default: H100, Qwen2.5-7B shapes",
+    )
+    parser.add_argument(
         "--rerender",
         type=Path,
         metavar="BENCH_JSON",
@@ -138,8 +142,12 @@ def run_mode(
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        model = cost_model.load(args.cost_model)
+    except cost_model.CostModelError as exc:
+        parser.error(str(exc))
     if args.rerender:
-        return rerender(args.rerender)
+        return rerender(args.rerender, model)
     try:
         modes = modes_mod.resolve([m.strip() for m in args.modes.split(",") if m.strip()])
         slice_name = check_slice(args.program, args.start, args.num_problems)
@@ -195,16 +203,22 @@ def main(argv: list[str] | None = None) -> int:
         "parallel": args.parallel,
         "server_args": args.server_args,
     }
-    write_report(out_dir, record, modes, runs)
+    write_report(out_dir, {**record, "cost_model": model.source}, modes, runs, model)
     return 0
 
 
-def write_report(out_dir: Path, record: dict[str, Any], modes: list[modes_mod.Mode], runs: list[Run]) -> None:
+def write_report(
+    out_dir: Path, record: dict[str, Any], modes: list[modes_mod.Mode], runs: list[Run], model: cost_model.CostModel
+) -> None:
     """Summaries, ratios, the Markdown table, the JSON record and the chart, from the runs."""
     reference = [r for r in runs if r.mode == modes_mod.REFERENCE]
-    summaries = [summarize_mode(m, [r for r in runs if r.mode == m.name], reference) for m in modes]
+    summaries = [summarize_mode(m, [r for r in runs if r.mode == m.name], reference, model) for m in modes]
     add_speedups(summaries)
-    markdown = f"`{record['command']}`\n\n{record['heading']}\n\n{markdown_table(summaries)}\n"
+    note = (
+        f"GPU-projected s: the same run's token accounting (decode steps by batch size, prompt tokens computed) "
+        f"costed with {model.name} ({model.source}); a projection, not a GPU run."
+    )
+    markdown = f"`{record['command']}`\n\n{record['heading']}\n\n{markdown_table(summaries)}\n\n{note}\n"
     (out_dir / "bench.md").write_text(markdown)
     full = {**record, "summaries": [asdict(s) for s in summaries], "runs": [asdict(r) for r in runs]}
     (out_dir / "bench.json").write_text(json.dumps(full, indent=1, default=str))
@@ -216,7 +230,7 @@ def write_report(out_dir: Path, record: dict[str, Any], modes: list[modes_mod.Mo
     print("wrote " + ", ".join(map(str, written)))
 
 
-def rerender(path: Path) -> int:
+def rerender(path: Path, model: cost_model.CostModel) -> int:
     """Write the report of an earlier comparison again from its bench.json (e.g. after new columns)."""
     data = json.loads(path.read_text())
     runs = [Run(**r) for r in data["runs"]]
@@ -229,7 +243,7 @@ def rerender(path: Path) -> int:
     )
     record = {k: v for k, v in data.items() if k not in ("summaries", "runs")}
     record.update(heading=heading, modes=names)
-    write_report(path.parent, record, modes_mod.resolve(names), runs)
+    write_report(path.parent, record, modes_mod.resolve(names), runs, model)
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import requests
 import torch
 
+from sglang_rksc.bench import cost_model, server_stats
 from sglang_rksc.programs import gsm8k
 from sglang_rksc.programs.common import positive_int
 from sglang_rksc.runtime.default_model import prepare_default_model
@@ -85,9 +86,10 @@ def timed(fn) -> tuple[float, list[list[int]]]:
     return time.perf_counter() - started, outputs
 
 
-def measure(args: argparse.Namespace, url: str, hf: HFRunner, prompts: list[str]) -> dict:
+def measure(args: argparse.Namespace, url: str, hf: HFRunner, prompts: list[str], model: cost_model.CostModel) -> dict:
     n = args.max_new_tokens
     runs: dict[str, list[float]] = {k: [] for k in ("server c=1", "transformers c=1", "server c=8", "transformers c=8")}
+    projected: dict[str, list[float]] = {"server c=1": [], "server c=8": []}
     outputs: dict[str, list[list[int]]] = {}
     with ThreadPoolExecutor(NUM_PROMPTS) as pool:
         cases = {
@@ -100,7 +102,13 @@ def measure(args: argparse.Namespace, url: str, hf: HFRunner, prompts: list[str]
             for name, fn in cases.items():  # interleaved, so drift hits every case alike
                 if name.startswith("server"):
                     flush(url)
+                    before = server_stats.snapshot(url)
                 seconds, out = timed(fn)
+                if name.startswith("server"):
+                    # The same decode steps and prefill, costed on the GPU model: a projection.
+                    done = server_stats.difference(server_stats.snapshot(url), before)
+                    price = model.project(server_stats.decode_steps_by_batch(done), done.get("prefill_tokens", 0.0))
+                    projected[name].append(len(prompts) * n / price["projected_s"])
                 assert all(len(o) == n for o in out), f"{name}: not every request produced {n} tokens"
                 runs[name].append(len(prompts) * n / seconds)
                 outputs.setdefault(name, out)
@@ -114,6 +122,8 @@ def measure(args: argparse.Namespace, url: str, hf: HFRunner, prompts: list[str]
         "tok_per_s": {
             k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v} for k, v in runs.items()
         },
+        "projected_gpu_tok_per_s": {k: statistics.median(v) for k, v in projected.items() if v},
+        "cost_model": model.source,
         "greedy_agreement": {
             "identical_outputs": sum(same),
             "prompts": len(same),
@@ -138,6 +148,16 @@ def to_markdown(result: dict, command: str) -> str:
             f"| {c} | {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}) "
             f"| {h['median']:.1f} ({h['min']:.1f}-{h['max']:.1f}) | {s['median'] / h['median']:.2f}x |"
         )
+    gpu = result.get("projected_gpu_tok_per_s") or {}
+    if gpu:
+        one, eight = gpu["server c=1"], gpu["server c=8"]
+        cpu_gain = tps["server c=8"]["median"] / tps["server c=1"]["median"]
+        lines += [
+            "",
+            f"The same runs' token accounting costed on the GPU cost model ({result['cost_model']}; a projection, "
+            f"not a GPU run): {one:.0f} tok/s at concurrency 1, {eight:.0f} at 8 ({eight / one:.1f}x, against "
+            f"{cpu_gain:.1f}x on this CPU).",
+        ]
     agree = result["greedy_agreement"]
     lines += [
         "",
@@ -155,16 +175,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved repeats of every case; default 3")
     parser.add_argument("--url", help="measure this server instead of starting the embedded one (same model expected)")
     parser.add_argument("--output-dir", default="results", help="where the JSON and Markdown go; default results/")
+    parser.add_argument(
+        "--cost-model", help="GPU cost model JSON for the projection (default: H100, Qwen2.5-7B shapes)"
+    )
     args = parser.parse_args(argv)
+    try:
+        model = cost_model.load(args.cost_model)
+    except cost_model.CostModelError as exc:
+        parser.error(str(exc))
 
     model_dir = prepare_default_model()
     prompts = build_prompts()
     hf = HFRunner(model_dir)
     if args.url:
-        result = measure(args, args.url.rstrip("/"), hf, prompts)
+        result = measure(args, args.url.rstrip("/"), hf, prompts, model)
     else:
         with LaunchedServer() as server:
-            result = measure(args, server.url, hf, prompts)
+            result = measure(args, server.url, hf, prompts, model)
     result.update(max_new_tokens=args.max_new_tokens, repeats=args.repeats, torch_threads=torch.get_num_threads())
     command = "python -m sglang_rksc.bench.decode_throughput" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     markdown = to_markdown(result, command)

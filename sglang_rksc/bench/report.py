@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sglang_rksc.bench import cost_model as costs
 from sglang_rksc.bench.modes import REFERENCE, Mode
+from sglang_rksc.bench.server_stats import decode_steps_by_batch
 from sglang_rksc.wire import EvictionStats, MarkStats, ReuseStats, SemanticStats, counter_names
 
 # Figures later features report through the server's counters; "n/a" until a mode has them.
@@ -76,7 +78,20 @@ def verification_figures(runs: Sequence[Run]) -> dict[str, Any]:
     return {k: _median([f[k] for f in per_run if f.get(k) is not None]) for k in keys}
 
 
-def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run]) -> ModeSummary:
+def projected_seconds(run: Run, model: costs.CostModel) -> float | None:
+    """The run's token accounting costed on the GPU model. Runs recorded before the decode-step histogram
+    existed are priced at their mean decode batch."""
+    steps = decode_steps_by_batch(run.server)
+    if not steps and run.server.get("decode_steps"):
+        steps = {max(1, round(run.server["decode_rows"] / run.server["decode_steps"])): run.server["decode_steps"]}
+    if "prefill_tokens" not in run.server:
+        return None
+    return model.project(steps, run.server["prefill_tokens"])["projected_s"]
+
+
+def summarize_mode(
+    mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run], model: costs.CostModel | None = None
+) -> ModeSummary:
     summary = ModeSummary(mode.name, mode.description, len(runs))
     if not runs:
         return summary
@@ -92,8 +107,11 @@ def summarize_mode(mode: Mode, runs: Sequence[Run], reference_runs: Sequence[Run
     steps, rows = _median(per_run("decode_steps")), _median(per_run("decode_rows"))
     ref_by_repeat = {r.repeat: r for r in reference_runs}
     agreements = [agreement(r.rows, ref_by_repeat[r.repeat].rows) for r in runs if r.repeat in ref_by_repeat]
+    projected = [p for p in (projected_seconds(r, model) for r in runs) if p is not None] if model else []
     summary.figures = {
         "wall_s_median": _median(seconds),
+        # The same token accounting on the GPU cost model: a projection, not a GPU run.
+        "projected_gpu_s": _median(projected),
         "wall_s_min": min(seconds),
         "wall_s_max": max(seconds),
         "requests": _median(per_run("requests")),
@@ -161,12 +179,17 @@ def _mean_or_none(values: Sequence[float]) -> float | None:
 def add_speedups(summaries: Sequence[ModeSummary]) -> None:
     """Wall-time ratios against `radix` and `no-cache` from the same comparison (>1: faster)."""
     walls = {s.mode: s.figures.get("wall_s_median") for s in summaries if s.figures}
+    projected = {s.mode: s.figures.get("projected_gpu_s") for s in summaries if s.figures}
     for s in summaries:
         if not s.figures:
             continue
         for ref in (REFERENCE, "no-cache"):
             key = f"speedup_vs_{ref.replace('-', '_')}"
             s.figures[key] = walls[ref] / s.figures["wall_s_median"] if walls.get(ref) else None
+        mine = s.figures.get("projected_gpu_s")
+        s.figures["projected_speedup_vs_radix"] = (
+            projected[REFERENCE] / mine if mine and projected.get(REFERENCE) else None
+        )
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -225,6 +248,11 @@ COLUMNS = [
     ),
     ("vs radix", lambda s, f: f"{_fmt(f['speedup_vs_radix'], 2)}x" if f["speedup_vs_radix"] else "n/a"),
     ("vs no-cache", lambda s, f: f"{_fmt(f['speedup_vs_no_cache'], 2)}x" if f["speedup_vs_no_cache"] else "n/a"),
+    ("GPU-projected s", lambda s, f: _fmt(f.get("projected_gpu_s"), 2)),
+    (
+        "projected vs radix",
+        lambda s, f: f"{_fmt(f['projected_speedup_vs_radix'], 2)}x" if f.get("projected_speedup_vs_radix") else "n/a",
+    ),
     ("req/s", lambda s, f: _fmt(f["requests_per_s"], 2)),
     ("gen tok/s", lambda s, f: _fmt(f["generated_tokens_per_s"])),
     ("generated tokens", lambda s, f: _fmt(f["generated_tokens"], 0)),

@@ -18,7 +18,10 @@ PROMETHEUS_COUNTERS = {
     "prompt_tokens": "sglang:prompt_tokens_total",
     "cached_tokens": "sglang:cached_tokens_total",
     "generated_tokens": "sglang:generation_tokens_total",
+    "evicted_tokens": "sglang:evicted_tokens_total",
+    "retracted_requests": "sglang:num_retracted_requests_total",
 }
+BY_BATCH = "decode_steps_by_batch/"  # our decode-step histogram, flattened: one key per batch size
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -46,7 +49,11 @@ def snapshot(url: str) -> dict[str, float]:
         out.update({ours: metrics.get(theirs, 0.0) for ours, theirs in PROMETHEUS_COUNTERS.items()})
     info = requests.get(url + "/server_info", timeout=30).json()
     state = rksc_state(info) or {}
-    out.update({k: float(v) for k, v in (state.get(Section.COUNTERS) or {}).items()})
+    for key, value in (state.get(Section.COUNTERS) or {}).items():
+        if isinstance(value, dict):  # the histogram of decode steps by batch size
+            out.update({f"{BY_BATCH}{batch}": float(n) for batch, n in value.items()})
+        elif isinstance(value, (int, float)):
+            out[key] = float(value)
     # The semantic cache's own totals (semantic hits by source, slots freed by dedupe).
     out.update({k: float(v) for k, v in (state.get(Section.SEMANTIC) or {}).items()})
     # What eviction freed, by mark, and the marks programs sent (the rksc backend, any policy).
@@ -59,4 +66,11 @@ def snapshot(url: str) -> dict[str, float]:
 
 
 def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: after[k] - before.get(k, 0.0) for k in after}
+    """What happened between two snapshots; a peak (`*_max`) is the later reading, not a difference."""
+    return {k: after[k] if k.endswith("_max") else after[k] - before.get(k, 0.0) for k in after}
+
+
+def decode_steps_by_batch(counters: dict[str, float]) -> dict[int, float]:
+    """The run's decode steps by batch size (rows), from its counters; batch sizes with no step left out."""
+    steps = {int(k[len(BY_BATCH) :]): v for k, v in counters.items() if k.startswith(BY_BATCH)}
+    return {batch: n for batch, n in sorted(steps.items()) if n > 0}

@@ -19,9 +19,11 @@ COUNTERS = ForwardCounters()
 def record_batch(counters: ForwardCounters, batch: Any, seconds: float) -> None:
     mode = batch.forward_mode
     if mode.is_decode():
+        rows = batch.batch_size()
         counters.decode_steps += 1
-        counters.decode_rows += batch.batch_size()
+        counters.decode_rows += rows
         counters.decode_seconds += seconds
+        counters.decode_steps_by_batch[rows] = counters.decode_steps_by_batch.get(rows, 0) + 1
     elif mode.is_extend():
         counters.prefill_batches += 1
         counters.prefill_tokens += int(batch.extend_num_tokens or 0)
@@ -35,9 +37,28 @@ def record_capture(decode: bool, seconds: float) -> None:
         COUNTERS.capture_prefill_seconds += seconds
 
 
+def record_memory(counters: ForwardCounters, scheduler: Any) -> None:
+    """KV held by running requests and locked paths (the pool minus what is free or evictable), and the
+    requests waiting for admission, after a forward."""
+    try:
+        total = int(scheduler.max_total_num_tokens)
+        free = int(scheduler.token_to_kv_pool_allocator.available_size())
+        evictable = int(scheduler.tree_cache.evictable_size())
+        waiting = len(scheduler.waiting_queue)
+    except (AttributeError, TypeError):  # a scheduler shape we do not know: no sample
+        return
+    in_use = max(0, total - free - evictable)
+    counters.forwards_sampled += 1
+    counters.kv_in_use_sum += in_use
+    counters.kv_in_use_max = max(counters.kv_in_use_max, in_use)
+    counters.waiting_sum += waiting
+    counters.waiting_max = max(counters.waiting_max, waiting)
+
+
 def time_batch(original: Any, scheduler: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
     """AROUND hook on `Scheduler.run_batch`."""
     started = time.perf_counter()
     result = original(scheduler, batch, *args, **kwargs)
     record_batch(COUNTERS, batch, time.perf_counter() - started)
+    record_memory(COUNTERS, scheduler)
     return result

@@ -32,10 +32,15 @@ class SpanRules:
 
 @dataclass(frozen=True)
 class Alias:
-    tokens: tuple[int, ...]  # the deduplicated span, under its parent
-    donor: tuple[int, ...]  # the sibling it was deduplicated into
+    """Under a parent node, a span's tokens stand for a sibling's (the donor's)."""
+
+    tokens: tuple[int, ...]  # the replaced span
+    donor: tuple[int, ...]  # the span cached in its place
     similarity: float
     namespace: tuple[Any, Any]  # (extra_key, cache_salt): an alias never serves another namespace
+    # "dedupe": the span was computed, then freed into the donor; "fork": a request's span was rewritten
+    # into the donor at admission, so the branch's later requests (the span followed by anything) are too.
+    origin: str = "dedupe"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,14 @@ def _replace(prompt: Sequence[int], prefix_len: int, span_len: int, donor: Seque
     return [*prompt[:prefix_len], *donor, *prompt[prefix_len + span_len :]]
 
 
+def aliases_naming(
+    prompt: Sequence[int], prefix_len: int, aliases: Iterable[Alias], space: tuple[Any, Any]
+) -> list[Alias]:
+    """The aliases of this namespace whose span starts the request's rest."""
+    rest = tuple(prompt[prefix_len:])
+    return [a for a in aliases if a.namespace == space and rest[: len(a.tokens)] == a.tokens]
+
+
 def plan_from_aliases(
     prompt: Sequence[int],
     prefix_len: int,
@@ -59,14 +72,13 @@ def plan_from_aliases(
     space: tuple[Any, Any],
     donor_cached: Callable[[Alias], bool],
 ) -> ForkPlan | None:
-    """The first alias of this namespace whose span starts the request's rest, if its donor is still cached."""
-    rest = tuple(prompt[prefix_len:])
-    for alias in aliases:
-        if alias.namespace != space or rest[: len(alias.tokens)] != alias.tokens:
-            continue
+    """The first alias naming the request's rest whose donor is still cached. A fork's alias makes the
+    plan a `followup` (the branch's next request), a dedupe's an `alias` fork."""
+    for alias in aliases_naming(prompt, prefix_len, aliases, space):
         if donor_cached(alias):
+            source = "followup" if alias.origin == "fork" else "alias"
             new_ids = _replace(prompt, prefix_len, len(alias.tokens), alias.donor)
-            return ForkPlan("alias", alias.similarity, prefix_len, len(alias.tokens), alias.donor, new_ids)
+            return ForkPlan(source, alias.similarity, prefix_len, len(alias.tokens), alias.donor, new_ids)
     return None
 
 

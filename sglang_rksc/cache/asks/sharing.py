@@ -80,6 +80,7 @@ class SemanticSharing:
                 entry["skipped"] = skipped
             put_meta(req, Meta.SEMANTIC, entry)
             return exact
+        span = tuple(req.origin_input_ids[plan.prefix_len : plan.prefix_len + plan.span_len])
         request_edit.rewrite_prompt(req, plan.new_ids)
         key = RadixKey(
             req.full_untruncated_fill_ids,
@@ -90,14 +91,19 @@ class SemanticSharing:
         )
         result = exact_match(MatchPrefixParams(key=key, cow_mamba=params.cow_mamba, req=req))
         reused = max(0, result.device_prefix_len - exact.device_prefix_len)
-        if plan.source == "alias":
+        if plan.source == "followup":
+            self.stats.followups_hit += 1
+        elif plan.source == "alias":
             self.stats.forks_alias += 1
         else:
             self.stats.forks_probe += 1
+            # The branch's later requests carry its own span again: they are rewritten the same way.
+            space = (req.extra_key, req.cache_salt)
+            self.aliases.add(exact.last_device_node, Alias(span, plan.donor, plan.similarity, space, origin="fork"))
         self.stats.tokens_reused += reused
         self.stats.tokens_replaced += plan.span_len
         fork: SemanticEntry = {
-            "fork": True,
+            "fork": plan.source != "followup",
             "source": plan.source,
             "similarity": round(plan.similarity, 4),
             "fork_at": plan.prefix_len,
@@ -115,15 +121,16 @@ class SemanticSharing:
         if len(prompt) - prefix_len < self.rules.min_span or (not parent.children and parent not in self.aliases):
             return None
         space = (req.extra_key, req.cache_salt)
-        plan = None
-        if self.settings.dedupe:
-            plan = planning.plan_from_aliases(
-                prompt,
-                prefix_len,
-                self.aliases.under(parent),
-                space,
-                lambda alias: tree_paths.has_path(self.cache, parent, alias.donor, alias.namespace),
-            )
+        usable = [a for a in self.aliases.under(parent) if self.settings.dedupe or a.origin == "fork"]
+        plan = planning.plan_from_aliases(
+            prompt,
+            prefix_len,
+            usable,
+            space,
+            lambda alias: tree_paths.has_path(self.cache, parent, alias.donor, alias.namespace),
+        )
+        if plan is None and any(a.origin == "fork" for a in planning.aliases_naming(prompt, prefix_len, usable, space)):
+            self.stats.followups_missed += 1  # the branch's donor path is gone: computed in full
         if plan is None and self.probe is not None:
             plan = self._plan_from_probe(parent, prompt, prefix_len, space)
         if plan is None or not planning.fits_context(plan, req.sampling_params.max_new_tokens, self.context_len):

@@ -1,0 +1,484 @@
+"""Serving many programs at once under a KV budget, mode by mode, as a provider would.
+
+    python -m sglang_rksc.bench.serve --modes radix,rksc-full --budgets 6000,12000 --clients 8 --problems 24
+
+For every KV budget (`--max-total-tokens`) and every mode, a fresh server of the
+same build runs the same jobs: a fixed, seeded sequence of problems from a mix of
+programs (tree-of-thought, self-consistency with verification, Game of 24),
+greedy by default so that answers can be compared across modes.
+- closed loop (`--clients N`): N clients, each starting its next job when its
+  last one ends;
+- open loop (`--rate R`): jobs arrive as a Poisson process of R per minute (the
+  same arrival times in every mode), each running as soon as it arrives.
+
+Per run it reports problems per minute, generated tokens per second, p50/p95 job
+latency, the KV held by running requests (mean and peak, sampled at every
+forward), tokens evicted, prompt tokens computed and those recomputed beyond the
+largest budget, requests waiting for memory (mean and peak queue) and
+retractions, decode steps with their batch sizes, accuracy and agreement with
+`radix` under the same budget; and beside the CPU wall time, the GPU projection
+of the same token accounting (`sglang_rksc.bench.cost_model`: a projection, not
+a GPU run). Writes serve.json, serve.md and serve.png under --output-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sglang_rksc.bench import cost_model, server_stats
+from sglang_rksc.bench import modes as modes_mod
+from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
+from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
+
+PROGRAMS: dict[str, Any] = {p.NAME: p for p in (tree_of_thought, self_consistency_verify, game_of_24)}
+DEFAULT_MIX = "tree_of_thought:2,self_consistency_verify:1,game_of_24:1"
+# Where each program's problems start: GSM8K's reporting slice (300+). The Game of 24 data holds ranks
+# 1-899 only, all of them the calibration ranks: its figures here are not a held-out report.
+REPORTING_START = {tree_of_thought.NAME: 300, self_consistency_verify.NAME: 300, game_of_24.NAME: 0}
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int
+    program: str
+    problem: Any
+    arrival_s: float = 0.0  # open loop: when it arrives, from the start of the run
+
+
+@dataclass
+class Done:
+    index: int
+    program: str
+    queued_s: float  # when it could start (arrival, or when its client was free)
+    started_s: float
+    finished_s: float
+    row: dict[str, Any] | None
+    error: str | None = None
+
+
+@dataclass
+class ServeRun:
+    mode: str
+    budget: int
+    seconds: float
+    done: list[Done]
+    server: dict[str, float]
+    log_path: str = ""
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """`tree_of_thought:2,game_of_24:1` -> weights; ValueError on an unknown program or a bad weight."""
+    mix: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition(":")
+        if name not in PROGRAMS:
+            raise ValueError(f"unknown program {name!r} in --mix (known: {', '.join(sorted(PROGRAMS))})")
+        try:
+            mix[name] = int(weight or 1)
+        except ValueError:
+            raise ValueError(f"--mix weight of {name} must be an integer, got {weight!r}") from None
+        if mix[name] < 1:
+            raise ValueError(f"--mix weight of {name} must be at least 1")
+    return mix
+
+
+def build_jobs(mix: dict[str, int], count: int, seed: int, rate_per_min: float | None) -> list[Job]:
+    """`count` jobs in a seeded order drawn by the mix's weights; each program's problems taken in order
+    from its reporting slice; open loop: seeded Poisson arrival times."""
+    rng = random.Random(seed)
+    names = list(mix)
+    order = rng.choices(names, weights=[mix[n] for n in names], k=count)
+    needed = {n: order.count(n) for n in names}
+    problems = {n: list(PROGRAMS[n].load_problems(REPORTING_START[n], needed[n])) if needed[n] else [] for n in names}
+    taken = dict.fromkeys(names, 0)
+    jobs, clock = [], 0.0
+    for i, name in enumerate(order):
+        if rate_per_min:
+            clock += rng.expovariate(rate_per_min / 60.0)
+        jobs.append(Job(i, name, problems[name][taken[name]], clock if rate_per_min else 0.0))
+        taken[name] += 1
+    return jobs
+
+
+def program_flags(program: Any, flags: Sequence[str]) -> list[str]:
+    """The flags (pairs) that this program accepts: a mode's `--verifier` means nothing to Game of 24."""
+    kept = []
+    for i in range(0, len(flags), 2):
+        pair = list(flags[i : i + 2])
+        try:
+            common.program_options(program, pair)
+        except ValueError:
+            continue
+        kept += pair
+    return kept
+
+
+def run_jobs(
+    run_one: Callable[[Job], dict[str, Any]], jobs: Sequence[Job], clients: int | None, progress: Any = None
+) -> list[Done]:
+    """Closed loop with `clients` workers, or (None) open loop: each job at its arrival time."""
+    t0 = time.perf_counter()
+    done: list[Done] = []
+    lock = threading.Lock()
+
+    def execute(job: Job, queued: float) -> None:
+        started = time.perf_counter() - t0
+        row, error = None, None
+        try:
+            row = run_one(job)
+        except Exception as exc:  # a failed job is reported, not fatal to the run
+            error = f"{type(exc).__name__}: {exc}"
+        with lock:
+            done.append(Done(job.index, job.program, queued, started, time.perf_counter() - t0, row, error))
+            if progress is not None:
+                progress.update(1)
+
+    if clients is not None:
+        queue = list(jobs)
+
+        def client() -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    job = queue.pop(0)
+                execute(job, time.perf_counter() - t0)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+    else:
+
+        def arrive(job: Job) -> None:
+            time.sleep(max(0.0, job.arrival_s - (time.perf_counter() - t0)))
+            execute(job, job.arrival_s)
+
+        threads = [threading.Thread(target=arrive, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(done, key=lambda d: d.index)
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low, high = int(position), min(int(position) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def batch_histogram(steps_by_batch: dict[int, float]) -> dict[str, int]:
+    """Decode steps by batch size, in buckets 1, 2-3, 4-7, ... (the last open-ended)."""
+    out: dict[str, int] = {}
+    edges = [*BATCH_BUCKETS, None]
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        label = f"{lo}" if hi == lo + 1 else (f"{lo}-{hi - 1}" if hi else f"{lo}+")
+        out[label] = int(sum(n for b, n in steps_by_batch.items() if b >= lo and (hi is None or b < hi)))
+    return out
+
+
+def figures(run: ServeRun, model: cost_model.CostModel) -> dict[str, Any]:
+    """Everything the tables report about one run, from its jobs and the server's counters."""
+    s = run.server
+    ok = [d for d in run.done if d.row is not None]
+    latencies = [d.finished_s - d.queued_s for d in ok]
+    steps_by_batch = server_stats.decode_steps_by_batch(s)
+    projection = model.project(steps_by_batch, s.get("prefill_tokens", 0.0))
+    forwards = s.get("forwards_sampled", 0.0)
+    return {
+        "jobs": len(run.done),
+        "completed": len(ok),
+        "failed": len(run.done) - len(ok),
+        "seconds": run.seconds,
+        "problems_per_min": 60.0 * len(ok) / run.seconds if run.seconds else None,
+        "generated_tokens_per_s": s.get("generated_tokens", 0.0) / run.seconds if run.seconds else None,
+        "latency_p50_s": _percentile(latencies, 0.5),
+        "latency_p95_s": _percentile(latencies, 0.95),
+        "kv_in_use_mean": s.get("kv_in_use_sum", 0.0) / forwards if forwards else None,
+        "kv_in_use_peak": s.get("kv_in_use_max"),
+        "evicted_tokens": s.get("evicted_tokens", 0.0),
+        "prompt_tokens_computed": s.get("prefill_tokens", 0.0),
+        "waiting_mean": s.get("waiting_sum", 0.0) / forwards if forwards else None,
+        "waiting_peak": s.get("waiting_max"),
+        "retractions": s.get("retracted_requests", 0.0),
+        "decode_steps": s.get("decode_steps", 0.0),
+        "mean_decode_batch": s.get("decode_rows", 0.0) / s["decode_steps"] if s.get("decode_steps") else None,
+        "decode_batch_histogram": batch_histogram(steps_by_batch),
+        "generated_tokens": s.get("generated_tokens", 0.0),
+        "accuracy": sum(bool(d.row["correct"]) for d in ok) / len(ok) if ok else None,
+        **projection,
+        "projected_problems_per_min": 60.0 * len(ok) / projection["projected_s"] if projection["projected_s"] else None,
+    }
+
+
+def add_comparisons(runs: list[ServeRun]) -> None:
+    """Agreement with radix and ratios against it under the same budget; recomputation beyond the
+    largest budget, mode by mode."""
+    largest = max((r.budget for r in runs), default=0)
+    for run in runs:
+        ref = next((r for r in runs if r.mode == modes_mod.REFERENCE and r.budget == run.budget), None)
+        roomy = next((r for r in runs if r.mode == run.mode and r.budget == largest), None)
+        f = run.figures
+        if roomy is not None:
+            f["prompt_tokens_recomputed"] = max(
+                0.0, f["prompt_tokens_computed"] - roomy.figures["prompt_tokens_computed"]
+            )
+        if ref is None:
+            continue
+        answers = {d.index: d.row.get("prediction") for d in ref.done if d.row is not None}
+        same = [
+            d.row.get("prediction") == answers[d.index] for d in run.done if d.row is not None and d.index in answers
+        ]
+        f["agreement_with_radix"] = sum(same) / len(same) if same else None
+        for key in ("problems_per_min", "projected_problems_per_min"):
+            if f.get(key) and ref.figures.get(key):
+                f[f"{key}_vs_radix"] = f[key] / ref.figures[key]
+
+
+COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def _ratio(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+COLUMNS = [
+    ("budget (tokens)", lambda f: _fmt(f["budget"], 0)),
+    ("mode", lambda f: f["mode"]),
+    ("problems/min", lambda f: _fmt(f["problems_per_min"], 2)),
+    ("vs radix", lambda f: _ratio(f.get("problems_per_min_vs_radix"))),
+    ("GPU-projected problems/min", lambda f: _fmt(f["projected_problems_per_min"], 1)),
+    ("projected vs radix", lambda f: _ratio(f.get("projected_problems_per_min_vs_radix"))),
+    ("gen tok/s", lambda f: _fmt(f["generated_tokens_per_s"])),
+    ("latency p50 / p95 s", lambda f: f"{_fmt(f['latency_p50_s'])} / {_fmt(f['latency_p95_s'])}"),
+    ("KV in use mean / peak", lambda f: f"{_fmt(f['kv_in_use_mean'], 0)} / {_fmt(f['kv_in_use_peak'], 0)}"),
+    ("evicted tokens", lambda f: _fmt(f["evicted_tokens"], 0)),
+    (
+        "prompt computed (recomputed)",
+        lambda f: f"{_fmt(f['prompt_tokens_computed'], 0)} ({_fmt(f.get('prompt_tokens_recomputed'), 0)})",
+    ),
+    ("waiting mean / peak", lambda f: f"{_fmt(f['waiting_mean'])} / {_fmt(f['waiting_peak'], 0)}"),
+    ("retractions", lambda f: _fmt(f["retractions"], 0)),
+    ("decode steps (mean batch)", lambda f: f"{_fmt(f['decode_steps'], 0)} ({_fmt(f['mean_decode_batch'])})"),
+    ("batch histogram", lambda f: " ".join(f"{k}:{v}" for k, v in f["decode_batch_histogram"].items() if v)),
+    ("accuracy", lambda f: _fmt(f["accuracy"], 2)),
+    ("agreement w/ radix", lambda f: _fmt(f.get("agreement_with_radix"), 2)),
+    ("done / failed", lambda f: f"{f['completed']} / {f['failed']}"),
+]
+
+
+def markdown_table(runs: Sequence[ServeRun]) -> str:
+    rows = [{**r.figures, "mode": r.mode, "budget": r.budget} for r in runs]
+    head = "| " + " | ".join(name for name, _ in COLUMNS) + " |"
+    rule = "|" + "---|" * len(COLUMNS)
+    body = ["| " + " | ".join(cell(f) for _, cell in COLUMNS) + " |" for f in rows]
+    return "\n".join([head, rule, *body])
+
+
+def write_chart(runs: Sequence[ServeRun], path: Path, heading: str) -> None:
+    """Problems per minute against the KV budget, per mode: CPU wall time and the GPU projection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, title in (
+        (axes[0], "problems_per_min", "CPU wall time (this machine)"),
+        (axes[1], "projected_problems_per_min", "GPU projection of the same tokens (cost model)"),
+    ):
+        for mode in dict.fromkeys(r.mode for r in runs):
+            points = sorted((r.budget, r.figures.get(key)) for r in runs if r.mode == mode and r.figures.get(key))
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=mode)
+        ax.set_xlabel("KV budget (--max-total-tokens)")
+        ax.set_ylabel("problems per minute")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("\n".join(textwrap_lines(heading)), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def textwrap_lines(text: str) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, 140)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sglang_rksc.bench.serve",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--modes", default="radix,rksc-full", help=f"comma-separated modes, from: {', '.join(modes_mod.MODES)}"
+    )
+    parser.add_argument(
+        "--budgets", default="8192", help="comma-separated KV budgets (--max-total-tokens), one curve point each"
+    )
+    parser.add_argument("--mix", default=DEFAULT_MIX, help="programs and their weights in the job sequence")
+    parser.add_argument("--problems", type=common.positive_int, default=24, help="jobs (program instances) per run")
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--clients", type=common.positive_int, default=8, help="closed loop: concurrent clients")
+    load.add_argument("--rate", type=float, help="open loop: Poisson arrivals, jobs per minute (instead of --clients)")
+    parser.add_argument("--seed", type=int, default=0, help="job order and arrival times (the same in every mode)")
+    parser.add_argument("--temperature", type=common.temperature, default=0.0, help="sampling temperature (0: greedy)")
+    parser.add_argument(
+        "--program-args",
+        default="--diversify",
+        help="flags given to every program that has them, as one quoted string after an equals sign",
+    )
+    parser.add_argument("--server-args", default="", help="extra flags for every server")
+    parser.add_argument("--cost-model", help="GPU cost model JSON (gpu_costmodel.py's output); default: H100 / 7B")
+    parser.add_argument("--chat-template", default="auto", help="SGLang frontend chat template ('auto': see programs)")
+    parser.add_argument("--output-dir", default="results/serve", help="where serve.json, serve.md, serve.png go")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def options_for(program: Any, args: argparse.Namespace, mode: modes_mod.Mode) -> argparse.Namespace:
+    flags = program_flags(program, [*shlex.split(args.program_args), *mode.program_args])
+    options = common.program_options(program, flags)
+    if hasattr(options, "temperature"):
+        options.temperature = args.temperature
+    return options
+
+
+class BudgetTooSmall(RuntimeError):
+    """No job could run under the KV budget: reported as one line."""
+
+
+def run_one_config(
+    mode: modes_mod.Mode,
+    budget: int,
+    jobs: list[Job],
+    args: argparse.Namespace,
+    out: Path,
+    *,
+    env: dict[str, str] | None = None,
+    before_stop: Callable[[LaunchedServer], None] | None = None,
+) -> ServeRun:
+    """A fresh server for this mode and budget, the jobs, and the server's counters during them
+    (`before_stop` sees the server once the jobs are done; tests check its memory there)."""
+    server_args = [
+        *mode.server_args,
+        "--enable-metrics",
+        "--max-total-tokens",
+        str(budget),
+        *shlex.split(args.server_args),
+    ]
+    log = out / f"server-{mode.name.replace('/', '_')}-{budget}.log"
+    options = {name: options_for(program, args, mode) for name, program in PROGRAMS.items()}
+    progress = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(jobs), desc=f"{mode.name} @ {budget}", unit="job", file=sys.stderr)
+    with LaunchedServer(server_args, log_path=log, env=env) as server:
+        backend = common.make_backend(server.url, args.chat_template)
+
+        def run_one(job: Job) -> dict[str, Any]:
+            program = PROGRAMS[job.program]
+            (row,) = program.run(backend, [job.problem], options[job.program], parallel=1, progress_bar=False)
+            return row
+
+        before = server_stats.snapshot(server.url)
+        started = time.perf_counter()
+        done = run_jobs(run_one, jobs, None if args.rate else args.clients, progress)
+        seconds = time.perf_counter() - started
+        counters = server_stats.difference(server_stats.snapshot(server.url), before)
+        if before_stop is not None:
+            before_stop(server)
+    if progress is not None:
+        progress.close()
+    if done and not any(d.row is not None for d in done):
+        raise BudgetTooSmall(
+            f"no job ran at --max-total-tokens {budget} under mode {mode.name}: the budget is too small to admit "
+            f"one request? First error: {done[0].error}"
+        )
+    return ServeRun(mode.name, budget, seconds, done, counters, str(log))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        modes = modes_mod.resolve([m.strip() for m in args.modes.split(",") if m.strip()])
+        budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
+        if not budgets or min(budgets) < 1:
+            raise ValueError("--budgets must be positive token counts")
+        mix = parse_mix(args.mix)
+        if args.rate is not None and not args.rate > 0:
+            raise ValueError("--rate must be positive (jobs per minute)")
+        model = cost_model.load(args.cost_model)
+        jobs = build_jobs(mix, args.problems, args.seed, args.rate)
+        for mode in modes:
+            for program in PROGRAMS.values():
+                options_for(program, args, mode)
+    except (ValueError, cost_model.CostModelError) as exc:
+        parser.error(str(exc))
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: list[ServeRun] = []
+    for budget in budgets:
+        for mode in modes:
+            print(f"[{len(runs) + 1}/{len(budgets) * len(modes)}] budget {budget}, mode {mode.name}", file=sys.stderr)
+            try:
+                run = run_one_config(mode, budget, jobs, args, out)
+            except ServerStartError as exc:
+                print(f"error: mode {mode.name} at budget {budget}: {exc}", file=sys.stderr)
+                return 1
+            except BudgetTooSmall as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            run.figures = figures(run, model)
+            runs.append(run)
+    add_comparisons(runs)
+    command = "python -m sglang_rksc.bench.serve " + shlex.join(argv if argv is not None else sys.argv[1:])
+    load_text = f"open loop at {args.rate} jobs/min" if args.rate else f"closed loop with {args.clients} clients"
+    heading = (
+        f"{args.problems} jobs ({args.mix}), {load_text}, seed {args.seed}, temperature {args.temperature}, "
+        f"program flags {args.program_args!r}; GPU projection: {model.source}"
+    )
+    write_report(out, command, heading, runs, model)
+    return 0
+
+
+def write_report(out: Path, command: str, heading: str, runs: list[ServeRun], model: cost_model.CostModel) -> None:
+    markdown = f"`{command}`\n\n{heading}\n\n{markdown_table(runs)}\n"
+    (out / "serve.md").write_text(markdown)
+    record = {"command": command, "heading": heading, "cost_model": model.name, "runs": [asdict(r) for r in runs]}
+    (out / "serve.json").write_text(json.dumps(record, indent=1, default=str))
+    if runs:
+        write_chart(runs, out / "serve.png", heading)
+    print(markdown)
+    print(f"wrote {out / 'serve.md'}, {out / 'serve.json'}" + (f", {out / 'serve.png'}" if runs else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
