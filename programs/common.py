@@ -68,6 +68,11 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
         "when omitted, the embedded default server (sglang-rksc launcher, default model) is started and stopped",
     )
     group.add_argument(
+        "--model",
+        help="a named embedded model for the embedded server: smollm2-135m (the default), qwen2.5-coder-1.5b "
+        "(bash scripts/setup.sh --quality-model), qwen2.5-coder-0.5b; ignored with --url",
+    )
+    group.add_argument(
         "--server-args",
         default="",
         help='extra flags for the embedded server, as one quoted string (e.g. "--disable-radix-cache"); '
@@ -102,7 +107,8 @@ def endpoint(args: argparse.Namespace) -> Iterator[str]:
         return
     from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
 
-    server = LaunchedServer(shlex.split(args.server_args), log_path=args.server_log)
+    model = ["--model", args.model] if getattr(args, "model", None) else []
+    server = LaunchedServer([*model, *shlex.split(args.server_args)], log_path=args.server_log)
     print(f"starting the embedded sglang-rksc server (log: {server.log_path}) ...", file=sys.stderr, flush=True)
     try:
         server.start()

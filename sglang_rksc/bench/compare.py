@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--server-args", default="", help='extra flags for every mode\'s server, e.g. "--max-total-tokens 4096"'
     )
+    parser.add_argument(
+        "--model", help="a named embedded model for every mode's server (default: smollm2-135m; see the launcher)"
+    )
     parser.add_argument("--chat-template", default="auto", help="SGLang frontend chat template ('auto': see programs)")
     parser.add_argument(
         "--output-dir", help="where bench.json, bench.md, bench.png go (default results/bench/<program>)"
@@ -127,7 +130,8 @@ def run_mode(
     log_dir: Path,
 ) -> Run:
     """A fresh server for this mode, the program once, and the server's counters during it."""
-    server_args = [*mode.server_args, "--enable-metrics", *shlex.split(args.server_args)]
+    model = ["--model", args.model] if args.model else []
+    server_args = [*mode.server_args, *model, "--enable-metrics", *shlex.split(args.server_args)]
     log_path = server_log_path(log_dir, mode.name, repeat)
     with LaunchedServer(server_args, log_path=log_path) as server:
         backend = common.make_backend(server.url, args.chat_template)

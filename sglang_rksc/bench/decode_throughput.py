@@ -26,7 +26,7 @@ import torch
 from sglang_rksc.bench import cost_model, server_stats
 from sglang_rksc.programs import gsm8k
 from sglang_rksc.programs.common import positive_int
-from sglang_rksc.runtime.default_model import prepare_default_model
+from sglang_rksc.runtime import models
 from sglang_rksc.runtime.server_process import LaunchedServer
 
 NUM_PROMPTS = 8
@@ -184,13 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     except cost_model.CostModelError as exc:
         parser.error(str(exc))
 
-    model_dir = prepare_default_model()
+    model_dir = models.prepare(args.model)
     prompts = build_prompts()
     hf = HFRunner(model_dir)
     if args.url:
         result = measure(args, args.url.rstrip("/"), hf, prompts, model)
     else:
-        with LaunchedServer() as server:
+        with LaunchedServer(["--model-path", str(model_dir)]) as server:
             result = measure(args, server.url, hf, prompts, model)
     result.update(max_new_tokens=args.max_new_tokens, repeats=args.repeats, torch_threads=torch.get_num_threads())
     command = "python -m sglang_rksc.bench.decode_throughput" + "".join(f" {a}" for a in (argv or sys.argv[1:]))

@@ -354,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="flags given to every program that has them, as one quoted string after an equals sign",
     )
     parser.add_argument("--server-args", default="", help="extra flags for every server")
+    parser.add_argument("--model", help="a named embedded model for every server (default: smollm2-135m)")
     parser.add_argument("--cost-model", help="GPU cost model JSON (gpu_costmodel.py's output); default: H100 / 7B")
     parser.add_argument("--chat-template", default="auto", help="SGLang frontend chat template ('auto': see programs)")
     parser.add_argument("--output-dir", default="results/serve", help="where serve.json, serve.md, serve.png go")
@@ -387,6 +388,7 @@ def run_one_config(
     (`before_stop` sees the server once the jobs are done; tests check its memory there)."""
     server_args = [
         *mode.server_args,
+        *(["--model", args.model] if args.model else []),
         "--enable-metrics",
         "--max-total-tokens",
         str(budget),

@@ -26,8 +26,9 @@ from typing import NoReturn
 
 from sglang_rksc import config as rksc_config
 from sglang_rksc.runtime import cpu
-from sglang_rksc.runtime.default_model import ModelPreparationError, prepare_default_model
 from sglang_rksc.runtime.model_path import ModelPathError, check_model_path
+from sglang_rksc.runtime.models import DEFAULT_MODEL, MODELS, ModelPreparationError
+from sglang_rksc.runtime.models import prepare as prepare_model
 from sglang_rksc.wire import BACKEND_NAME, PLUGIN_NAME, rksc_state
 
 PROG = "python -m sglang_rksc.launch_server"
@@ -43,6 +44,10 @@ sglang-rksc defaults (each applies only when you do not give the flag):
   --model-path PATH          the embedded SmolLM2-135M-Instruct (converted once
                              to bf16 in ~/.cache/sglang_rksc); PATH must be a
                              local Hugging Face folder or already in the HF cache
+  --model NAME               a named embedded model instead: smollm2-135m (the
+                             default), qwen2.5-coder-1.5b (bash scripts/setup.sh
+                             --quality-model), qwen2.5-coder-0.5b; a --model that
+                             is not a name is a path, as in SGLang
   --radix-cache-backend NAME rksc; 'default' keeps SGLang's own cache selection
   --rksc-* flags             sglang-rksc's own settings, listed below; they
                              need the rksc backend
@@ -130,10 +135,15 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         cpu.activate_cpu_runtime(use_standin=standin)
 
     out = list(argv)
+    name = cpu.flag_value(out, "--model")
+    if name in MODELS:  # a named embedded model: prepared (verified, converted) once, never downloaded
+        out = _drop_flag(out, "--model")
+        if cpu.flag_value(out, "--model-path") is not None:
+            raise LaunchError(f"give --model {name} or --model-path, not both")
     model_path = cpu.flag_value(out, "--model-path") or cpu.flag_value(out, "--model")
     if model_path is None:
         try:
-            model_path = str(prepare_default_model())
+            model_path = str(prepare_model(name if name in MODELS else DEFAULT_MODEL))
         except ModelPreparationError as exc:
             raise LaunchError(str(exc)) from exc
         out = ["--model-path", model_path, *out]

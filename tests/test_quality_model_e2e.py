@@ -1,0 +1,62 @@
+"""The quality model (Qwen2.5-Coder-1.5B-Instruct) on the real server, whenever it is prepared
+(`bash scripts/setup.sh --quality-model`); skipped, saying so, when it is not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from sglang_rksc.runtime import models
+from sglang_rksc.runtime.server_process import LaunchedServer
+from sglang_rksc.wire import Meta, meta_entry
+from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(
+        not models.is_prepared(models.model_dir(models.QUALITY_MODEL)),
+        reason=f"the quality model {models.QUALITY_MODEL} is not prepared (bash scripts/setup.sh --quality-model)",
+    ),
+]
+
+EVERY_FEATURE = [
+    "--rksc-semantic", "on", "--rksc-reuse", "on", "--rksc-span-embeddings", "on", "--radix-eviction-policy", "rsbcm",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quality_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
+    log = tmp_path_factory.mktemp("quality") / "server.log"
+    args = ["--model", models.QUALITY_MODEL, *EVERY_FEATURE]
+    with LaunchedServer(args, log_path=log, env=STRICT_MEMORY_ENV, startup_timeout_s=900) as server:
+        yield server
+
+
+def generate(server: LaunchedServer, text: str, **sampling) -> dict:
+    body = {"text": text, "sampling_params": {"max_new_tokens": 24, "temperature": 0, **sampling}}
+    response = requests.post(server.url + "/generate", json=body, timeout=600)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_it_answers_arithmetic_and_every_mechanism_reports(quality_server):
+    prompt = "<|im_start|>user\nWhat is 17 + 25? Reply with the number only.<|im_end|>\n<|im_start|>assistant\n"
+    answer = generate(quality_server, prompt)
+    assert "42" in answer["text"]
+    assert len(meta_entry(answer["meta_info"], Meta.SPAN)["vector"]) > 0
+    twin = generate(quality_server, prompt)
+    assert meta_entry(twin["meta_info"], Meta.REUSE)["replayed"] and twin["text"] == answer["text"]
+    check = (
+        prompt + "42<|im_end|>\n<|im_start|>user\nIs that correct? Answer yes or no.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    spec = {"choices": ["yes", "no"], "record": True}
+    verdict = generate(quality_server, check, max_new_tokens=1, custom_params={"rksc": {"cgee": spec}})
+    info = meta_entry(verdict["meta_info"], Meta.CGEE)
+    assert info["num_layers"] == 28 and info["full_verdict_index"] == 0  # "yes", at full depth
+
+
+def test_nothing_leaked_on_the_quality_model(quality_server):
+    flush_cache(quality_server)
+    assert_idle_and_clean(quality_server)
