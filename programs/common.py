@@ -185,7 +185,34 @@ def mark_branches(states: Sequence[Any], mark: str, enabled: bool) -> None:
         mark_branch(list(states), mark)
 
 
-def merge_threshold(text: str) -> float:
+@dataclass(frozen=True)
+class ModelBudget:
+    """What a run asks of the served model, flags first, then its profile (`model_profiles`)."""
+
+    profile: str
+    max_tokens: int
+    merge_threshold: float | None
+
+
+def resolve_for_model(backend: Any, options: argparse.Namespace, program: str) -> ModelBudget:
+    from sglang_rksc.programs.model_profiles import profile_for
+
+    try:
+        name = backend.get_model_name()
+    except Exception:  # a backend that cannot say: the default model's profile
+        name = None
+    profile = profile_for(name)
+    merge = options.merge_branches
+    return ModelBudget(
+        profile.name,
+        options.max_tokens or profile.max_tokens[program],
+        profile.merge_threshold if merge == "auto" else merge,
+    )
+
+
+def merge_threshold(text: str) -> float | str:
+    if text == "auto":
+        return text  # the served model's profile decides
     value = float(text)
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a similarity within [-1, 1], got {value}")
@@ -197,8 +224,9 @@ def add_merge_argument(group: argparse._ActionsContainer, what: str) -> None:
         "--merge-branches",
         type=merge_threshold,
         default=None,
-        metavar="SIMILARITY",
-        help=f"merge {what} whose generated text is this similar (pooled hidden states, from a server started "
+        metavar="SIMILARITY|auto",
+        help=f"merge {what} whose generated text is this similar ('auto': the served model's profile; pooled "
+        "hidden states, from a server started "
         "with --rksc-span-embeddings on): one branch per group is continued and its vote weighs the group's "
         "size (approximate; default off; does nothing against other servers)",
     )

@@ -135,7 +135,12 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--proposals", type=common.positive_int, default=5, help="valid proposals taken from each state's list"
     )
-    group.add_argument("--max-tokens", type=common.positive_int, default=96, help="tokens per list of proposals")
+    group.add_argument(
+        "--max-tokens",
+        type=common.positive_int,
+        default=None,
+        help="tokens per list of proposals; default: the served model's profile (96 for both shipped models)",
+    )
     group.add_argument(
         "--temperature", type=common.temperature, default=0.0, help="sampling temperature of the proposals; 0 is greedy"
     )
@@ -155,15 +160,16 @@ def run(
     parallel: int,
     progress_bar: bool = True,
 ) -> list[dict[str, Any]]:
+    budget = common.resolve_for_model(backend, options, NAME)
     arguments = [
         dict(
             numbers=list(p.numbers),
             breadth=options.breadth,
             proposals=options.proposals,
-            max_tokens=options.max_tokens,
+            max_tokens=budget.max_tokens,
             temperature=options.temperature,
             mark=options.mark_branches == "on",
-            merge=options.merge_branches,
+            merge=budget.merge_threshold,
         )
         for p in problems
     ]

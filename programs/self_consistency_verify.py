@@ -105,7 +105,12 @@ def score_problem(problem: gsm8k.Problem, samples: list[dict[str, Any]]) -> dict
 
 def add_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--samples", type=common.positive_int, default=4, help="solutions sampled per question")
-    group.add_argument("--max-tokens", type=common.positive_int, default=160, help="tokens per solution")
+    group.add_argument(
+        "--max-tokens",
+        type=common.positive_int,
+        default=None,
+        help="tokens per solution; default: the served model's profile (SmolLM2 160, Qwen2.5-Coder-1.5B 384)",
+    )
     group.add_argument(
         "--diversify",
         action="store_true",
@@ -133,15 +138,16 @@ def run(
     parallel: int,
     progress_bar: bool = True,
 ) -> list[dict[str, Any]]:
+    budget = common.resolve_for_model(backend, options, NAME)
     arguments = [
         dict(
             question=p.question,
             samples=options.samples,
-            max_tokens=options.max_tokens,
+            max_tokens=budget.max_tokens,
             temperature=options.temperature,
             diversify=options.diversify,
             verifier=options.verifier,
-            merge=options.merge_branches,
+            merge=budget.merge_threshold,
         )
         for p in problems
     ]

@@ -159,7 +159,11 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
         help="how many levels fork: 1 plan, 2 plan and execution, 3 also reflection",
     )
     group.add_argument(
-        "--max-tokens", type=common.positive_int, default=128, help="tokens per plan or solution (reflections get half)"
+        "--max-tokens",
+        type=common.positive_int,
+        default=None,
+        help="tokens per plan or solution (reflections get half); default: the served model's profile "
+        "(SmolLM2 128, Qwen2.5-Coder-1.5B 384)",
     )
     group.add_argument(
         "--diversify",
@@ -190,17 +194,18 @@ def run(
     progress_bar: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the program on `problems`; one result row per problem, in order."""
+    budget = common.resolve_for_model(backend, options, NAME)
     arguments = [
         dict(
             question=p.question,
             branches=options.branches,
             depth=options.depth,
-            max_tokens=options.max_tokens,
+            max_tokens=budget.max_tokens,
             temperature=options.temperature,
             diversify=options.diversify,
             verifier=options.verifier,
             mark=options.mark_branches == "on",
-            merge=options.merge_branches,
+            merge=budget.merge_threshold,
         )
         for p in problems
     ]

@@ -199,3 +199,24 @@ def test_summarize_sums_tokens():
     summary = common.summarize(rows, 2.0)
     assert summary["accuracy"] == 0.5 and summary["prompt_tokens"] == 30 and summary["requests"] == 3
     assert summary["cache_hit_rate"] == pytest.approx(20 / 30)
+
+
+def test_budgets_and_the_merge_threshold_follow_the_served_model():
+    from sglang_rksc.programs import common
+
+    class Endpoint:  # what the programs ask of SGLang's RuntimeEndpoint: the served model's name
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def get_model_name(self) -> str:
+            return self.name
+
+    auto = Namespace(max_tokens=None, merge_branches="auto")
+    qwen = common.resolve_for_model(Endpoint("/cache/Qwen2.5-Coder-1.5B-Instruct-bf16"), auto, "tree_of_thought")
+    small = common.resolve_for_model(Endpoint("/cache/SmolLM2-135M-Instruct-bf16"), auto, "tree_of_thought")
+    assert (qwen.profile, small.profile) == ("qwen2.5-coder-1.5b", "smollm2-135m")
+    assert qwen.max_tokens > small.max_tokens == 128 and small.merge_threshold == 0.8
+    flagged = common.resolve_for_model(
+        Endpoint("some/other-model"), Namespace(max_tokens=50, merge_branches=None), "game_of_24"
+    )
+    assert (flagged.profile, flagged.max_tokens, flagged.merge_threshold) == ("smollm2-135m", 50, None)

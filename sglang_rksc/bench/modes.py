@@ -14,14 +14,16 @@ class Mode:
     program_args: tuple[str, ...] = ()  # program flags of this mode (the verification step, merging)
 
 
-# Similarity at which the programs merge branches in rksc-merge and rksc-full: the lowest that kept 90% of
-# tree-of-thought answers in `bench.merge_calibrate` on GSM8K 0-23 (--diversify, greedy; see the README).
-MERGE_THRESHOLD = 0.8
+# Similarity at which the programs merge branches in rksc-merge and rksc-full: the served model's profile
+# (`programs.model_profiles`: SmolLM2 0.8, the lowest that kept 90% of tree-of-thought answers in
+# `bench.merge_calibrate` on GSM8K 0-23; see the README). `rksc-merge@T` sets another.
+MERGE_THRESHOLD = "auto"
 MERGE_FLAG = "--merge-branches"
 
 
 def _merge_description(threshold: float | str) -> str:
-    return f"near-duplicate branches merged in the frontend (similarity {threshold}), by the server's span embeddings"
+    similarity = "the model's calibrated similarity" if threshold == "auto" else f"similarity {threshold}"
+    return f"near-duplicate branches merged in the frontend ({similarity}), by the server's span embeddings"
 
 
 MODES: dict[str, Mode] = {
@@ -84,7 +86,7 @@ MODES: dict[str, Mode] = {
             "rksc-merge",
             _merge_description(MERGE_THRESHOLD),
             ("--radix-cache-backend", "rksc", "--rksc-span-embeddings", "on"),
-            program_args=("--merge-branches", str(MERGE_THRESHOLD)),
+            program_args=("--merge-branches", MERGE_THRESHOLD),
         ),
         Mode(
             "rksc-full",
@@ -101,7 +103,7 @@ MODES: dict[str, Mode] = {
                 "--rksc-span-embeddings",
                 "on",
             ),
-            program_args=("--verifier", "cgee", "--merge-branches", str(MERGE_THRESHOLD)),
+            program_args=("--verifier", "cgee", "--merge-branches", MERGE_THRESHOLD),
         ),
     )
 }

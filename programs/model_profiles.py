@@ -1,0 +1,54 @@
+"""What the programs ask of each model: generation budgets, the verification gate, the merge threshold.
+
+A profile is chosen by the name of the model the server serves
+(`RuntimeEndpoint.get_model_name()`: the model folder's path for our launcher);
+a flag given on the command line always wins, and a model no profile names gets
+the default model's. Each profile's figures were measured on the calibration
+slice (GSM8K 0-299) with the commands in the README.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    pattern: str  # matched, case-insensitively, against the served model's name
+    # Tokens per generation, per program: what lets the model finish its step (bench.lengths).
+    max_tokens: dict[str, int] = field(default_factory=dict)
+    # The confidence gate of `verify` in the programs (`--verifier cgee|audit`).
+    gate: dict[str, float] = field(default_factory=dict)
+    # The similarity at which `--merge-branches auto` merges near-duplicate branches.
+    merge_threshold: float = 0.8
+
+
+SMOLLM2 = Profile(
+    "smollm2-135m",
+    r"smollm",
+    max_tokens={"tree_of_thought": 128, "self_consistency_verify": 160, "game_of_24": 96},
+    # SmolLM2-135M, 48 audited calls (GSM8K 0-11): RKSC's starting points skipped 47 of 48 with 3
+    # against the full-depth verdict; this stricter gate skipped 19 with none against it.
+    gate={"top": 0.8, "margin": 0.3, "alt_top": 0.8, "rel_margin": 0.4},
+    # The lowest similarity that kept 90% of tree-of-thought answers (bench.merge_calibrate, GSM8K 0-23).
+    merge_threshold=0.8,
+)
+QWEN_CODER_1_5B = Profile(
+    "qwen2.5-coder-1.5b",
+    r"qwen2\.5-coder-1\.5b",
+    max_tokens={"tree_of_thought": 384, "self_consistency_verify": 384, "game_of_24": 96},
+    gate=SMOLLM2.gate,
+    merge_threshold=0.8,
+)
+PROFILES = (SMOLLM2, QWEN_CODER_1_5B)
+DEFAULT = SMOLLM2
+
+
+def profile_for(model_name: str | None) -> Profile:
+    """The profile whose pattern the served model's name matches; the default model's otherwise."""
+    for profile in PROFILES:
+        if model_name and re.search(profile.pattern, model_name, re.IGNORECASE):
+            return profile
+    return DEFAULT
