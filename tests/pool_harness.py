@@ -96,16 +96,22 @@ class PoolHarness:
         cache_salt: str | None = None,
         custom_params: dict | None = None,
         max_new_tokens: int = 8,
+        logprob_start_len: int | None = None,
     ) -> Req | None:
-        """Admit a request; None (and nothing held) when the pool cannot fit it."""
+        """Admit a request; None (and nothing held) when the pool cannot fit it.
+
+        `logprob_start_len`: the request asks for input logprobs from there (as a `select` does)."""
         req = Req(
             f"r{next(self._ids)}",
             "",
             array("q", tokens),
             SamplingParams(max_new_tokens=max_new_tokens, custom_params=custom_params),
+            return_logprob=logprob_start_len is not None,
             extra_key=extra_key,
             cache_salt=cache_salt,
         )
+        if logprob_start_len is not None:
+            req.logprob_start_len = logprob_start_len
         req.init_next_round_input(self.cache)
         req.lock = self.cache.lock(req.last_node)
         fill = req.full_untruncated_fill_ids

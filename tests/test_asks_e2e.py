@@ -115,6 +115,26 @@ def test_a_forked_branch_follow_up_hits_the_rewritten_path_when_the_donor_has_ch
     assert follow["meta_info"]["cached_tokens"] >= tokens(asks_server, PLAN + DONOR_SPAN), branch["text"]
 
 
+def test_a_select_on_a_forked_branch_hits_the_rewritten_path_and_scores_its_own_tail(asks_server):
+    """A `select` asks for the logprobs of its choice tokens: it is a follow-up like any other, and the
+    logprobs it gets are those of the tokens it sent after the span (the same count, the same tokens)."""
+    generate(asks_server, PLAN + DONOR_SPAN + " Alpha", max_new_tokens=4)
+    branch = generate(asks_server, PLAN + BRANCH_SPAN + " Beta", max_new_tokens=4)
+    # Rewritten onto the donor's span: forked now, or a follow-up of the fork of the test above.
+    assert branch["meta_info"]["rksc_semantic"][0].get("source") in ("probe", "followup"), branch["meta_info"]
+    choice_text = PLAN + BRANCH_SPAN + " Beta" + branch["text"] + " Score: 5"
+    start = tokens(asks_server, choice_text) - 3
+    choice = generate(
+        asks_server, choice_text, max_new_tokens=0, return_logprob=True, logprob_start_len=start,
+        return_text_in_logprobs=True,
+    )  # fmt: skip
+    (info,) = choice["meta_info"]["rksc_semantic"]
+    assert info["source"] == "followup", info
+    assert choice["meta_info"]["cached_tokens"] >= tokens(asks_server, PLAN + DONOR_SPAN)
+    logprobs = choice["meta_info"]["input_token_logprobs"]
+    assert len(logprobs) == 3 and "".join(text for _, _, text in logprobs).endswith(": 5"), logprobs
+
+
 def test_no_kv_slot_leaked_or_freed_twice(asks_server):
     """After all of the above, flushing the tree returns every slot; the idle check finds nothing."""
     flush_cache(asks_server)

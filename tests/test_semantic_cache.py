@@ -214,6 +214,27 @@ def test_a_forked_branch_later_requests_are_rewritten_the_same_way():
     h.check()
 
 
+def test_a_follow_up_asking_for_logprobs_after_the_span_is_rewritten_and_its_logprobs_move_with_it():
+    """A `select` on a forked branch asks for the logprobs of its choice tokens only: rewritten like any
+    follow-up, its logprob start shifted by the rewrite; logprobs reaching into the span keep the tokens."""
+    h = PoolHarness(config(dedupe=False))
+    h.run(X + A2[:-1] + R, [60, 61])
+    h.run(X + A[:-1] + R, [70, 71])  # forked: A's span rewritten into A2's
+    sent = X + A[:-1] + R + [70, 71, 80, 81]
+    choice = h.admit(sent, logprob_start_len=len(sent) - 2)
+    (info,) = choice.customized_info[META_KEY]
+    assert info["source"] == "followup"
+    rewritten = X + A2[:-1] + R + [70, 71, 80, 81]
+    assert list(choice.origin_input_ids) == rewritten and choice.logprob_start_len == len(rewritten) - 2
+    assert choice.prefix_len == len(X + A2[:-1] + R) + 1  # the span and the branch's output were cached
+    h.finish(choice)
+    whole = h.admit(sent, logprob_start_len=len(X) + 2)
+    assert list(whole.origin_input_ids) == sent and whole.logprob_start_len == len(X) + 2
+    assert whole.customized_info[META_KEY] == [{"fork": False, "skipped": "input logprobs requested"}]
+    h.finish(whole)
+    h.check()
+
+
 def test_a_follow_up_whose_donor_was_evicted_is_computed_in_full():
     h = PoolHarness(config(dedupe=False))
     h.run(X + A2[:-1] + R, [60, 61])

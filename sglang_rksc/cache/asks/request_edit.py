@@ -29,8 +29,6 @@ def why_not_forked(req: Any) -> str | None:
         return "fork opted out"
     if len(req.output_ids) > 0:
         return "resumed request"
-    if req.return_logprob and req.logprob_start_len >= 0:
-        return "input logprobs requested"  # they would describe donor tokens
     if getattr(req, "multimodal_inputs", None) is not None:
         return "multimodal"
     if getattr(req, "session", None) is not None:
@@ -39,6 +37,17 @@ def why_not_forked(req: Any) -> str | None:
         return "embedding overrides"
     if req.is_dllm():
         return "diffusion LM"
+    return None
+
+
+def input_logprobs_start(req: Any) -> int | None:
+    """Where the input logprobs a request asks for start in its prompt as sent, or None.
+
+    A `select` asks for the logprobs of its choice tokens only (from just before them), so a fork
+    is safe as long as the rewritten span ends before that point: no logprob describes donor tokens.
+    """
+    if req.return_logprob and req.logprob_start_len >= 0:
+        return req.logprob_start_len
     return None
 
 
@@ -58,3 +67,5 @@ def rewrite_prompt(req: Any, new_ids: Sequence[int]) -> None:
     if req.origin_input_ids_unpadded is old:
         req.origin_input_ids_unpadded = new
     req.full_untruncated_fill_ids = new + req.output_ids
+    if req.logprob_start_len >= 0:  # positions after the span move with it (checked to lie after it)
+        req.logprob_start_len += len(new) - len(old)

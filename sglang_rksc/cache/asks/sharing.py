@@ -74,6 +74,9 @@ class SemanticSharing:
         self.stats.exact_hit_tokens += exact.device_prefix_len
         skipped = request_edit.why_not_forked(req)
         plan = None if skipped else self._plan(req, exact)
+        logprobs_from = request_edit.input_logprobs_start(req)
+        if plan is not None and logprobs_from is not None and logprobs_from < plan.prefix_len + plan.span_len:
+            plan, skipped = None, "input logprobs requested"  # they would describe donor tokens
         if plan is None:
             entry: SemanticEntry = {"fork": False}
             if skipped:
