@@ -26,7 +26,7 @@ COMMANDS = {
         "--program-args",
         "the merge threshold",
     ],
-    "sglang_rksc.bench.decode_throughput": ["--max-new-tokens", "--repeats", "--url", "--cost-model"],
+    "sglang_rksc.bench.decode_throughput": ["--max-new-tokens", "--repeats", "--url", "--model", "--cost-model"],
     "sglang_rksc.bench.serve": ["--modes", "--budgets", "--clients", "--rate", "--mix", "--cost-model", "--seed"],
     "sglang_rksc.bench.cgee_calibrate": ["--min-layer", "--theta", "--eps", "--k", "--accept"],
     "sglang_rksc.bench.merge_calibrate": ["--thresholds", "--bound"],

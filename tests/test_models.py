@@ -91,3 +91,20 @@ def test_launcher_refuses_a_model_and_a_model_path_together(tmp_path):
         timeout=300,
     )
     assert result.returncode == 2 and "not both" in result.stderr
+
+
+def test_decode_throughput_prepares_the_model_it_is_given(monkeypatch, capsys):
+    """The benchmark's `--model` reaches preparation, and a model that cannot be prepared is one line, exit 2."""
+    from sglang_rksc.bench import decode_throughput
+
+    asked = []
+
+    def unprepared(name: str, force: bool = False):
+        asked.append(name)
+        raise models.ModelPreparationError(f"{name} is not prepared: run bash scripts/setup.sh --quality-model")
+
+    monkeypatch.setattr(models, "prepare", unprepared)
+    with pytest.raises(SystemExit) as exit_info:
+        decode_throughput.main(["--model", models.QUALITY_MODEL, "--output-dir", "unused"])
+    assert exit_info.value.code == 2 and asked == [models.QUALITY_MODEL]
+    assert "setup.sh --quality-model" in capsys.readouterr().err

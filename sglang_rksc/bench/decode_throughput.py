@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens per request; default 64")
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved repeats of every case; default 3")
     parser.add_argument("--url", help="measure this server instead of starting the embedded one (same model expected)")
+    parser.add_argument(
+        "--model", default=models.DEFAULT_MODEL, choices=sorted(models.MODELS),
+        help=f"the named embedded model, for the server and transformers alike; default {models.DEFAULT_MODEL}",
+    )  # fmt: skip
     parser.add_argument("--output-dir", default="results", help="where the JSON and Markdown go; default results/")
     parser.add_argument(
         "--cost-model", help="GPU cost model JSON for the projection (default: H100, Qwen2.5-7B shapes)"
@@ -184,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     except cost_model.CostModelError as exc:
         parser.error(str(exc))
 
-    model_dir = models.prepare(args.model)
+    try:
+        model_dir = models.prepare(args.model)
+    except models.ModelPreparationError as exc:
+        parser.error(str(exc))
     prompts = build_prompts()
     hf = HFRunner(model_dir)
     if args.url:
