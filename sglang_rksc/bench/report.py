@@ -192,7 +192,8 @@ def add_speedups(summaries: Sequence[ModeSummary]) -> None:
         )
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
+def fmt(value: Any, digits: int = 1) -> str:
+    """A figure for a table: thousands separated, floats to `digits` places, None as n/a."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -203,78 +204,76 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def _semantic(f: dict[str, Any]) -> str:
     if f["semantic_hits"] is None:
         return "n/a"
-    return f"{_fmt(f['semantic_hits'], 0)} ({_fmt(f['forks_alias'], 0)}/{_fmt(f['forks_probe'], 0)})"
+    return f"{fmt(f['semantic_hits'], 0)} ({fmt(f['forks_alias'], 0)}/{fmt(f['forks_probe'], 0)})"
 
 
 def _evicted(f: dict[str, Any]) -> str:
     if f.get("evicted_tokens") is None:
         return "n/a"
-    parts = "/".join(_fmt(f[f"evicted_{m}"], 0) for m in ("rejected", "finished", "open"))
-    return f"{_fmt(f['evicted_tokens'], 0)} ({parts})"
+    parts = "/".join(fmt(f[f"evicted_{m}"], 0) for m in ("rejected", "finished", "open"))
+    return f"{fmt(f['evicted_tokens'], 0)} ({parts})"
 
 
 def _reused(f: dict[str, Any]) -> str:
     if f.get("reuse_replayed") is None:
         return "n/a"
-    return (
-        f"{_fmt(f['reuse_replayed'], 0)} / {_fmt(f['reuse_coalesced'], 0)} ({_fmt(f['reuse_tokens_not_generated'], 0)})"
-    )
+    return f"{fmt(f['reuse_replayed'], 0)} / {fmt(f['reuse_coalesced'], 0)} ({fmt(f['reuse_tokens_not_generated'], 0)})"
 
 
 def _verify_calls(f: dict[str, Any]) -> str:
     if not f.get("verify_calls"):
         return "n/a"
-    return f"{_fmt(f['verify_calls'], 0)} ({_fmt(f['verify_skipped'], 0)})"
+    return f"{fmt(f['verify_calls'], 0)} ({fmt(f['verify_skipped'], 0)})"
 
 
 def _layers(f: dict[str, Any]) -> str:
     if f.get("verify_mean_layers_run") is None:
         return "n/a"
-    return f"{_fmt(f['verify_mean_layers_run'])} / {_fmt(f['verify_num_layers'], 0)}"
+    return f"{fmt(f['verify_mean_layers_run'])} / {fmt(f['verify_num_layers'], 0)}"
 
 
 def _disagreement(f: dict[str, Any]) -> str:
     if not f.get("verify_audited"):
         return "n/a"
     share = f["verify_disagreements"] / f["verify_audited"]
-    return f"{_fmt(f['verify_disagreements'], 0)} of {_fmt(f['verify_audited'], 0)} ({share:.1%})"
+    return f"{fmt(f['verify_disagreements'], 0)} of {fmt(f['verify_audited'], 0)} ({share:.1%})"
 
 
 COLUMNS = [
     ("mode", lambda s, f: s.mode),
     (
         "wall s (median, min-max)",
-        lambda s, f: f"{_fmt(f['wall_s_median'])} ({_fmt(f['wall_s_min'])}-{_fmt(f['wall_s_max'])})",
+        lambda s, f: f"{fmt(f['wall_s_median'])} ({fmt(f['wall_s_min'])}-{fmt(f['wall_s_max'])})",
     ),
-    ("vs radix", lambda s, f: f"{_fmt(f['speedup_vs_radix'], 2)}x" if f["speedup_vs_radix"] else "n/a"),
-    ("vs no-cache", lambda s, f: f"{_fmt(f['speedup_vs_no_cache'], 2)}x" if f["speedup_vs_no_cache"] else "n/a"),
-    ("GPU-projected s", lambda s, f: _fmt(f.get("projected_gpu_s"), 2)),
+    ("vs radix", lambda s, f: f"{fmt(f['speedup_vs_radix'], 2)}x" if f["speedup_vs_radix"] else "n/a"),
+    ("vs no-cache", lambda s, f: f"{fmt(f['speedup_vs_no_cache'], 2)}x" if f["speedup_vs_no_cache"] else "n/a"),
+    ("GPU-projected s", lambda s, f: fmt(f.get("projected_gpu_s"), 2)),
     (
         "projected vs radix",
-        lambda s, f: f"{_fmt(f['projected_speedup_vs_radix'], 2)}x" if f.get("projected_speedup_vs_radix") else "n/a",
+        lambda s, f: f"{fmt(f['projected_speedup_vs_radix'], 2)}x" if f.get("projected_speedup_vs_radix") else "n/a",
     ),
-    ("req/s", lambda s, f: _fmt(f["requests_per_s"], 2)),
-    ("gen tok/s", lambda s, f: _fmt(f["generated_tokens_per_s"])),
-    ("generated tokens", lambda s, f: _fmt(f["generated_tokens"], 0)),
+    ("req/s", lambda s, f: fmt(f["requests_per_s"], 2)),
+    ("gen tok/s", lambda s, f: fmt(f["generated_tokens_per_s"])),
+    ("generated tokens", lambda s, f: fmt(f["generated_tokens"], 0)),
     (
         "prompt tokens computed / cached",
-        lambda s, f: f"{_fmt(f['prompt_tokens_computed'], 0)} / {_fmt(f['prompt_tokens_cached'], 0)}",
+        lambda s, f: f"{fmt(f['prompt_tokens_computed'], 0)} / {fmt(f['prompt_tokens_cached'], 0)}",
     ),
-    ("cache hit rate", lambda s, f: _fmt(f["cache_hit_rate"], 2)),
+    ("cache hit rate", lambda s, f: fmt(f["cache_hit_rate"], 2)),
     ("KV evicted, tokens (rejected/finished/open)", lambda s, f: _evicted(f)),
-    ("decode steps (mean batch)", lambda s, f: f"{_fmt(f['decode_steps'], 0)} ({_fmt(f['mean_decode_batch'])})"),
+    ("decode steps (mean batch)", lambda s, f: f"{fmt(f['decode_steps'], 0)} ({fmt(f['mean_decode_batch'])})"),
     ("semantic hits (alias/probe)", lambda s, f: _semantic(f)),
     ("replayed / coalesced (tokens not generated)", lambda s, f: _reused(f)),
-    ("KV held at end, tokens", lambda s, f: _fmt(f["kv_tokens_held"], 0)),
+    ("KV held at end, tokens", lambda s, f: fmt(f["kv_tokens_held"], 0)),
     ("verify calls (skipped)", lambda s, f: _verify_calls(f)),
     ("layers run per verify", lambda s, f: _layers(f)),
-    ("verify forward s", lambda s, f: _fmt(f["verify_server_seconds"], 2)),
+    ("verify forward s", lambda s, f: fmt(f["verify_server_seconds"], 2)),
     ("CGEE vs full-depth disagreements", lambda s, f: _disagreement(f)),
-    ("branches merged", lambda s, f: _fmt(f.get("branches_merged"), 0)),
-    ("accuracy", lambda s, f: _fmt(f["accuracy"], 2)),
-    ("majority-vote accuracy", lambda s, f: _fmt(f.get("majority_accuracy"), 2)),
-    ("agreement w/ radix", lambda s, f: _fmt(f["agreement_with_radix"], 2)),
-    ("self-agreement", lambda s, f: _fmt(f["self_agreement"], 2)),
+    ("branches merged", lambda s, f: fmt(f.get("branches_merged"), 0)),
+    ("accuracy", lambda s, f: fmt(f["accuracy"], 2)),
+    ("majority-vote accuracy", lambda s, f: fmt(f.get("majority_accuracy"), 2)),
+    ("agreement w/ radix", lambda s, f: fmt(f["agreement_with_radix"], 2)),
+    ("self-agreement", lambda s, f: fmt(f["self_agreement"], 2)),
 ]
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from sglang_rksc.bench import cost_model, server_stats
 from sglang_rksc.bench import modes as modes_mod
+from sglang_rksc.bench.report import fmt
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
 from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
 
@@ -251,39 +252,31 @@ def add_comparisons(runs: list[ServeRun]) -> None:
 COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"
-
-
 def _ratio(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
 COLUMNS = [
-    ("budget (tokens)", lambda f: _fmt(f["budget"], 0)),
+    ("budget (tokens)", lambda f: fmt(f["budget"], 0)),
     ("mode", lambda f: f["mode"]),
-    ("problems/min", lambda f: _fmt(f["problems_per_min"], 2)),
+    ("problems/min", lambda f: fmt(f["problems_per_min"], 2)),
     ("vs radix", lambda f: _ratio(f.get("problems_per_min_vs_radix"))),
-    ("GPU-projected problems/min", lambda f: _fmt(f["projected_problems_per_min"], 1)),
+    ("GPU-projected problems/min", lambda f: fmt(f["projected_problems_per_min"], 1)),
     ("projected vs radix", lambda f: _ratio(f.get("projected_problems_per_min_vs_radix"))),
-    ("gen tok/s", lambda f: _fmt(f["generated_tokens_per_s"])),
-    ("latency p50 / p95 s", lambda f: f"{_fmt(f['latency_p50_s'])} / {_fmt(f['latency_p95_s'])}"),
-    ("KV in use mean / peak", lambda f: f"{_fmt(f['kv_in_use_mean'], 0)} / {_fmt(f['kv_in_use_peak'], 0)}"),
-    ("evicted tokens", lambda f: _fmt(f["evicted_tokens"], 0)),
+    ("gen tok/s", lambda f: fmt(f["generated_tokens_per_s"])),
+    ("latency p50 / p95 s", lambda f: f"{fmt(f['latency_p50_s'])} / {fmt(f['latency_p95_s'])}"),
+    ("KV in use mean / peak", lambda f: f"{fmt(f['kv_in_use_mean'], 0)} / {fmt(f['kv_in_use_peak'], 0)}"),
+    ("evicted tokens", lambda f: fmt(f["evicted_tokens"], 0)),
     (
         "prompt computed (recomputed)",
-        lambda f: f"{_fmt(f['prompt_tokens_computed'], 0)} ({_fmt(f.get('prompt_tokens_recomputed'), 0)})",
+        lambda f: f"{fmt(f['prompt_tokens_computed'], 0)} ({fmt(f.get('prompt_tokens_recomputed'), 0)})",
     ),
-    ("waiting mean / peak", lambda f: f"{_fmt(f['waiting_mean'])} / {_fmt(f['waiting_peak'], 0)}"),
-    ("retractions", lambda f: _fmt(f["retractions"], 0)),
-    ("decode steps (mean batch)", lambda f: f"{_fmt(f['decode_steps'], 0)} ({_fmt(f['mean_decode_batch'])})"),
+    ("waiting mean / peak", lambda f: f"{fmt(f['waiting_mean'])} / {fmt(f['waiting_peak'], 0)}"),
+    ("retractions", lambda f: fmt(f["retractions"], 0)),
+    ("decode steps (mean batch)", lambda f: f"{fmt(f['decode_steps'], 0)} ({fmt(f['mean_decode_batch'])})"),
     ("batch histogram", lambda f: " ".join(f"{k}:{v}" for k, v in f["decode_batch_histogram"].items() if v)),
-    ("accuracy", lambda f: _fmt(f["accuracy"], 2)),
-    ("agreement w/ radix", lambda f: _fmt(f.get("agreement_with_radix"), 2)),
+    ("accuracy", lambda f: fmt(f["accuracy"], 2)),
+    ("agreement w/ radix", lambda f: fmt(f.get("agreement_with_radix"), 2)),
     ("done / failed", lambda f: f"{f['completed']} / {f['failed']}"),
 ]
 
