@@ -57,9 +57,31 @@ class SemanticSettings:
 
 
 @dataclass(frozen=True)
+class HeadCompressionSettings:
+    """RLKV-style head compression: the least important KV heads keep only sinks and a recent window."""
+
+    sparsity: float = setting(
+        0.0,
+        "share of KV heads compressed to sink + window, the least important first by the head mask (0: off)",
+        low=0.0,
+        high=0.95,
+        flag="head-compression",
+    )
+    sink: int = setting(16, "first tokens a compressed head keeps", low=0)
+    window: int = setting(64, "most recent tokens a compressed head keeps", low=1)
+    head_mask: str = setting(
+        "", "head-scores file (python -m sglang_rksc.rlkv.calibrate); default: the one shipped for the model"
+    )
+    window_pool: float = setting(
+        0.25, "window slots (compressed heads' sinks and windows) per token slot", above=0.0, high=1.0
+    )
+
+
+@dataclass(frozen=True)
 class RkscConfig:
     semantic: SemanticSettings = field(default_factory=SemanticSettings)
     cgee: ExitDefaults = field(default_factory=ExitDefaults)
+    heads: HeadCompressionSettings = field(default_factory=HeadCompressionSettings)
     reuse: bool = setting(
         False,
         "answer deterministic duplicates (greedy or seeded, same prompt and sampling) from a finished or running "
@@ -103,7 +125,7 @@ def _flatten(values: Any, path: tuple[str, ...] = ()) -> Any:
 
 
 # Flags are `--rksc-<group prefix><field>`; a field's own `flag` replaces its name ("" keeps the prefix alone).
-_GROUP_PREFIX = {"semantic": "", "cgee": "cgee-", "rule": ""}
+_GROUP_PREFIX = {"semantic": "", "cgee": "cgee-", "rule": "", "heads": ""}
 _GROUP_OWN_FLAG = {"semantic": "semantic", "cgee": "cgee"}
 
 

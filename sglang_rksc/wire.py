@@ -196,6 +196,7 @@ class Section:
     SEMANTIC = "stats"  # ASKS: admissions, forks by source, dedupes, slots freed
     EVICTION = "eviction"  # evicted tokens by mark, marks received
     REUSE = "reuse"  # replayed, coalesced, tokens not generated
+    HEADS = "head_compression"  # RLKV: heads compressed, bytes per token, token and window slots
 
 
 def rksc_state(server_info: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -18,9 +18,11 @@ and emits KV events exactly as it does.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams, EvictResult, MatchPrefixParams, MatchResult
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.radix_cache import RadixCache, TreeNode
@@ -34,6 +36,8 @@ from sglang_rksc.cache.marks import MARK_NAMES, MARKS, BranchMarks, copy_mark, n
 from sglang_rksc.cache.span_report import SpanReport
 from sglang_rksc.config import RkscConfig
 from sglang_rksc.reuse.store import ReuseStore
+from sglang_rksc.rlkv.windows import complete_prefix
+from sglang_rksc.rlkv.windows import pool_of as head_split_pool
 from sglang_rksc.wire import BACKEND_NAME, EVICTION_POLICY, EvictionStats, Section
 
 ReleaseObserver = Callable[[Any, bool], None]  # (req, checkpointed)
@@ -59,6 +63,7 @@ class RkscRadixCache(RadixCache):
         self.marks = BranchMarks(self)
         self.eviction_stats = EvictionStats()
         self._evicting = False
+        self.head_split_cut_matches = 0  # matches cut back to a complete compressed-head window
         self.reuse: ReuseStore | None = None
         self.span_report: SpanReport | None = None
         self.asks: SemanticSharing | None = None
@@ -130,19 +135,69 @@ class RkscRadixCache(RadixCache):
             Section.EVICTION: {**self.eviction_stats.as_dict(), **self.marks.stats.as_dict()},
             Section.REUSE: {"on": self.reuse is not None, **(self.reuse.stats.as_dict() if self.reuse else {})},
         }
+        pool = head_split_pool(self.token_to_kv_pool_allocator)
+        if pool is not None:
+            out[Section.HEADS] = {
+                **pool.describe(),
+                "window_slots_in_tree": self._tree_window_slots(pool),
+                "matches_cut": self.head_split_cut_matches,
+            }
         if self.asks is not None:
             described = self.asks.describe()
             out.update(config=described["config"], aliases=described["aliases"])
             out[Section.SEMANTIC] = described["stats"]
         return out
 
+    def _tree_window_slots(self, pool: Any) -> int:
+        """Window slots held by cached tokens (at idle, every taken window slot is one of these)."""
+        held, stack = 0, list(self.root_node.children.values())
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            if node.value is not None and len(node.value):
+                held += int(pool.has_window(node.value).sum())
+        return held
+
     # ------------------------------------------------------------------ admission
 
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
         req = params.req
         if self.asks is not None and req is not None and request_edit.first_admission(req):
-            return self.asks.match_prefix(params, super().match_prefix)
-        return super().match_prefix(params)
+            return self.asks.match_prefix(params, self._admission_match)
+        if req is not None:
+            return self._admission_match(params)
+        return super().match_prefix(params)  # the tree's own re-matches (checkpoint, insert) stay exact
+
+    def _admission_match(self, params: MatchPrefixParams) -> MatchResult:
+        """SGLang's match for a request, cut back under head compression to the longest prefix whose
+        compressed heads still hold the sinks and window its next token needs (`rlkv.windows`)."""
+        result = super().match_prefix(params)
+        pool = head_split_pool(self.token_to_kv_pool_allocator)
+        if pool is None or result.device_prefix_len == 0:
+            return result
+        complete = complete_prefix(pool, self.path_device_indices(result.last_device_node))
+        if complete == result.device_prefix_len:
+            return result
+        self.head_split_cut_matches += 1
+        return super().match_prefix(dataclasses.replace(params, key=params.key[:complete]))
+
+    # ------------------------------------------------------------------ insertion
+
+    def _insert_cache(self, req: Any, token_ids: Any, **kwargs: Any) -> Any:
+        """SGLang's insertion; under head compression the request's window slots follow its tokens: where
+        the tree already held a position (the request's slot freed as a duplicate) the tree's slot gets
+        the request's window if it had none, so the request keeps every window it needs."""
+        pool = head_split_pool(self.token_to_kv_pool_allocator)
+        if pool is None:
+            return super()._insert_cache(req, token_ids, **kwargs)
+        start = req.kv.cache_protected_len
+        own = self.req_to_token_pool.req_to_token[req.kv.req_pool_idx, start : len(token_ids)].clone()
+        held = pool.detach_windows(own)
+        radix_key, kv_indices, prefix_len = super()._insert_cache(req, token_ids, **kwargs)
+        cached = super().match_prefix(MatchPrefixParams(key=radix_key))
+        tree = self.path_device_indices(cached.last_device_node)[start:]
+        pool.attach_windows(torch.cat((tree, own[tree.numel() :])), held)
+        return radix_key, kv_indices, prefix_len
 
     # ------------------------------------------------------------------ release
 

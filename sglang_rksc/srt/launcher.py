@@ -174,6 +174,12 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         )
     except ValueError as exc:
         raise LaunchError(str(exc)) from exc
+    from sglang_rksc.rlkv import launch_checks
+
+    try:
+        settings = launch_checks.resolve(settings, model_path, out)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from exc
     # The scheduler, a spawned child, reads them from its inherited environment.
     os.environ[rksc_config.ENV_VAR] = settings.to_env()
     if on_cpu:

@@ -92,7 +92,21 @@ def register() -> None:
         HookRegistry.register(_HOOKS["prefill_graph"], layer_exit.keep_out_of_prefill_graph, HookType.AROUND)
         for target in EXIT_MODELS:
             HookRegistry.register(target, layer_exit.forward_with_exit, HookType.AROUND)
+        _register_head_compression()
         _hooks_registered = True
+
+
+def _register_head_compression() -> None:
+    """RLKV head compression's hooks, only in a server launched with it (the settings travel in the env)."""
+    from sglang_rksc.config import ENV_VAR, RkscConfig
+
+    if not os.environ.get(ENV_VAR):
+        return
+    heads = RkscConfig.from_env().heads
+    if heads.sparsity > 0:
+        from sglang_rksc.rlkv import hooks as head_compression
+
+        head_compression.register(heads)
 
 
 def describe_tree_cache(tree_cache: Any) -> dict[str, Any]:

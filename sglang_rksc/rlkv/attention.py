@@ -1,0 +1,146 @@
+"""Attention over the head-split pool (torch, the CPU path and the reference for any GPU kernel).
+
+Per sequence, the query heads of full KV heads attend causally to every position, read from the token
+slots; those of compressed KV heads attend to the sinks and the recent window (`sink_window`): stored
+positions come from the window slots, the positions this forward computes come from its own K and V
+(the middle of a long prefill is never stored). A stored position without a window slot is a bug
+upstream (a match past an incomplete window): it raises instead of attending to garbage.
+"""
+
+from __future__ import annotations
+
+import torch
+from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+from torch.nn.functional import scaled_dot_product_attention
+
+from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool
+from sglang_rksc.rlkv.sink_window import sink_window_keep
+
+
+class MissingWindowKV(RuntimeError):
+    pass
+
+
+def stored_window_positions(prefix_len: int, sink: int, window: int) -> torch.Tensor:
+    """Positions before `prefix_len` a compressed head's queries from `prefix_len` on may still see."""
+    sinks = torch.arange(min(sink, prefix_len))
+    recent = torch.arange(min(max(sink, prefix_len - window + 1), prefix_len), prefix_len)
+    return torch.cat((sinks, recent))
+
+
+class HeadSplitAttnBackend(TorchNativeAttnBackend):
+    """torch_native's interface over `HeadSplitKVPool`; selected by the `torch_native` factory when the
+    pool is head-split."""
+
+    def __init__(self, model_runner) -> None:
+        super().__init__(model_runner)
+        pool = model_runner.token_to_kv_pool
+        assert isinstance(pool, HeadSplitKVPool), type(pool)
+        self.pool = pool
+        self.sink, self.window = pool.layout.sink, pool.layout.window
+
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True):
+        return self._forward(q, k, v, layer, forward_batch, save_kv_cache, forward_batch.extend_prefix_lens, False)
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
+        return self._forward(q, k, v, layer, forward_batch, save_kv_cache, forward_batch.seq_lens - 1, True)
+
+    def _forward(self, q, k, v, layer, forward_batch, save_kv_cache, prefix_lens, decode: bool):
+        if layer.is_cross_attention or layer.sliding_window_size not in (None, -1):
+            raise NotImplementedError("head compression supports causal self-attention without sliding windows")
+        if save_kv_cache:
+            self.pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+        heads_q, heads_kv, dim = layer.tp_q_head_num, layer.tp_k_head_num, layer.qk_head_dim
+        q_ = q.reshape(-1, heads_q, dim)
+        k_ = k.reshape(-1, heads_kv, dim)
+        v_ = v.reshape(-1, heads_kv, layer.v_head_dim)
+        o = q.new_empty((q_.shape[0], heads_q, layer.v_head_dim))
+        i = layer.layer_id - self.pool.start_layer
+        group = heads_q // heads_kv
+        full_kv, window_kv = self.pool.full_heads[i], self.pool.window_heads[i]
+        full_q = self.pool.layout.query_heads(full_kv.tolist(), group)
+        window_q = self.pool.layout.query_heads(window_kv.tolist(), group)
+        k_full, v_full = self.pool.get_key_buffer(layer.layer_id), self.pool.get_value_buffer(layer.layer_id)
+        k_window, v_window = self.pool.get_window_buffers(layer.layer_id)
+        req_to_token = self.req_to_token_pool.req_to_token
+        start = 0
+        for row, seq_len, prefix_len in zip(
+            forward_batch.req_pool_indices.tolist(), forward_batch.seq_lens.tolist(), prefix_lens.tolist(), strict=True
+        ):
+            end = start + seq_len - prefix_len
+            slots = req_to_token[row, :seq_len]
+            if full_q.numel():
+                o[start:end, full_q] = self._attend_causal(
+                    q_[start:end, full_q], k_full[slots], v_full[slots], prefix_len, layer, decode
+                )
+            if window_q.numel():
+                o[start:end, window_q] = self._attend_window(
+                    q_[start:end, window_q],
+                    k_[start:end, window_kv],
+                    v_[start:end, window_kv],
+                    slots,
+                    k_window,
+                    v_window,
+                    prefix_len,
+                    layer,
+                    decode,
+                )
+            start = end
+        return o.view(-1, heads_q * layer.v_head_dim)
+
+    @staticmethod
+    def _attend_causal(q, k, v, prefix_len, layer, decode):
+        """q: [n, Hq, D] at positions prefix_len.., k/v: [prefix_len + n, Hkv, D]; computed as torch_native
+        computes it (a decode step's one query unmasked, an extend's queries padded and causal), so that
+        heads that see everything give the same numbers as the uncompressed server."""
+        n, seq_len = q.shape[0], k.shape[0]
+        gqa = q.shape[1] != k.shape[1]
+        if decode:
+            out = scaled_dot_product_attention(
+                q.movedim(0, 1)[None],
+                k.movedim(0, 1)[None].to(q.dtype),
+                v.movedim(0, 1)[None].to(q.dtype),
+                scale=layer.scaling,
+                enable_gqa=gqa,
+            )[0]
+            return out.movedim(0, 1)
+        padded = q.new_zeros((q.shape[1], seq_len, q.shape[2]))
+        padded[:, prefix_len:] = q.movedim(0, 1)
+        out = scaled_dot_product_attention(
+            padded[None],
+            k.movedim(0, 1)[None].to(q.dtype),
+            v.movedim(0, 1)[None].to(q.dtype),
+            is_causal=True,
+            scale=layer.scaling,
+            enable_gqa=gqa,
+        )[0]
+        return out[:, prefix_len:].movedim(0, 1)[:n]
+
+    def _attend_window(self, q, k_new, v_new, slots, k_window, v_window, prefix_len, layer, decode):
+        """Compressed heads: stored sinks and window (window slots) plus this forward's own K and V."""
+        seq_len = prefix_len + q.shape[0]
+        if seq_len <= self.window:  # every position is within the window: plain causal attention
+            k_all = torch.cat((self._stored(k_window, slots, torch.arange(prefix_len)), k_new))
+            v_all = torch.cat((self._stored(v_window, slots, torch.arange(prefix_len)), v_new))
+            return self._attend_causal(q, k_all, v_all, prefix_len, layer, decode)
+        stored = stored_window_positions(prefix_len, self.sink, self.window)
+        k_pos = torch.cat((stored, torch.arange(prefix_len, seq_len)))
+        k_all = torch.cat((self._stored(k_window, slots, stored), k_new)).to(q.dtype)
+        v_all = torch.cat((self._stored(v_window, slots, stored), v_new)).to(q.dtype)
+        keep = sink_window_keep(torch.arange(prefix_len, seq_len), k_pos, self.sink, self.window)
+        out = scaled_dot_product_attention(
+            q.movedim(0, 1)[None],
+            k_all.movedim(0, 1)[None],
+            v_all.movedim(0, 1)[None],
+            attn_mask=keep[None, None],
+            scale=layer.scaling,
+            enable_gqa=q.shape[1] != k_all.shape[1],
+        )[0]
+        return out.movedim(0, 1)
+
+    def _stored(self, buffer: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        window_slots = self.pool.window_slot[slots[positions]]
+        if bool((window_slots == 0).any()):
+            missing = positions[window_slots == 0][:8].tolist()
+            raise MissingWindowKV(f"compressed-head KV of positions {missing} was dropped but is needed")
+        return buffer[window_slots]

@@ -1,0 +1,64 @@
+"""What the launcher checks before a server with head compression starts, each failure in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from sglang_rksc.config import RkscConfig
+from sglang_rksc.rlkv.head_mask import HeadMaskError, HeadScores, packaged
+from sglang_rksc.runtime.cpu import flag_value
+from sglang_rksc.runtime.models import MODELS
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+
+def _shipped_mask(model_path: str) -> Path | None:
+    for name, model in MODELS.items():
+        if model.folder in model_path and packaged(name).is_file():
+            return packaged(name)
+    return None
+
+
+def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfig:
+    """The settings with the head-mask file resolved; ValueError when this launch cannot compress heads."""
+    heads = settings.heads
+    if heads.sparsity <= 0:
+        return settings
+    if settings.semantic.on:
+        raise ValueError("head compression does not work with --rksc-semantic on yet (ASKS aliases bypass the windows)")
+    config_file = Path(model_path) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"head compression needs a local model folder with config.json, got {model_path}")
+    model_config = json.loads(config_file.read_text())
+    architecture = (model_config.get("architectures") or ["?"])[0]
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"head compression supports {', '.join(SUPPORTED_ARCHITECTURES)}; this model is {architecture}"
+        )
+    for flag, allowed in (("--page-size", "1"), ("--attention-backend", "torch_native")):
+        value = flag_value(argv, flag)
+        if value is not None and value != allowed:
+            raise ValueError(f"head compression needs {flag} {allowed} (the torch path), got {value}")
+    if flag_value(argv, "--speculative-algorithm") is not None:
+        raise ValueError("head compression does not support speculative decoding")
+    mask = Path(heads.head_mask) if heads.head_mask else _shipped_mask(model_path)
+    if mask is None:
+        raise ValueError(
+            "no head mask ships for this model: make one with python -m sglang_rksc.rlkv.calibrate "
+            "and pass it as --rksc-head-mask"
+        )
+    try:
+        scores = HeadScores.load(mask)
+    except HeadMaskError as exc:
+        raise ValueError(str(exc)) from None
+    layers = model_config.get("num_hidden_layers")
+    kv_heads = model_config.get("num_key_value_heads", model_config.get("num_attention_heads"))
+    if (scores.num_layers, scores.num_kv_heads) != (layers, kv_heads):
+        raise ValueError(
+            f"head mask {mask} is for {scores.num_layers} layers x {scores.num_kv_heads} KV heads, "
+            f"this model has {layers} x {kv_heads}"
+        )
+    resolved = dataclasses.replace(heads, head_mask=str(mask.resolve()))
+    return dataclasses.replace(settings, heads=resolved)

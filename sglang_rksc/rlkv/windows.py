@@ -1,0 +1,120 @@
+"""Which tokens keep their compressed heads' KV: SGLang hooks that take and give back window slots.
+
+A sequence of length L needs window slots for its sinks [0, sink) and its recent window [L - window, L).
+Slots are taken when SGLang allocates token slots for a batch (prefill or decode step) and given back:
+- when a token the request owns (not yet in the radix tree: from `cache_protected_len` on) leaves the
+  request's window;
+- when its token slot is freed (eviction, abort, duplicate after insertion), whoever held it.
+Tokens the tree owns keep their window slots while they are cached: the tree's nodes were inserted with
+the window that ends them, which is what lets a later request continue from a node's end
+(`complete_prefix` caps every match to such a point).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool, WindowPoolExhausted
+
+
+def pool_of(allocator: Any) -> HeadSplitKVPool | None:
+    pool = getattr(allocator, "_kvcache", None)
+    return pool if isinstance(pool, HeadSplitKVPool) else None
+
+
+def complete_prefix(pool: HeadSplitKVPool, token_slots: torch.Tensor) -> int:
+    """The longest p <= len(token_slots) at which a request may continue: every stored position its
+    compressed heads' next query sees ([0, min(sink, p)) and [max(sink, p - window + 1), p)) has a window slot."""
+    m = int(token_slots.numel())
+    if m == 0:
+        return 0
+    sink, window = pool.layout.sink, pool.layout.window
+    missing = ~pool.has_window(token_slots)
+    missing[: min(sink, m)] = False
+    counts = torch.zeros(m + 1, dtype=torch.long)
+    counts[1:] = torch.cumsum(missing.long(), 0)
+    ends = torch.arange(m + 1)
+    starts = torch.clamp(ends - window + 1, min=sink).clamp(max=m)
+    ok = (starts >= ends) | (counts[ends] - counts[torch.minimum(starts, ends)] == 0)
+    sink_missing = (~pool.has_window(token_slots[: min(sink, m)])).nonzero()
+    if sink_missing.numel():
+        ok &= ends <= int(sink_missing[0])
+    return int(ends[ok].max())
+
+
+def _keep(tree_cache: Any, pool: HeadSplitKVPool, token_slots: torch.Tensor) -> None:
+    """Window slots for these tokens, evicting cached nodes (which frees theirs) when the pool is short."""
+    need = int((pool.window_slot[token_slots] == 0).sum())
+    while need > pool.free_window_slots and tree_cache is not None and tree_cache.evictable_size() > 0:
+        before = pool.free_window_slots
+        tree_cache.evict(EvictParams(num_tokens=need - pool.free_window_slots))
+        if pool.free_window_slots == before:
+            break
+    if need > pool.free_window_slots:
+        raise WindowPoolExhausted(
+            f"the window pool is full ({pool.window_size} slots, {need} needed): raise --rksc-window-pool"
+        )
+    pool.keep_windows(token_slots)
+
+
+def _slide(pool: HeadSplitKVPool, req: Any, row_slots: torch.Tensor, seq_len: int) -> None:
+    """Give back the window slots of the request's own tokens that left its window."""
+    layout = pool.layout
+    lo = max(layout.sink, req.kv.cache_protected_len, getattr(req, "rksc_window_floor", 0))
+    hi = seq_len - layout.window
+    if hi > lo:
+        pool.drop_windows(row_slots[lo:hi])
+        req.rksc_window_floor = hi
+
+
+def after_alloc_for_extend(result: Any, batch: Any) -> Any:
+    """AFTER hook of `alloc_for_extend`: the new tokens' sinks and window, then the slide."""
+    pool = pool_of(batch.token_to_kv_pool_allocator)
+    if pool is None:
+        return result
+    req_to_token = batch.req_to_token_pool.req_to_token
+    sink, window = pool.layout.sink, pool.layout.window
+    for req, prefix_len, extend_len in zip(batch.reqs, batch.prefix_lens, batch.extend_lens, strict=True):
+        seq_len = prefix_len + extend_len
+        row = req_to_token[req.kv.req_pool_idx, :seq_len]
+        if getattr(req, "rksc_window_floor", 0) > prefix_len:  # recomputed after a retraction
+            req.rksc_window_floor = 0
+        new = torch.arange(prefix_len, seq_len)
+        kept = new[(new < sink) | (new >= seq_len - window)]
+        _keep(batch.tree_cache, pool, row[kept])
+        _slide(pool, req, row, seq_len)
+    return result
+
+
+def after_alloc_for_decode(result: Any, batch: Any, token_per_req: int = 1) -> Any:
+    """AFTER hook of `alloc_for_decode` (before SGLang adds the step to `seq_lens`)."""
+    pool = pool_of(batch.token_to_kv_pool_allocator)
+    if pool is None:
+        return result
+    if token_per_req != 1:
+        raise NotImplementedError("head compression does not support speculative decoding")
+    req_to_token = batch.req_to_token_pool.req_to_token
+    _keep(batch.tree_cache, pool, result)
+    for req, old_len in zip(batch.reqs, batch.seq_lens_cpu.tolist(), strict=True):
+        seq_len = old_len + 1
+        _slide(pool, req, req_to_token[req.kv.req_pool_idx, :seq_len], seq_len)
+    return result
+
+
+def free_with_windows(original: Any, allocator: Any, free_index: torch.Tensor) -> Any:
+    """AROUND hook of the token allocator's `free`: a freed token slot gives back its window slot."""
+    pool = pool_of(allocator)
+    if pool is not None and allocator.free_group is None and free_index.numel():
+        pool.drop_windows(free_index)
+    return original(allocator, free_index)
+
+
+def clear_windows(result: Any, allocator: Any) -> Any:
+    """AFTER hook of the token allocator's `clear` (`/flush_cache`): every window slot is free again."""
+    pool = pool_of(allocator)
+    if pool is not None:
+        pool.reset_windows()
+    return result

@@ -1,0 +1,95 @@
+"""RLKV head calibration: the sink+window reference, the probe inside transformers, the ranking, the cut."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sglang_rksc.rlkv import calibrate
+from sglang_rksc.rlkv.head_mask import HeadMaskError, HeadScores
+from sglang_rksc.rlkv.sink_window import head_split_attention, sink_window_keep
+
+
+def _tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    calibrate.register_attention()
+    config._attn_implementation = calibrate.ATTENTION_NAME
+    return LlamaForCausalLM(config).eval()
+
+
+def test_keep_mask_is_causal_sinks_and_window():
+    keep = sink_window_keep(torch.arange(8), torch.arange(8), sink=2, window=3)
+    for q in range(8):
+        for k in range(8):
+            assert bool(keep[q, k]) == (k <= q and (k < 2 or q - k < 3)), (q, k)
+
+
+def test_window_covering_the_sequence_is_plain_causal_gqa():
+    torch.manual_seed(1)
+    q, k, v = torch.randn(6, 10, 8), torch.randn(2, 10, 8), torch.randn(2, 10, 8)
+    pos = torch.arange(10)
+    every_head = torch.ones(2, dtype=torch.bool)
+    out = head_split_attention(q, k, v, pos, pos, every_head, sink=0, window=10, scaling=8**-0.5)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q[None], k.repeat_interleave(3, 0)[None], v.repeat_interleave(3, 0)[None], is_causal=True
+    )[0]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    short = head_split_attention(q, k, v, pos, pos, every_head, sink=1, window=2, scaling=8**-0.5)
+    assert not torch.allclose(short[:, 5:], expected[:, 5:])  # the window really cuts
+    torch.testing.assert_close(short[:, :3], expected[:, :3])  # ...but not where sinks+window cover all
+
+
+def test_probe_without_compressed_heads_is_the_model():
+    model = _tiny_llama()
+    ids = torch.randint(0, 96, (1, 20))
+    calibrate.set_compressed(model, {}, 2, 4)
+    with torch.no_grad():
+        probed = model(ids).logits
+        model.config._attn_implementation = "sdpa"
+        for layer in model.model.layers:
+            layer.self_attn.config._attn_implementation = "sdpa"
+        reference = model(ids).logits
+    torch.testing.assert_close(probed, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_a_head_made_irrelevant_is_ranked_first_to_compress():
+    model = _tiny_llama(seed=3)
+    head_dim = 64 // 4
+    with torch.no_grad():  # KV head 1 of layer 1 feeds query heads 2 and 3: their output projection is zeroed
+        model.model.layers[1].self_attn.o_proj.weight[:, 2 * head_dim : 4 * head_dim] = 0.0
+    generator = torch.Generator().manual_seed(5)
+    traces = [calibrate.Trace(torch.randint(0, 96, (40,), generator=generator), 10) for _ in range(2)]
+    scores = calibrate.head_scores(model, traces, sink=2, window=4)
+    assert abs(scores[1][1]) < 1e-6
+    others = [scores[layer][head] for layer in range(3) for head in range(2) if (layer, head) != (1, 1)]
+    assert min(others) > 1e-5
+    ranked = HeadScores("tiny", 3, 2, 2, 4, scores)
+    assert ranked.ranking()[0] == (1, 1)
+    assert ranked.compressed_heads(1 / 6)[1] == [False, True]
+
+
+def test_cut_at_a_sparsity_and_round_trip(tmp_path):
+    scores = [[0.5, 0.1, 0.9], [0.2, 0.05, 0.7]]
+    ranked = HeadScores("m", 2, 3, 16, 64, scores, command="cmd")
+    assert sum(map(sum, ranked.compressed_heads(0.0))) == 0
+    mask = ranked.compressed_heads(0.5)  # 3 of 6: the three lowest scores
+    assert mask == [[False, True, False], [True, True, False]]
+    ranked.save(tmp_path / "m.json")
+    assert HeadScores.load(tmp_path / "m.json") == ranked
+    with pytest.raises(HeadMaskError, match="sparsity"):
+        ranked.compressed_heads(1.0)
+    with pytest.raises(HeadMaskError, match="2 layers x 3"):
+        HeadScores("m", 2, 3, 16, 64, [[0.1, 0.2]])
+    with pytest.raises(HeadMaskError, match="does not exist"):
+        HeadScores.load(tmp_path / "missing.json")

@@ -1,0 +1,128 @@
+"""RLKV head compression on the real server: the uncompressed outputs while the window covers the sequence,
+the pool's arithmetic, windows given back, and no reuse past an incomplete window."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import sglang as sgl
+
+from sglang_rksc.rlkv.head_mask import HeadScores
+from sglang_rksc.rlkv.hooks import capacity_scale
+from sglang_rksc.rlkv.layout import HeadLayout
+from sglang_rksc.runtime.server_process import LaunchedServer
+from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
+
+pytestmark = pytest.mark.server
+
+SPARSITY = 0.4
+SINK, WINDOW = 4, 64
+POOL = 1024
+PROMPTS = [
+    "The capital of France is",
+    "Write a long story about a dragon who learns to count. Once upon a time",
+    "List the planets of the solar system in order, with one fact about each:",
+]
+
+
+@pytest.fixture(scope="module")
+def head_mask(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Scores for SmolLM2's 30 x 3 KV heads; which heads are cut does not matter to these tests."""
+    rng = random.Random(18)
+    path = tmp_path_factory.mktemp("rlkv") / "mask.json"
+    HeadScores("smollm2-135m", 30, 3, SINK, WINDOW, [[rng.random() for _ in range(3)] for _ in range(30)]).save(path)
+    return path
+
+
+def _server(args: list[str], tmp_path_factory: pytest.TempPathFactory, name: str) -> LaunchedServer:
+    return LaunchedServer(args, log_path=tmp_path_factory.mktemp(name) / "server.log", env=STRICT_MEMORY_ENV)
+
+
+@pytest.fixture(scope="module")
+def compressed_server(head_mask: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
+    args = [
+        "--rksc-head-compression", str(SPARSITY), "--rksc-head-mask", str(head_mask),
+        "--rksc-sink", str(SINK), "--rksc-window", str(WINDOW), "--max-total-tokens", str(POOL),
+    ]  # fmt: skip
+    with _server(args, tmp_path_factory, "compressed") as server:
+        yield server
+
+
+def generate(
+    server: LaunchedServer, text: str | None = None, ids: list[int] | None = None, n: int = 48, ignore_eos: bool = False
+) -> dict:
+    body = {"sampling_params": {"max_new_tokens": n, "temperature": 0, "ignore_eos": ignore_eos}}
+    body.update({"text": text} if ids is None else {"input_ids": ids})
+    response = requests.post(server.url + "/generate", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def heads_state(server: LaunchedServer) -> dict:
+    state = requests.get(server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]
+    return state["head_compression"]
+
+
+def test_sequences_within_the_window_get_the_uncompressed_outputs(compressed_server, rksc_server):
+    for prompt in PROMPTS:  # prompt and output within the 64-token window: compressed heads see everything
+        assert generate(compressed_server, prompt, n=32)["text"] == generate(rksc_server, prompt, n=32)["text"]
+
+
+def test_bytes_per_token_and_capacity_follow_the_mask(compressed_server, head_mask):
+    state = heads_state(compressed_server)
+    layout = HeadLayout.of(HeadScores.load(head_mask).compressed_heads(SPARSITY), SINK, WINDOW)
+    per_head = (64 + 64) * 2  # K and V, head_dim 64, bf16
+    assert state["heads_compressed"] == layout.compressed_count == 36
+    assert state["bytes_per_token"] == (90 - 36) * per_head
+    assert state["bytes_per_window_slot"] == 36 * per_head
+    assert state["token_slots"] == int(POOL * capacity_scale(layout, 0.25)) > POOL
+    assert state["window_slots"] == int(state["token_slots"] * 0.25)
+
+
+def test_branches_share_the_prefix_and_every_window_slot_comes_back(compressed_server):
+    @sgl.function
+    def branches(s):
+        s += "Explain step by step how to bake bread at home, starting with the flour and the water.\n"
+        forks = s.fork(3)
+        for fork, opening in zip(forks, ["First, ", "To begin, ", "Start by "], strict=True):
+            fork += opening + sgl.gen("step", max_tokens=96, temperature=0, ignore_eos=True)
+        return [f["step"] for f in forks]
+
+    steps = branches.run(backend=sgl.RuntimeEndpoint(compressed_server.url)).ret_value
+    assert all(steps)
+    for prompt in PROMPTS:
+        assert generate(compressed_server, prompt)["text"]
+    state = heads_state(compressed_server)
+    # Idle: every window slot taken belongs to a cached token (none leaked by a finished request).
+    assert 0 < state["window_slots_used"] == state["window_slots_in_tree"], state
+    flush_cache(compressed_server)
+    assert heads_state(compressed_server)["window_slots_used"] == 0
+    assert_idle_and_clean(compressed_server)
+
+
+def test_a_match_inside_a_dropped_window_is_cut_back_to_a_complete_one(compressed_server):
+    flush_cache(compressed_server)
+    prompt = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+    prompt_ids = requests.post(compressed_server.url + "/tokenize", json={"prompt": prompt}, timeout=30).json()[
+        "tokens"
+    ]
+    first = generate(compressed_server, ids=prompt_ids, n=160, ignore_eos=True)
+    # All 160 generated tokens are cached, but the compressed heads kept only the last 64 of them: a request
+    # that continues after the 60th may reuse the prompt, whose window is complete, and recomputes the rest.
+    cut_before = heads_state(compressed_server)["matches_cut"]
+    second = generate(compressed_server, ids=prompt_ids + first["output_ids"][:60], n=8)
+    assert heads_state(compressed_server)["matches_cut"] == cut_before + 1
+    assert second["meta_info"]["cached_tokens"] == len(prompt_ids)
+    # Continuing at the end of the cached sequence reuses all of it: its window is complete.
+    third = generate(compressed_server, ids=prompt_ids + first["output_ids"][:159], n=8)
+    assert third["meta_info"]["cached_tokens"] == len(prompt_ids) + 158
+    assert heads_state(compressed_server)["matches_cut"] == cut_before + 1
+    state = heads_state(compressed_server)
+    assert state["window_slots_used"] == state["window_slots_in_tree"], state
+    flush_cache(compressed_server)
+    assert heads_state(compressed_server)["window_slots_used"] == 0
+    assert_idle_and_clean(compressed_server)

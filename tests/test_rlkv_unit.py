@@ -1,0 +1,171 @@
+"""RLKV head compression without a server: the pool's window slots, the complete-prefix rule, the
+attention backend against the torch reference, the launcher's checks."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sglang_rksc.config import HeadCompressionSettings, RkscConfig, SemanticSettings
+from sglang_rksc.rlkv.hooks import capacity_scale
+from sglang_rksc.rlkv.layout import HeadLayout
+from sglang_rksc.rlkv.sink_window import head_split_attention
+
+LAYERS, KV_HEADS, Q_HEADS, DIM = 2, 2, 4, 8
+SINK, WINDOW = 2, 4
+MASK = [[False, True], [True, False]]  # one compressed KV head per layer
+
+
+@pytest.fixture
+def pool(sglang_context):
+    from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool
+
+    HeadSplitKVPool.layout = HeadLayout.of(MASK, SINK, WINDOW)
+    HeadSplitKVPool.window_fraction = 0.5
+    yield HeadSplitKVPool(
+        64, 1, torch.float32, head_num=KV_HEADS, head_dim=DIM, layer_num=LAYERS, device="cpu", enable_memory_saver=False
+    )
+    HeadSplitKVPool.layout = None
+
+
+def test_the_pool_holds_only_full_heads_per_token(pool):
+    assert [tuple(b.shape) for b in pool.k_buffer] == [(65, 1, DIM)] * LAYERS
+    assert [tuple(b.shape) for b in pool.window_k] == [(33, 1, DIM)] * LAYERS
+    assert pool.describe()["bytes_per_token"] == LAYERS * 1 * 2 * DIM * 4
+
+
+def test_window_slots_are_taken_moved_and_given_back_once(pool):
+    slots = torch.tensor([3, 4, 5, 6])
+    pool.keep_windows(slots)
+    pool.keep_windows(slots)  # already kept: nothing new
+    assert pool.used_window_slots == 4
+    pool.drop_windows(torch.tensor([3, 3, 9]))
+    assert pool.used_window_slots == 3 and not bool(pool.has_window(torch.tensor([3])))
+    held = pool.detach_windows(torch.tensor([4, 5]))
+    assert pool.used_window_slots == 3 and not bool(pool.has_window(torch.tensor([4, 5])).any())
+    # 4's window moves to 10 (a tree slot without one); 6 has its own, so 5's is freed
+    pool.attach_windows(torch.tensor([10, 6]), held)
+    assert pool.used_window_slots == 2
+    assert pool.has_window(torch.tensor([10, 6])).all()
+    pool.drop_windows(torch.tensor([10, 6]))
+    assert pool.used_window_slots == 0 and pool.free_window_slots == pool.window_size
+    pool.reset_windows()
+    assert pool.free_window_slots == pool.window_size
+
+
+def test_the_window_pool_refuses_more_than_it_holds(pool):
+    from sglang_rksc.rlkv.kv_pool import WindowPoolExhausted
+
+    with pytest.raises(WindowPoolExhausted):
+        pool.keep_windows(torch.arange(1, pool.window_size + 2))
+
+
+def test_a_match_ends_where_sinks_and_window_are_complete(pool):
+    from sglang_rksc.rlkv.windows import complete_prefix
+
+    slots = torch.arange(1, 13)  # positions 0..11
+    pool.keep_windows(slots[[0, 1, 5, 6, 7]])  # sinks 0-1 and positions 5-7 (a node ending at 8)
+    # at 8 the next query sees sinks and positions 5, 6, 7: complete; past 8 position 8 is missing
+    assert complete_prefix(pool, slots) == 8
+    assert complete_prefix(pool, slots[:8]) == 8
+    assert complete_prefix(pool, slots[:7]) == 2  # at 7 it would need 4, which was dropped
+    pool.drop_windows(slots[[1]])  # a sink lost: only position 1 itself can be continued from
+    assert complete_prefix(pool, slots) == 1
+
+
+def test_the_backend_matches_the_reference(pool):
+    from sglang_rksc.rlkv.attention import HeadSplitAttnBackend
+
+    torch.manual_seed(0)
+    seq_len = 11
+    req_to_token = torch.zeros((2, 32), dtype=torch.long)
+    req_to_token[1, :seq_len] = torch.arange(20, 20 + seq_len)
+    backend = object.__new__(HeadSplitAttnBackend)
+    backend.pool, backend.sink, backend.window = pool, SINK, WINDOW
+    backend.req_to_token_pool = SimpleNamespace(req_to_token=req_to_token)
+    q = torch.randn(seq_len, Q_HEADS * DIM)
+    k, v = torch.randn(seq_len, KV_HEADS * DIM), torch.randn(seq_len, KV_HEADS * DIM)
+    pos = torch.arange(seq_len)
+    # the prefill keeps windows for the sinks and the last WINDOW positions, as `windows` does
+    kept = pos[(pos < SINK) | (pos >= seq_len - 1 - WINDOW)]
+    pool.keep_windows(req_to_token[1, kept])
+    for layer_id in range(LAYERS):
+        layer = SimpleNamespace(
+            layer_id=layer_id, tp_q_head_num=Q_HEADS, tp_k_head_num=KV_HEADS, qk_head_dim=DIM, v_head_dim=DIM,
+            scaling=DIM**-0.5, is_cross_attention=False, sliding_window_size=None,
+        )  # fmt: skip
+        expected = head_split_attention(
+            q.view(seq_len, Q_HEADS, DIM).movedim(0, 1), k.view(seq_len, KV_HEADS, DIM).movedim(0, 1),
+            v.view(seq_len, KV_HEADS, DIM).movedim(0, 1), pos, pos, torch.tensor(MASK[layer_id]),
+            SINK, WINDOW, DIM**-0.5,
+        ).movedim(0, 1)  # fmt: skip
+        prefill = SimpleNamespace(
+            out_cache_loc=req_to_token[1, : seq_len - 1], req_pool_indices=torch.tensor([1]),
+            seq_lens=torch.tensor([seq_len - 1]), extend_prefix_lens=torch.tensor([0]),
+        )  # fmt: skip
+        out = backend.forward_extend(q[:-1], k[:-1], v[:-1], layer, prefill).view(-1, Q_HEADS, DIM)
+        torch.testing.assert_close(out, expected[:-1], rtol=1e-4, atol=1e-4)
+        decode = SimpleNamespace(
+            out_cache_loc=req_to_token[1, seq_len - 1 : seq_len], req_pool_indices=torch.tensor([1]),
+            seq_lens=torch.tensor([seq_len]),
+        )  # fmt: skip
+        step = backend.forward_decode(q[-1:], k[-1:], v[-1:], layer, decode).view(-1, Q_HEADS, DIM)
+        torch.testing.assert_close(step, expected[-1:], rtol=1e-4, atol=1e-4)
+    # a stored position whose window was dropped is refused, not attended to
+    from sglang_rksc.rlkv.attention import MissingWindowKV
+
+    pool.drop_windows(req_to_token[1, seq_len - 2 : seq_len - 1])
+    with pytest.raises(MissingWindowKV):
+        backend.forward_decode(q[-1:], k[-1:], v[-1:], layer, decode)
+
+
+def test_capacity_scale_counts_token_and_window_bytes():
+    layout = HeadLayout.of([[True, False, False]] * 10, 16, 64)  # 10 of 30 heads compressed
+    assert capacity_scale(layout, 0.25) == pytest.approx(30 / (20 + 0.25 * 10))
+    assert capacity_scale(HeadLayout.of([[False] * 3] * 10, 16, 64), 0.25) == 1.0
+
+
+def _model_folder(tmp_path, architecture="LlamaForCausalLM", layers=2, kv_heads=2):
+    folder = tmp_path / f"{architecture}-{layers}-{kv_heads}"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": [architecture], "num_hidden_layers": layers, "num_key_value_heads": kv_heads})
+    )
+    return str(folder)
+
+
+def _scores_file(tmp_path, layers=2, kv_heads=2):
+    from sglang_rksc.rlkv.head_mask import HeadScores
+
+    path = tmp_path / "scores.json"
+    HeadScores("m", layers, kv_heads, 16, 64, [[0.1 * (h + 1)] * kv_heads for h in range(layers)]).save(path)
+    return path
+
+
+def test_the_launcher_resolves_and_refuses_in_one_line(tmp_path):
+    from sglang_rksc.rlkv.launch_checks import resolve
+
+    scores = _scores_file(tmp_path)
+    on = RkscConfig(heads=HeadCompressionSettings(sparsity=0.5, head_mask=str(scores)))
+    assert resolve(RkscConfig(), "/nowhere", []) == RkscConfig()  # off: nothing checked
+    assert resolve(on, _model_folder(tmp_path), []).heads.head_mask == str(scores.resolve())
+    cases = [
+        (on, _model_folder(tmp_path, "MixtralForCausalLM"), [], "this model is MixtralForCausalLM"),
+        (on, _model_folder(tmp_path, layers=3), [], "this model has 3 x 2"),
+        (on, _model_folder(tmp_path), ["--page-size", "16"], "--page-size 1"),
+        (on, _model_folder(tmp_path), ["--attention-backend", "triton"], "--attention-backend torch_native"),
+        (on, _model_folder(tmp_path), ["--speculative-algorithm", "EAGLE"], "speculative"),
+        (RkscConfig(heads=HeadCompressionSettings(sparsity=0.5)), _model_folder(tmp_path), [], "no head mask ships"),
+        (
+            RkscConfig(semantic=SemanticSettings(on=True), heads=on.heads),
+            _model_folder(tmp_path),
+            [],
+            "--rksc-semantic",
+        ),  # fmt: skip
+    ]
+    for settings, folder, argv, message in cases:
+        with pytest.raises(ValueError, match=message.replace("-", r"\-")):
+            resolve(settings, folder, argv)
