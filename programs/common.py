@@ -192,6 +192,14 @@ class ModelBudget:
     profile: str
     max_tokens: int
     merge_threshold: float | None
+    gate: Mapping[str, float]
+    exit_params: Mapping[str, Any]
+
+    def verifier(self, mode: str) -> Any:
+        """The verification step `mode` with this model's gate and exit parameters."""
+        from sglang_rksc.programs.verification import Verifier
+
+        return Verifier(mode, dict(self.gate), dict(self.exit_params))
 
 
 def resolve_for_model(backend: Any, options: argparse.Namespace, program: str) -> ModelBudget:
@@ -207,6 +215,8 @@ def resolve_for_model(backend: Any, options: argparse.Namespace, program: str) -
         profile.name,
         options.max_tokens or profile.max_tokens[program],
         profile.merge_threshold if merge == "auto" else merge,
+        profile.gate,
+        profile.exit_params,
     )
 
 

@@ -23,6 +23,8 @@ class Profile:
     gate: dict[str, float] = field(default_factory=dict)
     # The similarity at which `--merge-branches auto` merges near-duplicate branches.
     merge_threshold: float = 0.8
+    # Per-call overrides of the server's CGEE exit rule (`theta`, `eps`, `k`, `min_layer`); none: its defaults.
+    exit_params: dict[str, float] = field(default_factory=dict)
 
 
 SMOLLM2 = Profile(
@@ -41,8 +43,13 @@ QWEN_CODER_1_5B = Profile(
     # Uncut lengths (GSM8K 0-3, --max-tokens 768, bench.lengths): tree-of-thought plans at most 287 tokens,
     # solutions 298, reflections 295; self-consistency solutions 311; none reached 768. 384 leaves a margin.
     max_tokens={"tree_of_thought": 384, "self_consistency_verify": 384, "game_of_24": 96},
-    # Not calibrated on this model yet (issue 17): SmolLM2's gate and merge threshold.
-    gate=SMOLLM2.gate,
+    # Audited self-consistency verifications (GSM8K 0-79, bench.cgee_calibrate): every full-depth verdict was
+    # "yes", so every gate measured skipped (nearly) all calls with none against it; the strictest is kept.
+    gate={"top": 0.9, "margin": 0.5, "alt_top": 0.9, "rel_margin": 0.6},
+    # Its lower layers are not confidently wrong (unlike SmolLM2's): checking from layer 10 of 28 agreed with
+    # full depth on every call, exiting at layer 12 on average (the server's default starts at 25).
+    exit_params={"min_layer": 10},
+    # Not calibrated on this model yet (issue 17): SmolLM2's merge threshold.
     merge_threshold=0.8,
 )
 PROFILES = (SMOLLM2, QWEN_CODER_1_5B)

@@ -45,7 +45,7 @@ def self_consistency_verify(
     max_tokens: int,
     temperature: float,
     diversify: bool = False,
-    verifier: str = "select",
+    verifier: verification.Verifier | str = "select",
     merge: float | None = None,
 ):
     """Sample, verify, return one record per sample; with `merge`, near-duplicate solutions are
@@ -146,7 +146,7 @@ def run(
             max_tokens=budget.max_tokens,
             temperature=options.temperature,
             diversify=options.diversify,
-            verifier=options.verifier,
+            verifier=budget.verifier(options.verifier),
             merge=budget.merge_threshold,
         )
         for p in problems

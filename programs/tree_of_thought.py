@@ -50,7 +50,7 @@ def tree_of_thought(
     max_tokens: int,
     temperature: float,
     diversify: bool = False,
-    verifier: str = "select",
+    verifier: verification.Verifier | str = "select",
     mark: bool = False,
     merge: float | None = None,
 ):
@@ -203,7 +203,7 @@ def run(
             max_tokens=budget.max_tokens,
             temperature=options.temperature,
             diversify=options.diversify,
-            verifier=options.verifier,
+            verifier=budget.verifier(options.verifier),
             mark=options.mark_branches == "on",
             merge=budget.merge_threshold,
         )

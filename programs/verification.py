@@ -16,6 +16,7 @@ import argparse
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 VERIFIERS = ("select", "full", "cgee", "audit")
@@ -25,6 +26,24 @@ VERIFIERS = ("select", "full", "cgee", "audit")
 # points skipped 47 of 48 calls and 3 of those skips went against the full-depth verdict; these
 # skipped 19 with none against it.
 CALIBRATED_GATE = {"top": 0.8, "margin": 0.3, "alt_top": 0.8, "rel_margin": 0.4}
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """A program's verification step (`--verifier`) with the served model's gate and exit parameters
+    (its profile in `model_profiles`; the server's defaults where the profile sets none)."""
+
+    mode: str = "select"
+    gate: Mapping[str, float] = field(default_factory=lambda: dict(CALIBRATED_GATE))
+    exit_params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def gated(self) -> bool:
+        return self.mode in ("cgee", "audit")
+
+
+def as_verifier(verifier: Verifier | str) -> Verifier:
+    return verifier if isinstance(verifier, Verifier) else Verifier(verifier)
 
 
 def add_argument(group: argparse._ActionsContainer) -> None:
@@ -37,28 +56,30 @@ def add_argument(group: argparse._ActionsContainer) -> None:
     )
 
 
-def candidate_args(verifier: str) -> dict[str, Any]:
+def candidate_args(verifier: Verifier | str) -> dict[str, Any]:
     """Extra `gen` arguments for a candidate that a gated verification will judge."""
-    return {"return_logprob": True, "top_logprobs_num": 2} if verifier in ("cgee", "audit") else {}
+    return {"return_logprob": True, "top_logprobs_num": 2} if as_verifier(verifier).gated else {}
 
 
-def step(name: str, choices: list[str], verifier: str, *, candidate: str, accept: int = 0) -> Any:
+def step(name: str, choices: list[str], verifier: Verifier | str, *, candidate: str, accept: int = 0) -> Any:
     """The SGLang expression of one verification."""
     import sglang as sgl
 
-    if verifier == "select":
+    verifier = as_verifier(verifier)
+    if verifier.mode == "select":
         return sgl.select(name, choices=choices)
     from sglang_rksc.lang import Gate, verify
 
-    gated = verifier in ("cgee", "audit")
+    gated = verifier.gated
     return verify(
         name,
         choices=choices,
         candidate=candidate if gated else None,
-        gate=Gate(**CALIBRATED_GATE) if gated else False,
+        gate=Gate(**verifier.gate) if gated else False,
         early_exit=gated,
         accept=accept,
-        audit=verifier == "audit",
+        audit=verifier.mode == "audit",
+        **(dict(verifier.exit_params) if gated else {}),
     )
 
 

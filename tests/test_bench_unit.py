@@ -42,6 +42,15 @@ def test_merge_threshold_in_the_mode_name():
         modes.resolve(["radix@0.9"])
 
 
+def test_head_compression_sparsity_in_the_mode_name():
+    (default, sparse) = modes.resolve(["rksc-heads", "rksc-heads@0.6"])
+    assert default.server_args[-2:] == ("--rksc-head-compression", "0.4")
+    assert sparse.name == "rksc-heads@0.6" and sparse.server_args[-2:] == ("--rksc-head-compression", "0.6")
+    for bad, message in (("rksc-heads@0", "sparsity"), ("rksc-heads@1", "sparsity"), ("rksc-heads@x", "number")):
+        with pytest.raises(ValueError, match=message):
+            modes.resolve([bad])
+
+
 def test_slices_never_mix():
     assert check_slice("tree_of_thought", 300, 20) == "reporting"
     assert check_slice("tree_of_thought", 0, 300) == "calibration"

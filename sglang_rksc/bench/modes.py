@@ -89,6 +89,11 @@ MODES: dict[str, Mode] = {
             program_args=("--merge-branches", MERGE_THRESHOLD),
         ),
         Mode(
+            "rksc-heads",
+            "RLKV head compression at sparsity 0.4 (sink 16 + window 64); `rksc-heads@S` sets the sparsity",
+            ("--radix-cache-backend", "rksc", "--rksc-head-compression", "0.4"),
+        ),
+        Mode(
             "rksc-full",
             "every RKSC feature: ASKS, CGEE, RSBCM with marks, reuse, merging",
             (
@@ -124,6 +129,19 @@ def _with_merge_threshold(mode: Mode, spec: str) -> Mode:
     return Mode(f"{mode.name}@{spec}", _merge_description(spec), mode.server_args, tuple(args))
 
 
+def _with_sparsity(mode: Mode, spec: str) -> Mode:
+    """`rksc-heads@0.6`: that share of the KV heads compressed."""
+    try:
+        value = float(spec)
+    except ValueError:
+        raise ValueError(f"mode {mode.name}@{spec}: the sparsity must be a number") from None
+    if not 0.0 < value <= 0.95:
+        raise ValueError(f"mode {mode.name}@{spec}: the sparsity must be in (0, 0.95]")
+    args = list(mode.server_args)
+    args[args.index("--rksc-head-compression") + 1] = spec
+    return Mode(f"{mode.name}@{spec}", f"RLKV head compression at sparsity {spec}", tuple(args), mode.program_args)
+
+
 def _with_thresholds(mode: Mode, spec: str) -> Mode:
     """`rksc-asks@0.9` (hidden-state threshold) or `rksc-asks@0.9/0.95` (and probe threshold)."""
     parts = spec.split("/")
@@ -141,7 +159,7 @@ def _with_thresholds(mode: Mode, spec: str) -> Mode:
 
 def resolve(names: list[str]) -> list[Mode]:
     """Modes by name, in the order given; `rksc-asks@t[/p]` sets ASKS thresholds, `rksc-merge@t` the merge
-    threshold. Unknown names raise ValueError."""
+    threshold, `rksc-heads@s` the head-compression sparsity. Unknown names raise ValueError."""
     base = [n.split("@", 1)[0] for n in names]
     unknown = [n for n in base if n not in MODES]
     if unknown:
@@ -155,6 +173,8 @@ def resolve(names: list[str]) -> list[Mode]:
             spec = name.split("@", 1)[1]
             if root == "rksc-merge":
                 mode = _with_merge_threshold(mode, spec)
+            elif root == "rksc-heads":
+                mode = _with_sparsity(mode, spec)
             elif "--rksc-semantic" in mode.server_args and MERGE_FLAG not in mode.program_args:
                 mode = _with_thresholds(mode, spec)
             else:
