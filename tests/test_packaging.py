@@ -24,6 +24,8 @@ DATA_FILES = (
     "sglang_rksc/programs/data/gsm8k/LICENSE",
     "sglang_rksc/programs/data/game24/24.csv",
     "sglang_rksc/programs/data/game24/LICENSE",
+    "sglang_rksc/rlkv/masks/smollm2-135m.json",
+    "sglang_rksc/bench/cost_models/h100-7b.json",
 )
 
 CHECK = r"""
