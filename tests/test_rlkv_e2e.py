@@ -110,16 +110,16 @@ def test_a_match_inside_a_dropped_window_is_cut_back_to_a_complete_one(compresse
     prompt_ids = requests.post(compressed_server.url + "/tokenize", json={"prompt": prompt}, timeout=30).json()[
         "tokens"
     ]
-    first = generate(compressed_server, ids=prompt_ids, n=160, ignore_eos=True)
-    # All 160 generated tokens are cached, but the compressed heads kept only the last 64 of them: a request
-    # that continues after the 60th may reuse the prompt, whose window is complete, and recomputes the rest.
+    first = generate(compressed_server, ids=prompt_ids, n=100, ignore_eos=True)
+    # All 100 generated tokens are cached, but the compressed heads kept only the last 64 positions: a request
+    # that continues after the 30th may reuse the prompt, whose window is complete, and recomputes the rest.
     cut_before = heads_state(compressed_server)["matches_cut"]
-    second = generate(compressed_server, ids=prompt_ids + first["output_ids"][:60], n=8)
+    second = generate(compressed_server, ids=prompt_ids + first["output_ids"][:30], n=8)
     assert heads_state(compressed_server)["matches_cut"] == cut_before + 1
     assert second["meta_info"]["cached_tokens"] == len(prompt_ids)
     # Continuing at the end of the cached sequence reuses all of it: its window is complete.
-    third = generate(compressed_server, ids=prompt_ids + first["output_ids"][:159], n=8)
-    assert third["meta_info"]["cached_tokens"] == len(prompt_ids) + 158
+    third = generate(compressed_server, ids=prompt_ids + first["output_ids"][:99], n=8)
+    assert third["meta_info"]["cached_tokens"] == len(prompt_ids) + 98
     assert heads_state(compressed_server)["matches_cut"] == cut_before + 1
     state = heads_state(compressed_server)
     assert state["window_slots_used"] == state["window_slots_in_tree"], state
