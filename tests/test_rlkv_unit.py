@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from sglang_rksc.config import HeadCompressionSettings, RkscConfig, SemanticSettings
+from sglang_rksc.rlkv.attention import HeadSplitAttnBackend, MissingWindowKV
 from sglang_rksc.rlkv.hooks import capacity_scale
+from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool, WindowPoolExhausted
+from sglang_rksc.rlkv.launch_checks import resolve
 from sglang_rksc.rlkv.layout import HeadLayout
 from sglang_rksc.rlkv.sink_window import head_split_attention
+from sglang_rksc.rlkv.windows import complete_prefix
 
 LAYERS, KV_HEADS, Q_HEADS, DIM = 2, 2, 4, 8
 SINK, WINDOW = 2, 4
@@ -21,8 +25,6 @@ MASK = [[False, True], [True, False]]  # one compressed KV head per layer
 
 @pytest.fixture
 def pool(sglang_context):
-    from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool
-
     HeadSplitKVPool.layout = HeadLayout.of(MASK, SINK, WINDOW)
     HeadSplitKVPool.window_fraction = 0.5
     yield HeadSplitKVPool(
@@ -57,15 +59,11 @@ def test_window_slots_are_taken_moved_and_given_back_once(pool):
 
 
 def test_the_window_pool_refuses_more_than_it_holds(pool):
-    from sglang_rksc.rlkv.kv_pool import WindowPoolExhausted
-
     with pytest.raises(WindowPoolExhausted):
         pool.keep_windows(torch.arange(1, pool.window_size + 2))
 
 
 def test_a_match_ends_where_sinks_and_window_are_complete(pool):
-    from sglang_rksc.rlkv.windows import complete_prefix
-
     slots = torch.arange(1, 13)  # positions 0..11
     pool.keep_windows(slots[[0, 1, 5, 6, 7]])  # sinks 0-1 and positions 5-7 (a node ending at 8)
     # at 8 the next query sees sinks and positions 5, 6, 7: complete; past 8 position 8 is missing
@@ -77,8 +75,6 @@ def test_a_match_ends_where_sinks_and_window_are_complete(pool):
 
 
 def test_the_backend_matches_the_reference(pool):
-    from sglang_rksc.rlkv.attention import HeadSplitAttnBackend
-
     torch.manual_seed(0)
     seq_len = 11
     req_to_token = torch.zeros((2, 32), dtype=torch.long)
@@ -115,8 +111,6 @@ def test_the_backend_matches_the_reference(pool):
         step = backend.forward_decode(q[-1:], k[-1:], v[-1:], layer, decode).view(-1, Q_HEADS, DIM)
         torch.testing.assert_close(step, expected[-1:], rtol=1e-4, atol=1e-4)
     # a stored position whose window was dropped is refused, not attended to
-    from sglang_rksc.rlkv.attention import MissingWindowKV
-
     pool.drop_windows(req_to_token[1, seq_len - 2 : seq_len - 1])
     with pytest.raises(MissingWindowKV):
         backend.forward_decode(q[-1:], k[-1:], v[-1:], layer, decode)
@@ -146,8 +140,6 @@ def _scores_file(tmp_path, layers=2, kv_heads=2):
 
 
 def test_the_launcher_resolves_and_refuses_in_one_line(tmp_path):
-    from sglang_rksc.rlkv.launch_checks import resolve
-
     scores = _scores_file(tmp_path)
     on = RkscConfig(heads=HeadCompressionSettings(sparsity=0.5, head_mask=str(scores)))
     assert resolve(RkscConfig(), "/nowhere", []) == RkscConfig()  # off: nothing checked

@@ -102,7 +102,10 @@ def _register_head_compression() -> None:
 
     if not os.environ.get(ENV_VAR):
         return
-    heads = RkscConfig.from_env().heads
+    try:
+        heads = RkscConfig.from_env().heads
+    except ValueError:
+        return  # reported where the settings are used (the tree-cache factory), in one line
     if heads.sparsity > 0:
         from sglang_rksc.rlkv import hooks as head_compression
 
