@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sglang_rksc.programs.verification import Verifier
+
 
 class Program(Protocol):
     """What a program module provides; `program_main` and the benchmark drive it."""
@@ -195,10 +197,8 @@ class ModelBudget:
     gate: Mapping[str, float]
     exit_params: Mapping[str, Any]
 
-    def verifier(self, mode: str) -> Any:
+    def verifier(self, mode: str) -> Verifier:
         """The verification step `mode` with this model's gate and exit parameters."""
-        from sglang_rksc.programs.verification import Verifier
-
         return Verifier(mode, dict(self.gate), dict(self.exit_params))
 
 

@@ -116,12 +116,17 @@ REFERENCE = "radix"
 DEFAULT_MODES = ("no-cache", "radix", "rksc")
 
 
+def _number(mode: Mode, spec: str, what: str) -> float:
+    """The number after `@` in a mode's name."""
+    try:
+        return float(spec)
+    except ValueError:
+        raise ValueError(f"mode {mode.name}@{spec}: {what} must be a number") from None
+
+
 def _with_merge_threshold(mode: Mode, spec: str) -> Mode:
     """`rksc-merge@0.9`: the programs merge branches at this similarity."""
-    try:
-        value = float(spec)
-    except ValueError:
-        raise ValueError(f"mode {mode.name}@{spec}: the merge threshold must be a number") from None
+    value = _number(mode, spec, "the merge threshold")
     if not -1.0 <= value <= 1.0:
         raise ValueError(f"mode {mode.name}@{spec}: the merge threshold must be a similarity in [-1, 1]")
     args = list(mode.program_args)
@@ -131,10 +136,7 @@ def _with_merge_threshold(mode: Mode, spec: str) -> Mode:
 
 def _with_sparsity(mode: Mode, spec: str) -> Mode:
     """`rksc-heads@0.6`: that share of the KV heads compressed."""
-    try:
-        value = float(spec)
-    except ValueError:
-        raise ValueError(f"mode {mode.name}@{spec}: the sparsity must be a number") from None
+    value = _number(mode, spec, "the sparsity")
     if not 0.0 < value <= 0.95:
         raise ValueError(f"mode {mode.name}@{spec}: the sparsity must be in (0, 0.95]")
     args = list(mode.server_args)

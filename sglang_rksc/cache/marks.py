@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from sglang_rksc.cache.tree_paths import attached
+from sglang_rksc.cache.tree_paths import attached, subtree
 from sglang_rksc.wire import MARKS as MARK_WIRE_NAMES
 from sglang_rksc.wire import MarkStats, Option, request_options
 
@@ -119,15 +119,7 @@ class BranchMarks:
         return top
 
     def _mark_subtree(self, top: Any, mark: int, now: float) -> None:
-        for node in _subtree(top):
+        for node in subtree(top):
             if set_mark(node, mark, now):
                 self.stats.nodes_marked += 1
                 self.stats.tokens_marked += len(node.key)
-
-
-def _subtree(top: Any) -> Iterable[Any]:
-    stack = [top]
-    while stack:
-        node = stack.pop()
-        yield node
-        stack.extend(node.children.values())

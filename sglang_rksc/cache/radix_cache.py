@@ -150,13 +150,11 @@ class RkscRadixCache(RadixCache):
 
     def _tree_window_slots(self, pool: Any) -> int:
         """Window slots held by cached tokens (at idle, every taken window slot is one of these)."""
-        held, stack = 0, list(self.root_node.children.values())
-        while stack:
-            node = stack.pop()
-            stack.extend(node.children.values())
-            if node.value is not None and len(node.value):
-                held += int(pool.has_window(node.value).sum())
-        return held
+        return sum(
+            int(pool.has_window(node.value).sum())
+            for node in tree_paths.subtree(self.root_node)
+            if node is not self.root_node and node.value is not None and len(node.value)
+        )
 
     # ------------------------------------------------------------------ admission
 

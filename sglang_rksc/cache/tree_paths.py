@@ -8,7 +8,7 @@ here changes the tree.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 Namespace = tuple[Any, Any]  # (extra_key, cache_salt): what a cached path may serve
@@ -68,3 +68,12 @@ def span_above(cache: Any, leaf: Any) -> list[Any]:
 def tokens_of(chain: Sequence[Any]) -> tuple[int, ...]:
     """The tokens of consecutive nodes."""
     return tuple(t for node in chain for t in node.key.raw_token_ids())
+
+
+def subtree(top: Any) -> Iterator[Any]:
+    """`top` and every node below it (depth first)."""
+    stack = [top]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.children.values())

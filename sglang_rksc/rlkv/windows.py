@@ -33,13 +33,13 @@ def complete_prefix(pool: HeadSplitKVPool, token_slots: torch.Tensor) -> int:
         return 0
     sink, window = pool.layout.sink, pool.layout.window
     missing = ~pool.has_window(token_slots)
-    missing[: min(sink, m)] = False
+    sink_missing = missing[: min(sink, m)].nonzero()
+    missing[: min(sink, m)] = False  # sinks are checked on their own, below
     counts = torch.zeros(m + 1, dtype=torch.long)
     counts[1:] = torch.cumsum(missing.long(), 0)
     ends = torch.arange(m + 1)
     starts = torch.clamp(ends - window + 1, min=sink).clamp(max=m)
     ok = (starts >= ends) | (counts[ends] - counts[torch.minimum(starts, ends)] == 0)
-    sink_missing = (~pool.has_window(token_slots[: min(sink, m)])).nonzero()
     if sink_missing.numel():
         ok &= ends <= int(sink_missing[0])
     return int(ends[ok].max())
