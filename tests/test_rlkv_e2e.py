@@ -4,6 +4,7 @@ the pool's arithmetic, windows given back, and no reuse past an incomplete windo
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +124,26 @@ def test_a_match_inside_a_dropped_window_is_cut_back_to_a_complete_one(compresse
     assert heads_state(compressed_server)["matches_cut"] == cut_before + 1
     state = heads_state(compressed_server)
     assert state["window_slots_used"] == state["window_slots_in_tree"], state
+    flush_cache(compressed_server)
+    assert heads_state(compressed_server)["window_slots_used"] == 0
+    assert_idle_and_clean(compressed_server)
+
+
+def test_more_requests_than_the_window_pool_holds_wait_instead_of_stopping_the_server(compressed_server):
+    """Each request owns up to sink + window + 1 window slots; ten at once need about twice what the pool
+    has. Admission makes the rest wait (before the fix, the sixth prefill stopped the server)."""
+    flush_cache(compressed_server)
+    state = heads_state(compressed_server)
+    bound = SINK + WINDOW + 1
+    count = 2 * state["window_slots"] // bound + 1
+    words = "apple river stone cloud pepper lantern violin meadow copper falcon harbor".split()
+    rng = random.Random(7)
+    prompts = [f"Request {i}: " + " ".join(rng.choice(words) for _ in range(70)) for i in range(count)]
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        outputs = list(pool.map(lambda p: generate(compressed_server, p, n=24, ignore_eos=True), prompts))
+    assert [o["meta_info"]["completion_tokens"] for o in outputs] == [24] * count
+    assert all(o["meta_info"]["prompt_tokens"] > WINDOW for o in outputs)
+    assert heads_state(compressed_server)["admissions_deferred"] > state["admissions_deferred"]
     flush_cache(compressed_server)
     assert heads_state(compressed_server)["window_slots_used"] == 0
     assert_idle_and_clean(compressed_server)

@@ -63,6 +63,13 @@ def test_the_window_pool_refuses_more_than_it_holds(pool):
         pool.keep_windows(torch.arange(1, pool.window_size + 2))
 
 
+def test_a_window_pool_too_small_for_two_requests_is_refused_at_start(pool):
+    with pytest.raises(ValueError, match="fewer than 14"):
+        HeadSplitKVPool(
+            8, 1, torch.float32, head_num=KV_HEADS, head_dim=DIM, layer_num=LAYERS, device="cpu", enable_memory_saver=False
+        )
+
+
 def test_a_match_ends_where_sinks_and_window_are_complete(pool):
     slots = torch.arange(1, 13)  # positions 0..11
     pool.keep_windows(slots[[0, 1, 5, 6, 7]])  # sinks 0-1 and positions 5-7 (a node ending at 8)

@@ -4,7 +4,8 @@
 - the capacity: `--max-total-tokens` keeps meaning the bytes of that many uncompressed tokens, so the
   pool gets more token slots (`capacity_scale`);
 - the attention: the `torch_native` factory builds `HeadSplitAttnBackend` over a head-split pool;
-- the window slots: `windows`' hooks on the batch allocations and on the allocator's `free`.
+- the window slots: `windows`' hooks on the batch allocations and on the allocator's `free`;
+- their reservation: `windows`' hooks on prefill admission and on the decode capacity gate.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _TARGETS = {
     "alloc_decode": "sglang.srt.managers.schedule_batch.alloc_for_decode",
     "free": "sglang.srt.mem_cache.allocator.token.TokenToKVPoolAllocator.free",
     "clear": "sglang.srt.mem_cache.allocator.token.TokenToKVPoolAllocator.clear",
+    "admit": "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req",
+    "decode_gate": "sglang.srt.mem_cache.allocator.token.TokenToKVPoolAllocator.check_decode_capacity",
 }
 _registered = False
 
@@ -91,6 +94,8 @@ def register(settings: HeadCompressionSettings) -> None:
     HookRegistry.register(_TARGETS["alloc_decode"], windows.after_alloc_for_decode, HookType.AFTER)
     HookRegistry.register(_TARGETS["free"], windows.free_with_windows, HookType.AROUND)
     HookRegistry.register(_TARGETS["clear"], windows.clear_windows, HookType.AFTER)
+    HookRegistry.register(_TARGETS["admit"], windows.admit_with_windows, HookType.AROUND)
+    HookRegistry.register(_TARGETS["decode_gate"], windows.decode_fits_windows, HookType.AROUND)
     register_attention_backend("torch_native")(attention)
     _registered = True
     logger.info(

@@ -28,6 +28,8 @@ class HeadSplitKVPool(MHATokenToKVPool):
 
     layout: HeadLayout | None = None
     window_fraction: float = 0.25  # window slots per token slot
+    admissions_deferred: int = 0  # prefill admissions stopped because the window pool was short
+    decode_shortfalls: int = 0  # decode steps that retracted because the window pool was short
 
     def __init__(self, size: int, page_size: int, *args, **kwargs) -> None:
         if self.layout is None:
@@ -37,6 +39,12 @@ class HeadSplitKVPool(MHATokenToKVPool):
         if kwargs.get("quant_method") is not None:
             raise ValueError("head compression does not support a quantized KV cache")
         self.window_size = max(1, int(size * self.window_fraction))
+        smallest = 2 * (self.layout.sink + self.layout.window + 1)  # two requests' sinks, windows and new tokens
+        if self.window_size < smallest:
+            raise ValueError(
+                f"the window pool would hold {self.window_size} slots, fewer than {smallest} (two requests): "
+                "raise --rksc-window-pool or --max-total-tokens, or lower --rksc-window"
+            )
         super().__init__(size, page_size, *args, **kwargs)
 
     def _create_buffers(self) -> None:
@@ -167,6 +175,8 @@ class HeadSplitKVPool(MHATokenToKVPool):
             "token_slots": self.size,
             "window_slots": self.window_size,
             "window_slots_used": self.used_window_slots,
+            "admissions_deferred": self.admissions_deferred,
+            "decode_shortfalls": self.decode_shortfalls,
         }
 
 

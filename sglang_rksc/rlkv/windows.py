@@ -45,15 +45,21 @@ def complete_prefix(pool: HeadSplitKVPool, token_slots: torch.Tensor) -> int:
     return int(ends[ok].max())
 
 
-def _keep(tree_cache: Any, pool: HeadSplitKVPool, token_slots: torch.Tensor) -> None:
-    """Window slots for these tokens, evicting cached nodes (which frees theirs) when the pool is short."""
-    need = int((pool.window_slot[token_slots] == 0).sum())
+def reclaim_windows(tree_cache: Any, pool: HeadSplitKVPool, need: int) -> bool:
+    """Evict cached nodes (which frees their window slots) until `need` window slots are free; whether they are."""
     while need > pool.free_window_slots and tree_cache is not None and tree_cache.evictable_size() > 0:
         before = pool.free_window_slots
         tree_cache.evict(EvictParams(num_tokens=need - pool.free_window_slots))
         if pool.free_window_slots == before:
             break
-    if need > pool.free_window_slots:
+    return need <= pool.free_window_slots
+
+
+def _keep(tree_cache: Any, pool: HeadSplitKVPool, token_slots: torch.Tensor) -> None:
+    """Window slots for these tokens, evicting cached nodes when the pool is short. Admission
+    (`admit_with_windows`) and the decode gate (`decode_fits_windows`) make the shortfall unreachable."""
+    need = int((pool.window_slot[token_slots] == 0).sum())
+    if not reclaim_windows(tree_cache, pool, need):
         raise WindowPoolExhausted(
             f"the window pool is full ({pool.window_size} slots, {need} needed): raise --rksc-window-pool"
         )
@@ -118,3 +124,65 @@ def clear_windows(result: Any, allocator: Any) -> Any:
     if pool is not None:
         pool.reset_windows()
     return result
+
+
+# ---------------------------------------------------------------- reservation
+# A request owns at most sink + window + 1 window slots (sinks, window, and the new token before the slide).
+# Admission keeps the free window slots at or above what the running requests may still take, so
+# `_keep` never falls short in the middle of a batch; the decode gate retracts if the estimate is wrong.
+
+
+def per_request_bound(pool: HeadSplitKVPool) -> int:
+    return pool.layout.sink + pool.layout.window + 1
+
+
+def owned_windows(pool: HeadSplitKVPool, req: Any, req_to_token: torch.Tensor) -> int:
+    """Window slots held by the request's own tokens (not yet the tree's)."""
+    lo, hi = req.kv.cache_protected_len, req.kv.kv_allocated_len
+    if req.kv.req_pool_idx is None or hi <= lo:
+        return 0
+    return int(pool.has_window(req_to_token[req.kv.req_pool_idx, lo:hi]).sum())
+
+
+def still_to_take(pool: HeadSplitKVPool, reqs: list[Any], req_to_token: torch.Tensor) -> int:
+    """Window slots these running requests may still take before they finish."""
+    bound = per_request_bound(pool)
+    return sum(max(0, bound - owned_windows(pool, req, req_to_token)) for req in reqs)
+
+
+def admit_with_windows(original: Any, adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+    """AROUND hook of `PrefillAdder.add_one_req`: admit only what the window pool can hold with everything
+    already running; otherwise stop this round (`NO_TOKEN`), as SGLang does when token slots run short."""
+    pool = pool_of(adder.token_to_kv_pool_allocator)
+    if pool is None:
+        return original(adder, req, *args, **kwargs)
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    bound = per_request_bound(pool)
+    reserved = getattr(adder, "rksc_windows_reserved", None)
+    if reserved is None:  # first request this round: the running batch, and chunks added before this call
+        running = list(getattr(adder.running_batch, "reqs", None) or [])
+        req_to_token = adder.tree_cache.req_to_token_pool.req_to_token
+        reserved = still_to_take(pool, running, req_to_token) + bound * len(adder.can_run_list)
+    if not reclaim_windows(adder.tree_cache, pool, reserved + bound):
+        pool.admissions_deferred += 1
+        adder.rksc_windows_reserved = reserved
+        return AddReqResult.NO_TOKEN
+    admitted_before = len(adder.can_run_list)
+    result = original(adder, req, *args, **kwargs)
+    adder.rksc_windows_reserved = reserved + bound * (len(adder.can_run_list) - admitted_before)
+    return result
+
+
+def decode_fits_windows(original: Any, allocator: Any, **kwargs: Any) -> bool:
+    """AROUND hook of the allocator's `check_decode_capacity`: the next step also needs a window slot per
+    request (its new token, before the slide frees the oldest); short, SGLang's retraction frees some."""
+    fits = original(allocator, **kwargs)
+    pool = pool_of(allocator)
+    requests = kwargs.get("requests")
+    if pool is None or not fits or requests is None:
+        return fits
+    if reclaim_windows(kwargs.get("tree_cache"), pool, len(requests)):
+        return True
+    pool.decode_shortfalls += 1
+    return False
