@@ -230,6 +230,10 @@ class ForwardCounters:
     forwards_sampled: int = 0
     kv_in_use_sum: float = 0.0
     kv_in_use_max: int = 0
+    kv_bytes_in_use_sum: float = 0.0  # the same in bytes, plus the window slots taken under head compression
+    kv_bytes_in_use_max: int = 0
+    running_sum: float = 0.0  # requests in the running batch (in flight)
+    running_max: int = 0
     waiting_sum: float = 0.0
     waiting_max: int = 0
 

@@ -82,6 +82,10 @@ def test_figures_and_comparisons_from_counters():
         "forwards_sampled": 6.0,
         "kv_in_use_sum": 600.0,
         "kv_in_use_max": 180.0,
+        "kv_bytes_in_use_sum": 6.0 * 2**20,
+        "kv_bytes_in_use_max": 2.0 * 2**20,
+        "running_sum": 12.0,
+        "running_max": 4.0,
         "waiting_sum": 3.0,
         "waiting_max": 2.0,
         "evicted_tokens": 40.0,
@@ -96,6 +100,7 @@ def test_figures_and_comparisons_from_counters():
     assert f["problems_per_min"] == 3.0 and f["generated_tokens_per_s"] == 2.0 and f["accuracy"] == pytest.approx(1 / 3)
     assert (f["latency_p50_s"], f["latency_p95_s"]) == (11.0, pytest.approx(11.9))
     assert (f["kv_in_use_mean"], f["kv_in_use_peak"], f["waiting_mean"]) == (100.0, 180.0, 0.5)
+    assert (f["kv_mb_in_use_mean"], f["kv_mb_in_use_peak"], f["running_mean"], f["running_peak"]) == (1, 2, 2, 4)
     assert f["decode_batch_histogram"]["1"] == 2 and f["decode_batch_histogram"]["2-3"] == 3
     # 2 steps at 10 ms, 3 at 14 ms; 500 prompt tokens at 1000/s.
     assert f["projected_s"] == pytest.approx((2 * 10 + 3 * 14 + 500) / 1000)
@@ -126,6 +131,8 @@ def test_a_tiny_serving_run_on_the_real_server(default_model_dir: Path, tmp_path
     assert f["completed"] == 3 and f["failed"] == 0 and f["problems_per_min"] > 0
     assert sum(f["decode_batch_histogram"].values()) == f["decode_steps"] > 0
     assert f["generated_tokens"] > 0 and 0 < f["kv_in_use_peak"] <= 4096 and f["projected_s"] > 0
+    # SmolLM2's uncompressed KV: 30 layers x 3 KV heads x (64 + 64) x 2 bytes per token
+    assert f["kv_mb_in_use_peak"] * 2**20 == f["kv_in_use_peak"] * 30 * 3 * 128 * 2 and f["running_peak"] >= 1
 
 
 @pytest.mark.server
