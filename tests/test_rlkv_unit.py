@@ -4,13 +4,17 @@ attention backend against the torch reference, the launcher's checks."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from sglang_rksc.config import HeadCompressionSettings, RkscConfig, SemanticSettings
-from sglang_rksc.rlkv.attention import HeadSplitAttnBackend, MissingWindowKV
+from sglang_rksc.rlkv.attention import KERNEL_ENV, HeadSplitAttnBackend, MissingWindowKV
 from sglang_rksc.rlkv.hooks import capacity_scale
 from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool, WindowPoolExhausted
 from sglang_rksc.rlkv.launch_checks import resolve
@@ -88,6 +92,7 @@ def test_the_backend_matches_the_reference(pool):
     req_to_token[1, :seq_len] = torch.arange(20, 20 + seq_len)
     backend = object.__new__(HeadSplitAttnBackend)
     backend.pool, backend.sink, backend.window = pool, SINK, WINDOW
+    backend.decode_kernel = os.environ.get(KERNEL_ENV) == "1"  # the GPU path, run by Triton's interpreter
     backend.req_to_token_pool = SimpleNamespace(req_to_token=req_to_token)
     q = torch.randn(seq_len, Q_HEADS * DIM)
     k, v = torch.randn(seq_len, KV_HEADS * DIM), torch.randn(seq_len, KV_HEADS * DIM)
@@ -117,10 +122,25 @@ def test_the_backend_matches_the_reference(pool):
         )  # fmt: skip
         step = backend.forward_decode(q[-1:], k[-1:], v[-1:], layer, decode).view(-1, Q_HEADS, DIM)
         torch.testing.assert_close(step, expected[-1:], rtol=1e-4, atol=1e-4)
+    if backend.decode_kernel:  # the kernel trusts the window invariant (no host sync to check it)
+        return
     # a stored position whose window was dropped is refused, not attended to
     pool.drop_windows(req_to_token[1, seq_len - 2 : seq_len - 1])
     with pytest.raises(MissingWindowKV):
         backend.forward_decode(q[-1:], k[-1:], v[-1:], layer, decode)
+
+
+def test_the_backend_decodes_through_the_triton_kernel_as_through_torch():
+    """The GPU decode path of the backend (both halves: full heads over token slots, compressed heads over
+    window slots) gives the reference's outputs; run by Triton's interpreter in a fresh process."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", KERNEL_ENV: "1"}
+    test = f"{Path(__file__).name}::test_the_backend_matches_the_reference"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
 
 
 def test_capacity_scale_counts_token_and_window_bytes():

@@ -9,12 +9,17 @@ upstream (a match past an incomplete window): it raises instead of attending to 
 
 from __future__ import annotations
 
+import os
+
 import torch
 from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 from torch.nn.functional import scaled_dot_product_attention
 
+from sglang_rksc.kernels.sink_window_decode import triton_decode
 from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool
 from sglang_rksc.rlkv.sink_window import sink_window_keep
+
+KERNEL_ENV = "RKSC_HEAD_SPLIT_DECODE_KERNEL"  # "1": the Triton decode path on any device (tests, interpreter)
 
 
 class MissingWindowKV(RuntimeError):
@@ -38,6 +43,9 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
         assert isinstance(pool, HeadSplitKVPool), type(pool)
         self.pool = pool
         self.sink, self.window = pool.layout.sink, pool.layout.window
+        # Decode on a GPU goes through the Triton kernel (checked on an H100 against the torch reference);
+        # it trusts the window invariant the torch path checks (`MissingWindowKV`), to avoid a host sync.
+        self.decode_kernel = pool.device != "cpu" or os.environ.get(KERNEL_ENV) == "1"
 
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True):
         return self._forward(q, k, v, layer, forward_batch, save_kv_cache, forward_batch.extend_prefix_lens, False)
@@ -63,6 +71,15 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
         k_full, v_full = self.pool.get_key_buffer(layer.layer_id), self.pool.get_value_buffer(layer.layer_id)
         k_window, v_window = self.pool.get_window_buffers(layer.layer_id)
         req_to_token = self.req_to_token_pool.req_to_token
+        if decode and self.decode_kernel:
+            batch = (req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens)
+            for heads, k_buf, v_buf, window in ((full_q, k_full, v_full, None), (window_q, k_window, v_window, self.window)):
+                if heads.numel():
+                    o[:, heads] = triton_decode(
+                        q_[:, heads].contiguous(), k_buf, v_buf, self.pool.window_slot, *batch, self.sink, window,
+                        layer.scaling,
+                    )  # fmt: skip
+            return o.view(-1, heads_q * layer.v_head_dim)
         start = 0
         for row, seq_len, prefix_len in zip(
             forward_batch.req_pool_indices.tolist(), forward_batch.seq_lens.tolist(), prefix_lens.tolist(), strict=True
