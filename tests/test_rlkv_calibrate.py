@@ -93,3 +93,27 @@ def test_cut_at_a_sparsity_and_round_trip(tmp_path):
         HeadScores("m", 2, 3, 16, 64, [[0.1, 0.2]])
     with pytest.raises(HeadMaskError, match="does not exist"):
         HeadScores.load(tmp_path / "missing.json")
+
+
+def test_a_whole_mask_is_scored_and_the_calibrated_one_beats_the_worst():
+    from sglang_rksc.rlkv import mask_eval
+
+    model = _tiny_llama(seed=3)
+    head_dim = 64 // 4
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight[:, 2 * head_dim : 4 * head_dim] = 0.0
+    generator = torch.Generator().manual_seed(5)
+    traces = [calibrate.Trace(torch.randint(0, 96, (40,), generator=generator), 10) for _ in range(2)]
+    with torch.no_grad():
+        runners = [calibrate.Runner(model, trace) for trace in traces]
+    irrelevant = [[False, False], [False, True], [False, False]]
+    kl, same = mask_eval.divergence(model, runners, irrelevant, 2, 4)
+    assert abs(kl) < 1e-6 and same == 1.0
+    assert mask_eval.divergence(model, runners, [[True, True], [False, False], [False, False]], 2, 4)[0] > 1e-5
+    random_mask = mask_eval.random_mask(3, 2, 4, seed=1)
+    assert sum(map(sum, random_mask)) == 4
+    scores = HeadScores("tiny", 3, 2, 2, 4, calibrate.head_scores(model, traces, sink=2, window=4))
+    figures = {f.mask: f for f in mask_eval.evaluate(model, runners, scores, [0.5], random_masks=2)}
+    assert set(figures) == {"calibrated", "highest-scored", "random-0", "random-1"}
+    assert all(f.heads == 3 for f in figures.values())
+    assert figures["calibrated"].kl_per_token < figures["highest-scored"].kl_per_token

@@ -219,6 +219,7 @@ def figures(run: ServeRun, model: cost_model.CostModel) -> dict[str, Any]:
         "waiting_mean": s.get("waiting_sum", 0.0) / forwards if forwards else None,
         "waiting_peak": s.get("waiting_max"),
         "retractions": s.get("retracted_requests", 0.0),
+        "window_deferrals": s.get("heads_admissions_deferred"),  # head compression: admissions short of windows
         "decode_steps": s.get("decode_steps", 0.0),
         "mean_decode_batch": s.get("decode_rows", 0.0) / s["decode_steps"] if s.get("decode_steps") else None,
         "decode_batch_histogram": batch_histogram(steps_by_batch),
@@ -279,6 +280,7 @@ COLUMNS = [
     ),
     ("waiting mean / peak", lambda f: f"{fmt(f['waiting_mean'])} / {fmt(f['waiting_peak'], 0)}"),
     ("retractions", lambda f: fmt(f["retractions"], 0)),
+    ("window deferrals", lambda f: fmt(f.get("window_deferrals"), 0)),
     ("decode steps (mean batch)", lambda f: f"{fmt(f['decode_steps'], 0)} ({fmt(f['mean_decode_batch'])})"),
     ("batch histogram", lambda f: " ".join(f"{k}:{v}" for k, v in f["decode_batch_histogram"].items() if v)),
     ("accuracy", lambda f: fmt(f["accuracy"], 2)),

@@ -97,7 +97,7 @@ def generate_traces(model, tokenizer, prompts: Iterable[str], max_new_tokens: in
     return traces
 
 
-class _Runner:
+class Runner:
     """One trace's full run, kept so that a probe can restart at any layer."""
 
     def __init__(self, model, trace: Trace):
@@ -131,8 +131,13 @@ class _Runner:
     def kl_from_full(self, first_layer: int) -> torch.Tensor:
         """Per measured token, KL(full || this run), the compressed heads set beforehand; layers below
         `first_layer` must be unchanged."""
+        return self.divergence(first_layer)[0]
+
+    def divergence(self, first_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per measured token: KL(full || this run), and whether the greedy choice is the full run's."""
         logprobs = self._logprobs(self._run(self.layer_inputs[first_layer], first_layer))
-        return (self.full_logprobs.exp() * (self.full_logprobs - logprobs)).sum(-1)
+        kl = (self.full_logprobs.exp() * (self.full_logprobs - logprobs)).sum(-1)
+        return kl, logprobs.argmax(-1) == self.full_logprobs.argmax(-1)
 
 
 def head_scores(model, traces: Sequence[Trace], sink: int, window: int, progress: bool = False) -> list[list[float]]:
@@ -144,7 +149,7 @@ def head_scores(model, traces: Sequence[Trace], sink: int, window: int, progress
     with torch.no_grad():
         for n, trace in enumerate(traces):
             set_compressed(model, {}, sink, window)
-            runner = _Runner(model, trace)
+            runner = Runner(model, trace)
             tokens += runner.full_logprobs.shape[0]
             for layer in range(num_layers):
                 for head in range(kv_heads):
@@ -156,9 +161,25 @@ def head_scores(model, traces: Sequence[Trace], sink: int, window: int, progress
     return [[total / max(tokens, 1) for total in row] for row in totals]
 
 
-def main(argv: list[str] | None = None) -> int:
+def model_and_traces(model_name: str, start: int, num_problems: int, max_new_tokens: int) -> tuple[object, list[Trace]]:
+    """The model (a named one or a folder) and its greedy answers to the self-consistency prompt on GSM8K
+    problems start .. start + num_problems - 1."""
     from sglang_rksc.programs import gsm8k
     from sglang_rksc.programs.self_consistency_verify import SOLVE_PROMPT
+    from sglang_rksc.runtime import models
+
+    folder = models.prepare(model_name) if model_name in models.MODELS else Path(model_name)
+    model, tokenizer = load_model(folder)
+    problems = gsm8k.load_problems(start, num_problems)
+    began = time.monotonic()
+    traces = generate_traces(
+        model, tokenizer, (SOLVE_PROMPT.format(question=p.question) for p in problems), max_new_tokens
+    )
+    print(f"{len(traces)} traces in {time.monotonic() - began:.0f} s", file=sys.stderr)
+    return model, traces
+
+
+def main(argv: list[str] | None = None) -> int:
     from sglang_rksc.runtime import models
 
     parser = argparse.ArgumentParser(prog="python -m sglang_rksc.rlkv.calibrate", description=DESCRIPTION)
@@ -172,14 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.start + args.num_problems > 300:
         parser.error("calibrate on the calibration slice: problems 0-299")
-    folder = models.prepare(args.model) if args.model in models.MODELS else Path(args.model)
-    model, tokenizer = load_model(folder)
-    problems = gsm8k.load_problems(args.start, args.num_problems)
     began = time.monotonic()
-    traces = generate_traces(
-        model, tokenizer, (SOLVE_PROMPT.format(question=p.question) for p in problems), args.max_new_tokens
-    )
-    print(f"{len(traces)} traces in {time.monotonic() - began:.0f} s", file=sys.stderr)
+    model, traces = model_and_traces(args.model, args.start, args.num_problems, args.max_new_tokens)
     scores = head_scores(model, traces, args.sink, args.window, progress=True)
     result = HeadScores(
         model=args.model,

@@ -164,7 +164,7 @@ def admit_with_windows(original: Any, adder: Any, req: Any, *args: Any, **kwargs
         running = list(getattr(adder.running_batch, "reqs", None) or [])
         req_to_token = adder.tree_cache.req_to_token_pool.req_to_token
         reserved = still_to_take(pool, running, req_to_token) + bound * len(adder.can_run_list)
-    if not reclaim_windows(adder.tree_cache, pool, reserved + bound):
+    if not _reclaim_keeping_match(adder.tree_cache, pool, reserved + bound, req):
         pool.admissions_deferred += 1
         adder.rksc_windows_reserved = reserved
         return AddReqResult.NO_TOKEN
@@ -172,6 +172,18 @@ def admit_with_windows(original: Any, adder: Any, req: Any, *args: Any, **kwargs
     result = original(adder, req, *args, **kwargs)
     adder.rksc_windows_reserved = reserved + bound * (len(adder.can_run_list) - admitted_before)
     return result
+
+
+def _reclaim_keeping_match(tree_cache: Any, pool: HeadSplitKVPool, need: int, req: Any) -> bool:
+    """`reclaim_windows` with the request's matched prefix pinned: it is not locked before SGLang admits it,
+    and evicting it would leave the request pointing at freed slots (as SGLang pins it for its own budget)."""
+    last_node = getattr(req, "last_node", None)
+    lock = tree_cache.lock(last_node) if last_node is not None and tree_cache is not None else None
+    try:
+        return reclaim_windows(tree_cache, pool, need)
+    finally:
+        if lock is not None:
+            tree_cache.unlock(lock)
 
 
 def decode_fits_windows(original: Any, allocator: Any, **kwargs: Any) -> bool:
