@@ -46,7 +46,9 @@ def layout(seq_lens: list[int], compressed: bool, gen: torch.Generator):
 
 
 def check_correctness(gen: torch.Generator) -> dict:
-    seq_lens = [1, 2, 15, 16, 17, 64, 79, 80, 81, 200, 1000, 4097] + torch.randint(1, 6000, (20,), generator=gen).tolist()
+    seq_lens = [1, 2, 15, 16, 17, 64, 79, 80, 81, 200, 1000, 4097] + torch.randint(
+        1, 6000, (20,), generator=gen
+    ).tolist()
     out = {}
     for compressed in (True, False):
         q, k, v, ws, r2t, idx, lens = layout(seq_lens, compressed, gen)
@@ -90,29 +92,30 @@ def timed(fn, reps: int = 50) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def time_one(batch: int, seq_len: int, gen: torch.Generator) -> dict:
+    """One shape: the kernel on compressed heads, on the same heads uncompressed, and SDPA on contiguous K/V."""
+    lens = [seq_len] * batch
+    qc, kc, vc, wsc, r2tc, idx, lens_t = layout(lens, True, gen)
+    qf, kf, vf, wsf, r2tf, _, _ = layout(lens, False, gen)
+    kf[0] = vf[0] = 0
+    kd = kf[1:].view(batch, seq_len, KV_HEADS, DIM).transpose(1, 2).contiguous()
+    vd = vf[1:].view(batch, seq_len, KV_HEADS, DIM).transpose(1, 2).contiguous()
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    return {
+        "batch": batch,
+        "seq_len": seq_len,
+        "window_us": timed(lambda: triton_decode(qc, kc, vc, wsc, r2tc, idx, lens_t, SINK, WINDOW, SCALE)),
+        "full_us": timed(lambda: triton_decode(qf, kf, vf, wsf, r2tf, idx, lens_t, SINK, None, SCALE)),
+        "sdpa_contiguous_us": timed(lambda: sdpa(qf[:, :, None], kd, vd, scale=SCALE, enable_gqa=True)),
+    }
+
+
 def timings(gen: torch.Generator) -> list[dict]:
     rows = []
     for batch in (1, 16, 64):
         for seq_len in (1024, 4096, 16384):
-            lens = [seq_len] * batch
-            qc, kc, vc, wsc, r2tc, idx, lens_t = layout(lens, True, gen)
-            qf, kf, vf, wsf, r2tf, _, _ = layout(lens, False, gen)
-            kf[0] = vf[0] = 0
-            kd = kf[1:].view(batch, seq_len, KV_HEADS, DIM).transpose(1, 2).contiguous()
-            vd = vf[1:].view(batch, seq_len, KV_HEADS, DIM).transpose(1, 2).contiguous()
-            qd = qf[:, :, None]
-            row = {
-                "batch": batch,
-                "seq_len": seq_len,
-                "window_us": timed(lambda: triton_decode(qc, kc, vc, wsc, r2tc, idx, lens_t, SINK, WINDOW, SCALE)),
-                "full_us": timed(lambda: triton_decode(qf, kf, vf, wsf, r2tf, idx, lens_t, SINK, None, SCALE)),
-                "sdpa_contiguous_us": timed(
-                    lambda: torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, scale=SCALE, enable_gqa=True)
-                ),
-            }
-            rows.append(row)
-            print(row, flush=True)
-            del qc, kc, vc, qf, kf, vf, kd, vd
+            rows.append(time_one(batch, seq_len, gen))
+            print(rows[-1], flush=True)
             torch.cuda.empty_cache()
     return rows
 

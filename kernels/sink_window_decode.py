@@ -97,7 +97,7 @@ def _define_kernel():
 
     @triton.jit
     def kernel(
-        Q, K, V, O, WindowSlot, ReqToToken, ReqIdx, SeqLens,
+        Q, K, V, Out, WindowSlot, ReqToToken, ReqIdx, SeqLens,
         stride_qb, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_ob, stride_oh, stride_rt,
         scaling,
         SINK: tl.constexpr, WINDOW: tl.constexpr, USE_WINDOW: tl.constexpr,
@@ -132,19 +132,23 @@ def _define_kernel():
                 slot = tl.load(WindowSlot + tok, mask=n_mask, other=0).to(tl.int64)
             else:
                 slot = tok
-            k = tl.load(K + slot[:, None] * stride_kn + g * stride_kh + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            k = tl.load(
+                K + slot[:, None] * stride_kn + g * stride_kh + offs_d[None, :], mask=n_mask[:, None], other=0.0
+            )
             s = tl.dot(q, tl.trans(k)) * scaling
             s = tl.where(n_mask[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m_i - m_new)
-            v = tl.load(V + slot[:, None] * stride_vn + g * stride_vh + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            v = tl.load(
+                V + slot[:, None] * stride_vn + g * stride_vh + offs_d[None, :], mask=n_mask[:, None], other=0.0
+            )
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
         o = acc / l_i[:, None]
-        o_ptrs = O + b * stride_ob + (g * GROUP + offs_h)[:, None] * stride_oh + offs_d[None, :]
-        tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=h_mask[:, None])
+        o_ptrs = Out + b * stride_ob + (g * GROUP + offs_h)[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=h_mask[:, None])
 
     return kernel
 

@@ -162,9 +162,9 @@ def test_reclaiming_window_slots_never_evicts_the_prefix_a_request_is_being_admi
     def prompt(tag: str) -> str:
         return f"{tag}: " + " ".join(rng.choice(words) for _ in range(90))
 
-    cached_ids = requests.post(compressed_server.url + "/tokenize", json={"prompt": prompt("cached")}, timeout=30).json()[
-        "tokens"
-    ]
+    cached_ids = requests.post(
+        compressed_server.url + "/tokenize", json={"prompt": prompt("cached")}, timeout=30
+    ).json()["tokens"]
     cached = generate(compressed_server, ids=cached_ids, n=4, ignore_eos=True)
     deferred = heads_state(compressed_server)["admissions_deferred"]
     with ThreadPoolExecutor(max_workers=3) as pool:

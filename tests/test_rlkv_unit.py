@@ -70,7 +70,14 @@ def test_the_window_pool_refuses_more_than_it_holds(pool):
 def test_a_window_pool_too_small_for_two_requests_is_refused_at_start(pool):
     with pytest.raises(ValueError, match="fewer than 14"):
         HeadSplitKVPool(
-            8, 1, torch.float32, head_num=KV_HEADS, head_dim=DIM, layer_num=LAYERS, device="cpu", enable_memory_saver=False
+            8,
+            1,
+            torch.float32,
+            head_num=KV_HEADS,
+            head_dim=DIM,
+            layer_num=LAYERS,
+            device="cpu",
+            enable_memory_saver=False,
         )
 
 

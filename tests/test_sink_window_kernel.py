@@ -46,7 +46,10 @@ def _batch(seq_lens: list[int], q_heads: int, kv_heads: int, seed: int = 0):
 def test_the_reference_is_the_projects_attention_at_the_last_position(compressed: bool):
     q_heads, kv_heads = 6, 2
     q, req_to_token, req_idx, seq_lens, window_slot, buffer, _ = _batch([1, 4, 7, 8, 30], q_heads, kv_heads)
-    k_all, v_all = buffer(window_slot.numel()), buffer(window_slot.numel())  # per token slot; with compressed heads, copied to window slots
+    k_all, v_all = (
+        buffer(window_slot.numel()),
+        buffer(window_slot.numel()),
+    )  # per token slot; with compressed heads, copied to window slots
     held = window_slot > 0
     k_win = torch.zeros(int(window_slot.max()) + 1, kv_heads, DIM)
     v_win = torch.zeros_like(k_win)
@@ -84,7 +87,8 @@ def compare_triton_with_reference(q_heads: int, kv_heads: int, compressed: bool)
 @pytest.mark.parametrize("compressed", [True, False])
 def test_the_triton_kernel_matches_the_reference(q_heads: int, kv_heads: int, compressed: bool):
     pytest.importorskip("triton")
-    code = f"import tests.test_sink_window_kernel as t; t.compare_triton_with_reference({q_heads}, {kv_heads}, {compressed})"
+    call = f"compare_triton_with_reference({q_heads}, {kv_heads}, {compressed})"
+    code = f"import tests.test_sink_window_kernel as t; t.{call}"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -94,4 +98,6 @@ def test_the_reference_refuses_a_dropped_position():
     q, req_to_token, req_idx, seq_lens, window_slot, buffer, n_window = _batch([12], 2, 1)
     window_slot[req_to_token[req_idx[0], 11].long()] = 0  # the newest position lost its window slot
     with pytest.raises(ValueError, match="without a window slot"):
-        kernel.reference_decode(q, buffer(n_window), buffer(n_window), window_slot, req_to_token, req_idx, seq_lens, SINK, WINDOW, 1.0)
+        kernel.reference_decode(
+            q, buffer(n_window), buffer(n_window), window_slot, req_to_token, req_idx, seq_lens, SINK, WINDOW, 1.0
+        )

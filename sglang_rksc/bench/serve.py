@@ -271,7 +271,10 @@ COLUMNS = [
     ("gen tok/s", lambda f: fmt(f["generated_tokens_per_s"])),
     ("latency p50 / p95 s", lambda f: f"{fmt(f['latency_p50_s'])} / {fmt(f['latency_p95_s'])}"),
     ("KV in use mean / peak", lambda f: f"{fmt(f['kv_in_use_mean'], 0)} / {fmt(f['kv_in_use_peak'], 0)}"),
-    ("KV MiB in use mean / peak", lambda f: f"{fmt(f.get('kv_mb_in_use_mean'), 1)} / {fmt(f.get('kv_mb_in_use_peak'), 1)}"),
+    (
+        "KV MiB in use mean / peak",
+        lambda f: f"{fmt(f.get('kv_mb_in_use_mean'), 1)} / {fmt(f.get('kv_mb_in_use_peak'), 1)}",
+    ),
     ("in flight mean / peak", lambda f: f"{fmt(f.get('running_mean'))} / {fmt(f.get('running_peak'), 0)}"),
     ("evicted tokens", lambda f: fmt(f["evicted_tokens"], 0)),
     (

@@ -73,7 +73,10 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
         req_to_token = self.req_to_token_pool.req_to_token
         if decode and self.decode_kernel:
             batch = (req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens)
-            for heads, k_buf, v_buf, window in ((full_q, k_full, v_full, None), (window_q, k_window, v_window, self.window)):
+            for heads, k_buf, v_buf, window in (
+                (full_q, k_full, v_full, None),
+                (window_q, k_window, v_window, self.window),
+            ):
                 if heads.numel():
                     o[:, heads] = triton_decode(
                         q_[:, heads].contiguous(), k_buf, v_buf, self.pool.window_slot, *batch, self.sink, window,
