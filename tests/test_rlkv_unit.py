@@ -81,6 +81,55 @@ def test_a_window_pool_too_small_for_two_requests_is_refused_at_start(pool):
         )
 
 
+def test_admission_reserves_a_prefills_windows_and_pins_its_match_while_it_evicts(pool):
+    """The serving benchmark found admission evicting, for window slots, the very prefix the request had
+    matched (SGLang pins it only inside `add_one_req`): the request then read freed slots."""
+    from sglang.srt.managers.schedule_policy import AddReqResult
+
+    from sglang_rksc.rlkv import windows
+
+    events = []
+    cached = torch.arange(1, pool.window_size + 1)
+    pool.keep_windows(cached)  # every window slot is held by cached tokens
+
+    class Tree:
+        def lock(self, node):
+            events.append(("lock", node))
+            return node
+
+        def unlock(self, lock):
+            events.append(("unlock", lock))
+
+        evictable = True
+
+        def evictable_size(self):
+            return int(pool.has_window(cached).sum()) if self.evictable else 0
+
+        def evict(self, params):
+            events.append(("evict", params.num_tokens))
+            pool.drop_windows(cached[: params.num_tokens])
+
+    def add_one_req(adder, req, *args):
+        adder.can_run_list.append(req)
+        return AddReqResult.CONTINUE
+
+    adder = SimpleNamespace(
+        token_to_kv_pool_allocator=SimpleNamespace(_kvcache=pool), running_batch=SimpleNamespace(reqs=[1, 2]),
+        can_run_list=[], tree_cache=Tree(),
+    )  # fmt: skip
+    req = SimpleNamespace(last_node="match", prefix_len=3, full_untruncated_fill_ids=list(range(12)))
+    # positions 3..11: none is a sink (2), the last WINDOW (4) are kept; + its first decode step, + 2 running
+    assert windows.extend_need(pool, 3, 12) == 4 and windows.extend_need(pool, 0, 3) == 3
+    assert windows.admit_with_windows(add_one_req, adder, req, False, None) == AddReqResult.CONTINUE
+    assert events == [("lock", "match"), ("evict", 7), ("unlock", "match")]
+    assert adder.rksc_windows_reserved == 2 + 5 and pool.free_window_slots == 7
+    # the next prefill of the round does not fit beside the first one and nothing is left to evict
+    adder.tree_cache.evictable = False  # the rest of the tree is locked
+    second = SimpleNamespace(last_node=None, prefix_len=0, full_untruncated_fill_ids=list(range(40)))
+    assert windows.admit_with_windows(add_one_req, adder, second, False, None) == AddReqResult.NO_TOKEN
+    assert pool.admissions_deferred == 1 and len(adder.can_run_list) == 1
+
+
 def test_a_match_ends_where_sinks_and_window_are_complete(pool):
     slots = torch.arange(1, 13)  # positions 0..11
     pool.keep_windows(slots[[0, 1, 5, 6, 7]])  # sinks 0-1 and positions 5-7 (a node ending at 8)

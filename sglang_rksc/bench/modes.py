@@ -135,13 +135,21 @@ def _with_merge_threshold(mode: Mode, spec: str) -> Mode:
 
 
 def _with_sparsity(mode: Mode, spec: str) -> Mode:
-    """`rksc-heads@0.6`: that share of the KV heads compressed."""
-    value = _number(mode, spec, "the sparsity")
+    """`rksc-heads@0.6`: that share of the KV heads compressed; `rksc-heads@0.6/0.5` also sets the window
+    pool (window slots per token slot)."""
+    sparsity, _, pool = spec.partition("/")
+    value = _number(mode, sparsity, "the sparsity")
     if not 0.0 < value <= 0.95:
         raise ValueError(f"mode {mode.name}@{spec}: the sparsity must be in (0, 0.95]")
     args = list(mode.server_args)
-    args[args.index("--rksc-head-compression") + 1] = spec
-    return Mode(f"{mode.name}@{spec}", f"RLKV head compression at sparsity {spec}", tuple(args), mode.program_args)
+    args[args.index("--rksc-head-compression") + 1] = sparsity
+    description = f"RLKV head compression at sparsity {sparsity}"
+    if pool:
+        if not 0.0 < _number(mode, pool, "the window pool") <= 1.0:
+            raise ValueError(f"mode {mode.name}@{spec}: the window pool must be in (0, 1]")
+        args += ["--rksc-window-pool", pool]
+        description += f", window pool {pool}"
+    return Mode(f"{mode.name}@{spec}", description, tuple(args), mode.program_args)
 
 
 def _with_thresholds(mode: Mode, spec: str) -> Mode:

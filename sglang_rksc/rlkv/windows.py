@@ -127,50 +127,41 @@ def clear_windows(result: Any, allocator: Any) -> Any:
 
 
 # ---------------------------------------------------------------- reservation
-# A request owns at most sink + window + 1 window slots (sinks, window, and the new token before the slide).
-# Admission keeps the free window slots at or above what the running requests may still take, so
-# `_keep` never falls short in the middle of a batch; the decode gate retracts if the estimate is wrong.
+# As SGLang does for token slots, admission reserves what a prefill takes now (exactly: its new sinks and
+# window) plus one slot per running request for the next decode step, so `_keep` never falls short inside a
+# batch; decode growth is not reserved ahead: the decode gate retracts requests when the pool runs short.
 
 
-def per_request_bound(pool: HeadSplitKVPool) -> int:
-    return pool.layout.sink + pool.layout.window + 1
-
-
-def owned_windows(pool: HeadSplitKVPool, req: Any, req_to_token: torch.Tensor) -> int:
-    """Window slots held by the request's own tokens (not yet the tree's)."""
-    lo, hi = req.kv.cache_protected_len, req.kv.kv_allocated_len
-    if req.kv.req_pool_idx is None or hi <= lo:
-        return 0
-    return int(pool.has_window(req_to_token[req.kv.req_pool_idx, lo:hi]).sum())
-
-
-def still_to_take(pool: HeadSplitKVPool, reqs: list[Any], req_to_token: torch.Tensor) -> int:
-    """Window slots these running requests may still take before they finish."""
-    bound = per_request_bound(pool)
-    return sum(max(0, bound - owned_windows(pool, req, req_to_token)) for req in reqs)
+def extend_need(pool: HeadSplitKVPool, prefix_len: int, seq_len: int) -> int:
+    """Window slots an extend of positions [prefix_len, seq_len) takes (`after_alloc_for_extend`): the new
+    positions among the sinks or the last `window`. A chunk of that extend takes no more."""
+    sink, window = pool.layout.sink, pool.layout.window
+    sinks = max(0, min(sink, seq_len) - prefix_len)
+    recent = max(0, seq_len - max(prefix_len, sink, seq_len - window))
+    return sinks + recent
 
 
 def admit_with_windows(original: Any, adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
-    """AROUND hook of `PrefillAdder.add_one_req`: admit only what the window pool can hold with everything
-    already running; otherwise stop this round (`NO_TOKEN`), as SGLang does when token slots run short."""
+    """AROUND hook of `PrefillAdder.add_one_req`: admit a prefill only if the window pool (after evicting
+    cached nodes, the request's own match pinned) holds it beside this round's other prefills and a decode
+    step of every running request; otherwise stop the round (`NO_TOKEN`), as SGLang does for token slots."""
     pool = pool_of(adder.token_to_kv_pool_allocator)
     if pool is None:
         return original(adder, req, *args, **kwargs)
     from sglang.srt.managers.schedule_policy import AddReqResult
 
-    bound = per_request_bound(pool)
     reserved = getattr(adder, "rksc_windows_reserved", None)
-    if reserved is None:  # first request this round: the running batch, and chunks added before this call
-        running = list(getattr(adder.running_batch, "reqs", None) or [])
-        req_to_token = adder.tree_cache.req_to_token_pool.req_to_token
-        reserved = still_to_take(pool, running, req_to_token) + bound * len(adder.can_run_list)
-    if not _reclaim_keeping_match(adder.tree_cache, pool, reserved + bound, req):
+    if reserved is None:  # first request this round: a decode step of each running request, chunks added before
+        running = len(getattr(adder.running_batch, "reqs", None) or [])
+        reserved = running + (pool.layout.sink + pool.layout.window + 1) * len(adder.can_run_list)
+    need = extend_need(pool, req.prefix_len, len(req.full_untruncated_fill_ids)) + 1  # + its first decode step
+    if not _reclaim_keeping_match(adder.tree_cache, pool, reserved + need, req):
         pool.admissions_deferred += 1
         adder.rksc_windows_reserved = reserved
         return AddReqResult.NO_TOKEN
     admitted_before = len(adder.can_run_list)
     result = original(adder, req, *args, **kwargs)
-    adder.rksc_windows_reserved = reserved + bound * (len(adder.can_run_list) - admitted_before)
+    adder.rksc_windows_reserved = reserved + need * (len(adder.can_run_list) - admitted_before)
     return result
 
 
