@@ -129,6 +129,33 @@ def test_a_match_inside_a_dropped_window_is_cut_back_to_a_complete_one(compresse
     assert_idle_and_clean(compressed_server)
 
 
+def test_the_recomputation_after_a_cut_keeps_a_window_at_the_branch_point(compressed_server):
+    """Requests that diverge inside a cached sequence (a shared few-shot prompt, a branch) are cut back to a
+    complete window and recompute; the recomputation keeps a window before the point where it diverged, so
+    the next request diverging there reuses the whole prefix."""
+    flush_cache(compressed_server)
+
+    def ids(text: str) -> list[int]:
+        return requests.post(compressed_server.url + "/tokenize", json={"prompt": text}, timeout=30).json()["tokens"]
+
+    prompt = ids("Write a long story about a lighthouse keeper and the storms of one winter. It began when")
+    first = generate(compressed_server, ids=prompt, n=200, ignore_eos=True)["output_ids"]
+    shared = prompt + first[:100]
+    tail_y = ids(" ".join(["Meanwhile, far away in the mountains, a shepherd counted his goats."] * 6))[:80]
+    tail_z = ids(" ".join(["The baker rose before dawn and lit the ovens in the quiet town."] * 6))[:80]
+    cut = heads_state(compressed_server)["matches_cut"]
+    second = generate(compressed_server, ids=shared + tail_y, n=4)
+    assert heads_state(compressed_server)["matches_cut"] == cut + 1  # diverged mid-sequence: cut back
+    assert second["meta_info"]["cached_tokens"] == len(prompt)
+    third = generate(compressed_server, ids=shared + tail_z, n=4)
+    assert heads_state(compressed_server)["matches_cut"] == cut + 1
+    assert third["meta_info"]["cached_tokens"] == len(shared)
+    state = heads_state(compressed_server)
+    assert state["window_slots_used"] == state["window_slots_in_tree"], state
+    flush_cache(compressed_server)
+    assert_idle_and_clean(compressed_server)
+
+
 def test_more_requests_than_the_window_pool_holds_wait_instead_of_stopping_the_server(compressed_server):
     """Each request owns up to sink + window + 1 window slots; ten at once need about twice what the pool
     has. Admission makes the rest wait (before the fix, the sixth prefill stopped the server)."""

@@ -68,7 +68,7 @@ def test_the_window_pool_refuses_more_than_it_holds(pool):
 
 
 def test_a_window_pool_too_small_for_two_requests_is_refused_at_start(pool):
-    with pytest.raises(ValueError, match="fewer than 14"):
+    with pytest.raises(ValueError, match="fewer than 30"):
         HeadSplitKVPool(
             8,
             1,
@@ -118,11 +118,13 @@ def test_admission_reserves_a_prefills_windows_and_pins_its_match_while_it_evict
         can_run_list=[], tree_cache=Tree(),
     )  # fmt: skip
     req = SimpleNamespace(last_node="match", prefix_len=3, full_untruncated_fill_ids=list(range(12)))
-    # positions 3..11: none is a sink (2), the last WINDOW (4) are kept; + its first decode step, + 2 running
-    assert windows.extend_need(pool, 3, 12) == 4 and windows.extend_need(pool, 0, 3) == 3
+    # kept: the sinks (2) and the last WINDOW + KEEP_SLACK (12), and as many before a branch point
+    assert windows.extend_need(pool, 3, 12) == 9 and windows.extend_need(pool, 0, 40) == 2 + 12
+    assert windows.extend_need(pool, 3, 40, branch_point=20) == 12 + 12  # [8, 20) and [28, 40)
+    # positions 3..11 all kept, + its first decode step, + one step of each of the 2 running requests
     assert windows.admit_with_windows(add_one_req, adder, req, False, None) == AddReqResult.CONTINUE
-    assert events == [("lock", "match"), ("evict", 7), ("unlock", "match")]
-    assert adder.rksc_windows_reserved == 2 + 5 and pool.free_window_slots == 7
+    assert events == [("lock", "match"), ("evict", 12), ("unlock", "match")]
+    assert adder.rksc_windows_reserved == 2 + 10 and pool.free_window_slots == 12
     # the next prefill of the round does not fit beside the first one and nothing is left to evict
     adder.tree_cache.evictable = False  # the rest of the tree is locked
     second = SimpleNamespace(last_node=None, prefix_len=0, full_untruncated_fill_ids=list(range(40)))

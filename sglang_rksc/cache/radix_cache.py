@@ -174,6 +174,9 @@ class RkscRadixCache(RadixCache):
         if pool is None or result.device_prefix_len == 0:
             return result
         complete = complete_prefix(pool, self.path_device_indices(result.last_device_node))
+        # Where the match was cut, the recomputation keeps a window before the original match point (the
+        # branch point), so the next request diverging there reuses the whole prefix.
+        params.req.rksc_branch_point = 0 if complete == result.device_prefix_len else result.device_prefix_len
         if complete == result.device_prefix_len:
             return result
         self.head_split_cut_matches += 1

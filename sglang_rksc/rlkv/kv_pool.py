@@ -39,7 +39,7 @@ class HeadSplitKVPool(MHATokenToKVPool):
         if kwargs.get("quant_method") is not None:
             raise ValueError("head compression does not support a quantized KV cache")
         self.window_size = max(1, int(size * self.window_fraction))
-        smallest = 2 * (self.layout.sink + self.layout.window + 1)  # two requests' sinks, windows and new tokens
+        smallest = 2 * self.layout.per_request_bound  # two requests' sinks, windows and new tokens
         if self.window_size < smallest:
             raise ValueError(
                 f"the window pool would hold {self.window_size} slots, fewer than {smallest} (two requests): "

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+# Positions kept beyond the attention window, at a sequence's end and before a branch point: a continuation
+# that drops the last few tokens (a stop string, a junction tokenized differently) still finds a window.
+KEEP_SLACK = 8
+
 
 @dataclass(frozen=True)
 class HeadLayout:
@@ -22,6 +26,25 @@ class HeadLayout:
     @classmethod
     def of(cls, mask: list[list[bool]], sink: int, window: int) -> HeadLayout:
         return cls(tuple(tuple(bool(x) for x in row) for row in mask), sink, window)
+
+    @property
+    def kept_window(self) -> int:
+        """Positions kept before an end or a branch point (the attention window plus `KEEP_SLACK`)."""
+        return self.window + KEEP_SLACK
+
+    @property
+    def per_request_bound(self) -> int:
+        """Window slots a request owns at most outside a branch point: sinks, kept window, the new token."""
+        return self.sink + self.kept_window + 1
+
+    def kept(self, positions: torch.Tensor, seq_len: int, branch_point: int = 0) -> torch.Tensor:
+        """Which of these positions of a sequence of `seq_len` keep their compressed heads' K and V: the sinks,
+        the last `kept_window`, and the `kept_window` before a branch point (where a request's match was cut:
+        kept there, the next request diverging at the same place reuses the prefix)."""
+        keep = (positions < self.sink) | (positions >= seq_len - self.kept_window)
+        if branch_point > 0:
+            keep |= (positions >= branch_point - self.kept_window) & (positions < branch_point)
+        return keep
 
     @property
     def num_layers(self) -> int:

@@ -67,31 +67,31 @@ def _keep(tree_cache: Any, pool: HeadSplitKVPool, token_slots: torch.Tensor) -> 
 
 
 def _slide(pool: HeadSplitKVPool, req: Any, row_slots: torch.Tensor, seq_len: int) -> None:
-    """Give back the window slots of the request's own tokens that left its window."""
+    """Give back the window slots of the request's own tokens that left its kept window."""
     layout = pool.layout
     lo = max(layout.sink, req.kv.cache_protected_len, getattr(req, "rksc_window_floor", 0))
-    hi = seq_len - layout.window
+    hi = seq_len - layout.kept_window
     if hi > lo:
         pool.drop_windows(row_slots[lo:hi])
         req.rksc_window_floor = hi
 
 
 def after_alloc_for_extend(result: Any, batch: Any) -> Any:
-    """AFTER hook of `alloc_for_extend`: the new tokens' sinks and window, then the slide."""
+    """AFTER hook of `alloc_for_extend`: the slide, then the new tokens' sinks, kept window and branch window
+    (the slide first, so that it cannot drop the branch window just kept)."""
     pool = pool_of(batch.token_to_kv_pool_allocator)
     if pool is None:
         return result
     req_to_token = batch.req_to_token_pool.req_to_token
-    sink, window = pool.layout.sink, pool.layout.window
     for req, prefix_len, extend_len in zip(batch.reqs, batch.prefix_lens, batch.extend_lens, strict=True):
         seq_len = prefix_len + extend_len
         row = req_to_token[req.kv.req_pool_idx, :seq_len]
         if getattr(req, "rksc_window_floor", 0) > prefix_len:  # recomputed after a retraction
             req.rksc_window_floor = 0
-        new = torch.arange(prefix_len, seq_len)
-        kept = new[(new < sink) | (new >= seq_len - window)]
-        _keep(batch.tree_cache, pool, row[kept])
         _slide(pool, req, row, seq_len)
+        new = torch.arange(prefix_len, seq_len)
+        kept = new[pool.layout.kept(new, seq_len, getattr(req, "rksc_branch_point", 0))]
+        _keep(batch.tree_cache, pool, row[kept])
     return result
 
 
@@ -132,13 +132,10 @@ def clear_windows(result: Any, allocator: Any) -> Any:
 # batch; decode growth is not reserved ahead: the decode gate retracts requests when the pool runs short.
 
 
-def extend_need(pool: HeadSplitKVPool, prefix_len: int, seq_len: int) -> int:
-    """Window slots an extend of positions [prefix_len, seq_len) takes (`after_alloc_for_extend`): the new
-    positions among the sinks or the last `window`. A chunk of that extend takes no more."""
-    sink, window = pool.layout.sink, pool.layout.window
-    sinks = max(0, min(sink, seq_len) - prefix_len)
-    recent = max(0, seq_len - max(prefix_len, sink, seq_len - window))
-    return sinks + recent
+def extend_need(pool: HeadSplitKVPool, prefix_len: int, seq_len: int, branch_point: int = 0) -> int:
+    """Window slots an extend of positions [prefix_len, seq_len) takes (`after_alloc_for_extend`). A chunk
+    of that extend takes no more."""
+    return int(pool.layout.kept(torch.arange(prefix_len, seq_len), seq_len, branch_point).sum())
 
 
 def admit_with_windows(original: Any, adder: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
@@ -153,8 +150,9 @@ def admit_with_windows(original: Any, adder: Any, req: Any, *args: Any, **kwargs
     reserved = getattr(adder, "rksc_windows_reserved", None)
     if reserved is None:  # first request this round: a decode step of each running request, chunks added before
         running = len(getattr(adder.running_batch, "reqs", None) or [])
-        reserved = running + (pool.layout.sink + pool.layout.window + 1) * len(adder.can_run_list)
-    need = extend_need(pool, req.prefix_len, len(req.full_untruncated_fill_ids)) + 1  # + its first decode step
+        reserved = running + (pool.layout.per_request_bound + pool.layout.kept_window) * len(adder.can_run_list)
+    branch_point = getattr(req, "rksc_branch_point", 0)
+    need = extend_need(pool, req.prefix_len, len(req.full_untruncated_fill_ids), branch_point) + 1  # + a decode step
     if not _reclaim_keeping_match(adder.tree_cache, pool, reserved + need, req):
         pool.admissions_deferred += 1
         adder.rksc_windows_reserved = reserved
