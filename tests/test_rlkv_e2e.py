@@ -48,6 +48,7 @@ def compressed_server(head_mask: Path, tmp_path_factory: pytest.TempPathFactory)
     args = [
         "--rksc-head-compression", str(SPARSITY), "--rksc-head-mask", str(head_mask),
         "--rksc-sink", str(SINK), "--rksc-window", str(WINDOW), "--max-total-tokens", str(POOL),
+        "--rksc-window-pool", "0.25",
     ]  # fmt: skip
     with _server(args, tmp_path_factory, "compressed") as server:
         yield server

@@ -27,7 +27,7 @@ class HeadSplitKVPool(MHATokenToKVPool):
     `get_kv_pool_cls`); the layout and the window pool's size are set on the class beforehand."""
 
     layout: HeadLayout | None = None
-    window_fraction: float = 0.25  # window slots per token slot
+    window_fraction: float = 0.5  # window slots per token slot (set from --rksc-window-pool)
     admissions_deferred: int = 0  # prefill admissions stopped because the window pool was short
     decode_shortfalls: int = 0  # decode steps that retracted because the window pool was short
 
