@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import torch
 
+from sglang_rksc.rlkv.sink_window import stored_window_positions
+
 
 def positions_seen(seq_len: int, sink: int, window: int | None) -> torch.Tensor:
-    """Positions a decode query at seq_len - 1 attends to."""
-    if window is None or seq_len <= sink + window:
+    """Positions a decode query at seq_len - 1 attends to: the stored ones and its own."""
+    if window is None:
         return torch.arange(seq_len)
-    return torch.cat((torch.arange(sink), torch.arange(max(sink, seq_len - window), seq_len)))
+    return torch.cat((stored_window_positions(seq_len - 1, sink, window), torch.tensor([seq_len - 1])))
 
 
 def reference_decode(

@@ -171,7 +171,7 @@ class RkscRadixCache(RadixCache):
         compressed heads still hold the sinks and window its next token needs (`rlkv.windows`)."""
         result = super().match_prefix(params)
         pool = head_split_pool(self.token_to_kv_pool_allocator)
-        if pool is None or result.device_prefix_len == 0:
+        if pool is None:
             return result
         complete = complete_prefix(pool, self.path_device_indices(result.last_device_node))
         # Where the match was cut, the recomputation keeps a window before the original match point (the

@@ -17,20 +17,13 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from sglang_rksc.kernels.sink_window_decode import triton_decode
 from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool
-from sglang_rksc.rlkv.sink_window import sink_window_keep
+from sglang_rksc.rlkv.sink_window import sink_window_keep, stored_window_positions
 
 KERNEL_ENV = "RKSC_HEAD_SPLIT_DECODE_KERNEL"  # "1": the Triton decode path on any device (tests, interpreter)
 
 
 class MissingWindowKV(RuntimeError):
     pass
-
-
-def stored_window_positions(prefix_len: int, sink: int, window: int) -> torch.Tensor:
-    """Positions before `prefix_len` a compressed head's queries from `prefix_len` on may still see."""
-    sinks = torch.arange(min(sink, prefix_len))
-    recent = torch.arange(min(max(sink, prefix_len - window + 1), prefix_len), prefix_len)
-    return torch.cat((sinks, recent))
 
 
 class HeadSplitAttnBackend(TorchNativeAttnBackend):

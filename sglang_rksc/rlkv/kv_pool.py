@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, unwrap_write_loc
 
+from sglang_rksc.config import HeadCompressionSettings
 from sglang_rksc.rlkv.layout import HeadLayout
 
 
@@ -27,7 +28,7 @@ class HeadSplitKVPool(MHATokenToKVPool):
     `get_kv_pool_cls`); the layout and the window pool's size are set on the class beforehand."""
 
     layout: HeadLayout | None = None
-    window_fraction: float = 0.5  # window slots per token slot (set from --rksc-window-pool)
+    window_fraction: float = HeadCompressionSettings().window_pool  # window slots per token slot
     admissions_deferred: int = 0  # prefill admissions stopped because the window pool was short
     decode_shortfalls: int = 0  # decode steps that retracted because the window pool was short
 

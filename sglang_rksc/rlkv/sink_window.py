@@ -17,6 +17,13 @@ def sink_window_keep(q_pos: torch.Tensor, k_pos: torch.Tensor, sink: int, window
     return causal & (recent | (k_pos[None, :] < sink))
 
 
+def stored_window_positions(prefix_len: int, sink: int, window: int) -> torch.Tensor:
+    """Positions before `prefix_len` a compressed head's queries from `prefix_len` on may still see."""
+    sinks = torch.arange(min(sink, prefix_len))
+    recent = torch.arange(min(max(sink, prefix_len - window + 1), prefix_len), prefix_len)
+    return torch.cat((sinks, recent))
+
+
 def head_split_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -38,18 +38,21 @@ def record_capture(decode: bool, seconds: float) -> None:
 
 
 def record_memory(counters: ForwardCounters, scheduler: Any) -> None:
-    """KV held by running requests and locked paths (the pool minus what is free or evictable), and the
-    requests waiting for admission, after a forward."""
+    """KV held by running requests and locked paths (the pool minus what is free or evictable; in tokens, and
+    in bytes with the window slots taken under head compression), requests running and waiting for
+    admission, after a forward."""
     try:
         total = int(scheduler.max_total_num_tokens)
         free = int(scheduler.token_to_kv_pool_allocator.available_size())
         evictable = int(scheduler.tree_cache.evictable_size())
         waiting = len(scheduler.waiting_queue)
         running = len(getattr(scheduler.running_batch, "reqs", None) or [])
-        in_use_bytes = max(0, total - free - evictable) * _bytes_per_token(scheduler) + _window_bytes_in_use(scheduler)
-    except (AttributeError, TypeError):  # a scheduler shape we do not know: no sample
+        pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
+        per_token, per_window_slot = _byte_costs(scheduler, pool)
+    except (AttributeError, TypeError, KeyError):  # a scheduler shape we do not know: no sample
         return
     in_use = max(0, total - free - evictable)
+    in_use_bytes = in_use * per_token + getattr(pool, "used_window_slots", 0) * per_window_slot
     counters.forwards_sampled += 1
     counters.kv_in_use_sum += in_use
     counters.kv_in_use_max = max(counters.kv_in_use_max, in_use)
@@ -61,32 +64,21 @@ def record_memory(counters: ForwardCounters, scheduler: Any) -> None:
     counters.waiting_max = max(counters.waiting_max, waiting)
 
 
-def _bytes_per_token(scheduler: Any) -> int:
-    """KV bytes of one token slot: every layer's K and V heads (only the full heads under head compression)."""
-    cached = getattr(scheduler, "rksc_bytes_per_token", None)
-    if cached is None:
-        pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
+def _byte_costs(scheduler: Any, pool: Any) -> tuple[int, int]:
+    """(KV bytes of a token slot, of a window slot), read once per scheduler: a head-split pool describes
+    both (a token slot holds only the full heads); another pool's token slot holds every head, and it has
+    no window slots."""
+    costs = getattr(scheduler, "rksc_kv_byte_costs", None)
+    if costs is None:
         describe = getattr(pool, "describe", None)
         if describe is not None:
-            cached = int(describe()["bytes_per_token"])
+            described = describe()
+            costs = (int(described["bytes_per_token"]), int(described["bytes_per_window_slot"]))
         else:
             k, v = pool.get_kv_size_bytes()
-            cached = int((k + v) // (pool.size + pool.page_size))
-        scheduler.rksc_bytes_per_token = cached
-    return cached
-
-
-def _window_bytes_in_use(scheduler: Any) -> int:
-    """Bytes of the compressed heads' window slots taken (those the tree holds included); 0 without head
-    compression."""
-    pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
-    used = getattr(pool, "used_window_slots", None)
-    if used is None:
-        return 0
-    per_slot = getattr(scheduler, "rksc_bytes_per_window_slot", None)
-    if per_slot is None:
-        per_slot = scheduler.rksc_bytes_per_window_slot = int(pool.describe()["bytes_per_window_slot"])
-    return used * per_slot
+            costs = (int((k + v) // (pool.size + pool.page_size)), 0)
+        scheduler.rksc_kv_byte_costs = costs
+    return costs
 
 
 def time_batch(original: Any, scheduler: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
