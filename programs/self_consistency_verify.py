@@ -17,7 +17,7 @@ from typing import Any
 
 import sglang as sgl
 
-from sglang_rksc.programs import common, gsm8k, verification
+from sglang_rksc.programs import aggregate, common, gsm8k, verification
 
 NAME = "self_consistency_verify"
 DESCRIPTION = "Self-consistency on GSM8K: N sampled solutions (fork), a yes/no verification each, weighted vote."
@@ -47,9 +47,12 @@ def self_consistency_verify(
     diversify: bool = False,
     verifier: verification.Verifier | str = "select",
     merge: float | None = None,
+    gather: str = "vote",
+    packets: bool = True,
 ):
-    """Sample, verify, return one record per sample; with `merge`, near-duplicate solutions are
-    verified once and their record carries the group's size as its weight."""
+    """Sample, verify, return one record per sample (and, with `gather` "usc", the gather step's answer);
+    with `merge`, near-duplicate solutions are verified once and their record carries the group's size as
+    its weight."""
     s += sgl.user(SOLVE_PROMPT.format(question=question))
     forks = common.fork(s, samples)
     extra = verification.candidate_args(verifier)
@@ -61,7 +64,10 @@ def self_consistency_verify(
     for f in kept:
         f += sgl.user(VERIFY_PROMPT)
         f += sgl.assistant(verification.step("verdict", VERDICTS, verifier, candidate="solution"))
-    return [
+    gathered = None
+    if gather == "usc":
+        gathered = aggregate.gather_answer(s, [f["solution"] for f in kept], max_tokens=max_tokens, packets=packets)
+    samples = [
         {
             "solution": f["solution"],
             "verdict": f["verdict"],
@@ -72,9 +78,12 @@ def self_consistency_verify(
         }
         for f, weight, group in zip(kept, groups.sizes, groups.groups, strict=True)
     ]
+    return {"samples": samples, "gather": gathered}
 
 
-def score_problem(problem: gsm8k.Problem, samples: list[dict[str, Any]]) -> dict[str, Any]:
+def score_problem(
+    problem: gsm8k.Problem, samples: list[dict[str, Any]], gathered: dict[str, Any] | None = None
+) -> dict[str, Any]:
     answers = [gsm8k.extract_answer(x["solution"]) for x in samples]
     p_yes = [x["p_yes"] for x in samples]
     weights = [x["weight"] for x in samples]  # samples a merged one stands for
@@ -100,6 +109,7 @@ def score_problem(problem: gsm8k.Problem, samples: list[dict[str, Any]]) -> dict
         "verifications": [x["verification"] for x in samples],
         "tokens": common.count_calls(m for x in samples for m in x["meta"]).as_dict(),
         "solutions": [x["solution"] for x in samples],
+        **aggregate.score(gathered, problem.answer),
     }
 
 
@@ -124,6 +134,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     )
     verification.add_argument(group)
     common.add_merge_argument(group, "solutions")
+    aggregate.add_arguments(group)
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
@@ -148,13 +159,15 @@ def run(
             diversify=options.diversify,
             verifier=budget.verifier(options.verifier),
             merge=budget.merge_threshold,
+            gather=options.aggregate,
+            packets=options.packets == "on",
         )
         for p in problems
     ]
     values = common.run_batch_rows(
         self_consistency_verify, arguments, backend, parallel=parallel, progress_bar=progress_bar
     )
-    return [score_problem(p, v) for p, v in zip(problems, values, strict=True)]
+    return [score_problem(p, v["samples"], v["gather"]) for p, v in zip(problems, values, strict=True)]
 
 
 def describe_row(row: Mapping[str, Any]) -> str:
@@ -177,6 +190,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) ->
         "verdict_yes_rate": verdicts.count("yes") / len(verdicts) if verdicts else 0.0,
         "verdict_accuracy": sum(right) / len(right) if right else 0.0,
         **verification.summarize(v for r in rows for v in r["verifications"]),
+        **aggregate.summarize(rows),
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import sglang as sgl
 
 from sglang_rksc.cache import span_vector
-from sglang_rksc.programs import common, gsm8k, verification
+from sglang_rksc.programs import aggregate, common, gsm8k, verification
 
 NAME = "tree_of_thought"
 DESCRIPTION = "Tree-of-thought on GSM8K with fork: plan, branch, execute, reflect, score-weighted vote."
@@ -53,8 +53,11 @@ def tree_of_thought(
     verifier: verification.Verifier | str = "select",
     mark: bool = False,
     merge: float | None = None,
+    gather: str = "vote",
+    packets: bool = True,
 ):
-    """Plan (level 1) -> execute (level 2) -> reflect and score (level 3); returns the leaves.
+    """Plan (level 1) -> execute (level 2) -> reflect and score (level 3); returns the leaves (and, with
+    `gather` "usc", the answer of one prompt comparing the kept solutions).
 
     With `merge`, near-duplicate plans, and near-duplicate solutions of one plan, are merged:
     one branch per group goes on, and its leaves carry the group's size as their weight."""
@@ -96,11 +99,16 @@ def tree_of_thought(
         )
         leaves.extend((plan, solution, f, weight, members) for f in forks)
 
+    gathered = None
+    if gather == "usc":  # before the marks: the solutions' KV is what the gather prompt reuses
+        kept = [solution["solution"] for _, solution, _, _ in solutions]
+        gathered = aggregate.gather_answer(s, kept, max_tokens=max_tokens, packets=packets)
+
     # RSBCM: low-scored leaves are dead first; then the whole tree is done.
     common.mark_branches([f for _, _, f, _, _ in leaves if int(f["score"]) < ACCEPT_SCORE], "rejected", mark)
     common.mark_branches(plans, "finished", mark)
 
-    return [
+    rows = [
         {
             "plan": plan["plan"],
             "solution": solution["solution"],
@@ -121,9 +129,12 @@ def tree_of_thought(
         }
         for plan, solution, reflection, weight, members in leaves
     ]
+    return {"leaves": rows, "gather": gathered}
 
 
-def score_problem(problem: gsm8k.Problem, leaves: list[dict[str, Any]]) -> dict[str, Any]:
+def score_problem(
+    problem: gsm8k.Problem, leaves: list[dict[str, Any]], gathered: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Vote over the leaves' answers, each weighted by its reflection score."""
     answers = [gsm8k.extract_answer(leaf["solution"]) for leaf in leaves]
     weights = [leaf["weight"] for leaf in leaves]  # branches a merged leaf stands for
@@ -144,6 +155,7 @@ def score_problem(problem: gsm8k.Problem, leaves: list[dict[str, Any]]) -> dict[
         "verifications": [leaf["verification"] for leaf in leaves],
         "tokens": common.count_calls(m for leaf in leaves for m in leaf["meta"]).as_dict(),
         "branches": [{k: leaf[k] for k in ("plan", "solution", "reflection", "score", "spans")} for leaf in leaves],
+        **aggregate.score(gathered, problem.answer),
     }
 
 
@@ -179,6 +191,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     verification.add_argument(group)
     common.add_mark_argument(group)
     common.add_merge_argument(group, "plans, and solutions of one plan,")
+    aggregate.add_arguments(group)
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
@@ -206,11 +219,13 @@ def run(
             verifier=budget.verifier(options.verifier),
             mark=options.mark_branches == "on",
             merge=budget.merge_threshold,
+            gather=options.aggregate,
+            packets=options.packets == "on",
         )
         for p in problems
     ]
-    leaves = common.run_batch_rows(tree_of_thought, arguments, backend, parallel=parallel, progress_bar=progress_bar)
-    return [score_problem(p, value) for p, value in zip(problems, leaves, strict=True)]
+    values = common.run_batch_rows(tree_of_thought, arguments, backend, parallel=parallel, progress_bar=progress_bar)
+    return [score_problem(p, v["leaves"], v["gather"]) for p, v in zip(problems, values, strict=True)]
 
 
 def describe_row(row: Mapping[str, Any]) -> str:
@@ -228,6 +243,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) ->
         "majority_vote_accuracy": sum(r["majority_correct"] for r in rows) / n,
         **merged,
         **verification.summarize(v for r in rows for v in r["verifications"]),
+        **aggregate.summarize(rows),
     }
 
 

@@ -96,6 +96,12 @@ class RkscConfig:
         "which the frontend's merge_branches groups near-duplicate branches by (rksc backend)",
     )
 
+    packets: bool = setting(
+        False,
+        "reuse the cached KV of prompt spans a request marks as packets (custom_params.rksc.packets), turned to "
+        "their new positions, instead of computing them (rksc backend, torch-native attention)",
+    )
+
     def __post_init__(self) -> None:
         check(self, flag_name)
 

@@ -29,13 +29,16 @@ class Option:
     REUSE = "reuse"  # false: no decode-side reuse
     MARK = "mark"  # one of MARKS: mark the request's own branch when it is released
     CGEE = "cgee"  # an object: this request is a verification (checked in depth by sglang_rksc.exit)
+    PACKETS = "packets"  # texts: spans of the prompt whose cached KV may be reused (--rksc-packets on)
 
 
 BOOL_OPTIONS = (Option.SEMANTIC, Option.FORK, Option.REUSE)
-OPTIONS = (*BOOL_OPTIONS, Option.MARK, Option.CGEE)
+OPTIONS = (*BOOL_OPTIONS, Option.MARK, Option.CGEE, Option.PACKETS)
 # Options that change nothing about what is generated (decode-side reuse keys ignore them).
 NEUTRAL_OPTIONS = (Option.MARK, Option.REUSE)
 MARKS = ("rejected", "finished")  # a branch mark, strongest first
+MAX_PACKETS = 64  # spans one request may mark
+MAX_PACKET_CHARS = 65536
 
 
 def check_custom_params(custom_params: Any) -> None:
@@ -60,8 +63,18 @@ def check_custom_params(custom_params: Any) -> None:
         elif key == Option.CGEE:
             if not isinstance(value, dict):
                 raise ValueError(f"{where}.cgee must be an object, got {value!r:.80}")
+        elif key == Option.PACKETS:
+            _check_packets(value, f"{where}.packets")
         else:
             raise ValueError(f"{where} has an unknown option {key!r:.80} (known: {', '.join(OPTIONS)})")
+
+
+def _check_packets(value: Any, where: str) -> None:
+    if not isinstance(value, list) or len(value) > MAX_PACKETS:
+        raise ValueError(f"{where} must be a list of at most {MAX_PACKETS} texts, got {value!r:.80}")
+    for text in value:
+        if not isinstance(text, str) or not text or len(text) > MAX_PACKET_CHARS:
+            raise ValueError(f"{where} must hold non-empty texts of at most {MAX_PACKET_CHARS} characters, got {text!r:.80}")
 
 
 def options_of(custom_params: Any) -> dict[str, Any]:
@@ -90,10 +103,11 @@ class Meta:
     CGEE = "rksc_cgee"  # CgeeEntry: the verdict of a verification
     SPAN = "rksc_span"  # SpanEntry: the output's pooled hidden states
     REUSE = "rksc_reuse"  # ReuseEntry: the result was replayed or coalesced
+    PACKETS = "rksc_packets"  # PacketEntry: which marked spans took cached KV instead of being computed
 
 
 # Entries that say how the original request ran, not what it produced: a replay does not repeat them.
-NOT_REPLAYED = (Meta.REUSE, Meta.SEMANTIC)
+NOT_REPLAYED = (Meta.REUSE, Meta.SEMANTIC, Meta.PACKETS)
 
 
 class SemanticEntry(TypedDict, total=False):
@@ -106,6 +120,12 @@ class SemanticEntry(TypedDict, total=False):
     donor_tokens: int
     reused_tokens: int
     prompt_tokens_served: int
+
+
+class PacketEntry(TypedDict, total=False):
+    reused: list[dict[str, int]]  # {"start", "end"}: prompt positions; "from": the cached run's position
+    missed: int  # marked spans found in the prompt but not in the cache (computed)
+    tokens_not_computed: int
 
 
 class CgeeEntry(TypedDict, total=False):
@@ -197,6 +217,7 @@ class Section:
     EVICTION = "eviction"  # evicted tokens by mark, marks received
     REUSE = "reuse"  # replayed, coalesced, tokens not generated
     HEADS = "head_compression"  # RLKV: heads compressed, bytes per token, token and window slots
+    PACKETS = "packets"  # KV Packet: requests with marked spans, spans reused and missed, tokens not computed
 
 
 def rksc_state(server_info: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -318,6 +339,22 @@ class ReuseStats:
     invalidated: int = 0  # records whose path was evicted before they were asked for
 
     PREFIX: ClassVar[str] = "reuse_"
+
+    def as_dict(self) -> dict[str, int]:
+        return {self.PREFIX + k: v for k, v in asdict(self).items()}
+
+
+@dataclass
+class PacketStats:
+    """Section.PACKETS, prefixed `packets_` (beside `on`): prompt spans served from other paths' KV."""
+
+    requests: int = 0  # prefill rounds of requests that marked spans
+    spans_reused: int = 0
+    spans_missed: int = 0
+    tokens_not_computed: int = 0
+    failures: int = 0  # prefill rounds whose copy failed (computed in full instead)
+
+    PREFIX: ClassVar[str] = "packets_"
 
     def as_dict(self) -> dict[str, int]:
         return {self.PREFIX + k: v for k, v in asdict(self).items()}

@@ -6,7 +6,8 @@ plus components, each present only when its feature is on:
 - `marks` (always): RSBCM branch marks, by rid or by a request's own option;
 - `reuse` (`--rksc-reuse on`): records of finished deterministic requests;
 - `span_report` (`--rksc-span-embeddings on`): the output's pooled states in its response;
-- `asks` (`--rksc-semantic on`): semantic fork at admission and dedupe at release.
+- `asks` (`--rksc-semantic on`): semantic fork at admission and dedupe at release;
+- `packets` (`--rksc-packets on`): marked prompt spans copied from cached KV (`sglang_rksc.packets`).
 
 What happens when a request is released is one explicit, ordered list of
 observers (`release_observers`), not an order kept across subclasses:
@@ -67,6 +68,7 @@ class RkscRadixCache(RadixCache):
         self.reuse: ReuseStore | None = None
         self.span_report: SpanReport | None = None
         self.asks: SemanticSharing | None = None
+        self.packets: Any = None  # PacketReuse, set by the backend factory with --rksc-packets on
         super().__init__(params)
         if not self.disable:
             if self.config.reuse:
@@ -142,6 +144,8 @@ class RkscRadixCache(RadixCache):
                 "window_slots_in_tree": self._tree_window_slots(pool),
                 "matches_cut": self.head_split_cut_matches,
             }
+        if self.packets is not None:
+            out[Section.PACKETS] = {"on": True, **self.packets.stats.as_dict()}
         if self.asks is not None:
             described = self.asks.describe()
             out.update(config=described["config"], aliases=described["aliases"])

@@ -1,7 +1,8 @@
 """Frontend primitives for SGLang programs: `verify` (CGEE), its `Gate`, `mark_branch` (RSBCM) and
-`merge_branches` (near-duplicate branches)."""
+`merge_branches` (near-duplicate branches) and `gather` (a prompt over earlier branches, their KV reused as packets)."""
 
 from sglang_rksc.lang.gate import Confidence, Gate, confidence_of
+from sglang_rksc.lang.gather import GatherPrompt, GatherResult, gather, gather_prompt
 from sglang_rksc.lang.mark import mark_branch
 from sglang_rksc.lang.merge import BranchGroups, merge_branches
 from sglang_rksc.lang.verify import VerifyMethod, verify
@@ -10,8 +11,12 @@ __all__ = [
     "BranchGroups",
     "Confidence",
     "Gate",
+    "GatherPrompt",
+    "GatherResult",
     "VerifyMethod",
     "confidence_of",
+    "gather",
+    "gather_prompt",
     "mark_branch",
     "merge_branches",
     "verify",

@@ -35,8 +35,26 @@ def _why_no_semantic(ctx: TreeCacheBuildContext) -> str | None:
     return None
 
 
+def _with_packets(cache: RkscRadixCache, ctx: TreeCacheBuildContext) -> RkscRadixCache:
+    """Give the cache its packet reuse (`--rksc-packets on`), turning keys with the served model's own RoPE."""
+    if not cache.config.packets or cache.disable:
+        return cache
+    from sglang_rksc.packets.reuse import PacketReuse
+    from sglang_rksc.packets.rope_shift import RopeShift
+
+    model = ctx.tp_worker.model_runner.model
+    rotary = model.model.layers[0].self_attn.rotary_emb
+    cache.packets = PacketReuse(cache, RopeShift.of_module(rotary))
+    logger.info("sglang-rksc: packets on (marked prompt spans reuse cached KV, keys turned by RoPE)")
+    return cache
+
+
 def build_tree_cache(ctx: TreeCacheBuildContext) -> RkscRadixCache:
     """Factory for `register_radix_cache_backend(BACKEND_NAME, ...)`."""
+    return _with_packets(_build(ctx), ctx)
+
+
+def _build(ctx: TreeCacheBuildContext) -> RkscRadixCache:
     config = RkscConfig.from_env()
     capture.deactivate()
     wants_states = config.semantic.on or config.span_embeddings

@@ -174,10 +174,12 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         )
     except ValueError as exc:
         raise LaunchError(str(exc)) from exc
+    from sglang_rksc.packets import launch_checks as packet_checks
     from sglang_rksc.rlkv import launch_checks
 
     try:
         settings = launch_checks.resolve(settings, model_path, out)
+        packet_checks.check(settings, out)
     except ValueError as exc:
         raise LaunchError(str(exc)) from exc
     # The scheduler, a spawned child, reads them from its inherited environment.

@@ -92,12 +92,13 @@ def register() -> None:
         HookRegistry.register(_HOOKS["prefill_graph"], layer_exit.keep_out_of_prefill_graph, HookType.AROUND)
         for target in EXIT_MODELS:
             HookRegistry.register(target, layer_exit.forward_with_exit, HookType.AROUND)
-        _register_head_compression()
+        _register_optional_hooks()
         _hooks_registered = True
 
 
-def _register_head_compression() -> None:
-    """RLKV head compression's hooks, only in a server launched with it (the settings travel in the env)."""
+def _register_optional_hooks() -> None:
+    """RLKV head compression's and packets' hooks, only in a server launched with them (the settings travel
+    in the env)."""
     from sglang_rksc.config import ENV_VAR, RkscConfig
 
     if not os.environ.get(ENV_VAR):
@@ -110,6 +111,10 @@ def _register_head_compression() -> None:
         from sglang_rksc.rlkv import hooks as head_compression
 
         head_compression.register(heads)
+    if RkscConfig.from_env().packets:
+        from sglang_rksc.packets import hooks as packets
+
+        packets.register()
 
 
 def describe_tree_cache(tree_cache: Any) -> dict[str, Any]:

@@ -1,0 +1,139 @@
+"""The server side of packets: before a prefill runs, copy each found packet's KV into the request's slots
+(K turned to the new positions) and take its tokens out of the forward.
+
+`PacketReuse.prepare(batch)` runs after `ScheduleBatch.prepare_for_extend`, which has already given every
+prompt token of the round a slot of the request's own (`req_to_token`). For each request that marked packets,
+each packet lying inside this round's extend and cached in the tree is copied into those slots; then the
+batch's token list, its slots and its extend lengths lose the copied positions, and the batch records, per
+request, the positions that are still computed (the forward reads them: `attention`, `hooks`). A request that
+used a packet never enters the exact tree (`skip_radix_cache_insert`): its later KV depends on approximate KV.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from sglang_rksc.cache.tree_paths import Namespace
+from sglang_rksc.packets.rope_shift import RopeShift
+from sglang_rksc.packets.spans import MIN_PACKET_TOKENS, CachedSpan, PromptSpan, find_cached, locate
+from sglang_rksc.wire import Meta, PacketEntry, PacketStats, put_meta
+
+logger = logging.getLogger(__name__)
+
+PACKETS_ATTR = "rksc_packet_tokens"  # on a Req: its packets, tokenised when it was queued
+QUERY_ATTR = "rksc_query_positions"  # on a ScheduleBatch, then its ForwardBatch: {row: positions computed}
+
+
+class PacketReuse:
+    """Copies cached packets into requests' slots; owned by the `rksc` tree cache (`cache.packets`)."""
+
+    def __init__(self, cache: Any, shift: RopeShift) -> None:
+        self.cache = cache
+        self.shift = shift
+        self.stats = PacketStats()
+
+    def prepare(self, batch: Any) -> None:
+        """Copy what can be copied; on any failure the batch is left whole (its copied slots are then simply
+        computed over), so a packet can never take the scheduler down."""
+        try:
+            computed = self._copy_batch(batch)
+        except Exception:  # noqa: BLE001 - contained: the prefill runs as if no packet was marked
+            logger.exception("sglang-rksc: packet reuse failed; the batch is computed in full")
+            self.stats.failures += 1
+            return
+        if computed:
+            _drop_copied_positions(batch, computed)
+            setattr(batch, QUERY_ATTR, computed)
+
+    def _copy_batch(self, batch: Any) -> dict[int, torch.Tensor]:
+        computed: dict[int, torch.Tensor] = {}
+        for row, req in enumerate(batch.reqs):
+            packets = getattr(req, PACKETS_ATTR, None)
+            if not packets or req.return_logprob or req.input_embeds is not None:
+                continue
+            start = batch.prefix_lens[row]
+            end = start + batch.extend_lens[row]
+            kept = self._copy_packets(req, locate(req.origin_input_ids, packets), start, end)
+            if kept is not None:
+                computed[row] = kept
+        return computed
+
+    def _copy_packets(self, req: Any, spans: list[PromptSpan], start: int, end: int) -> torch.Tensor | None:
+        """Copy the packets of `spans` that lie in [start, end) and are cached; the positions left to compute."""
+        space: Namespace = (req.extra_key, req.cache_salt)
+        row = self.cache.req_to_token_pool.req_to_token[req.kv.req_pool_idx]
+        reused: list[dict[str, int]] = []
+        missed = 0
+        keep = torch.ones(end - start, dtype=torch.bool)
+        for span in spans:
+            if span.start < start or span.end > end:
+                continue  # matched exactly as a prefix, or in another chunk of this prompt
+            span, source = self._find(span, space)
+            if source is None:
+                missed += 1
+                continue
+            self._copy(source.slots, row[span.start : span.end], span.start - source.position)
+            keep[span.start - start : span.end - start] = False
+            reused.append({"start": span.start, "end": span.end, "from": source.position})
+        if end > start:
+            keep[-1] = True  # the last prompt token is computed: its logits give the first output token
+        self.stats.requests += 1
+        self.stats.spans_reused += len(reused)
+        self.stats.spans_missed += missed
+        not_computed = int((~keep).sum())
+        self.stats.tokens_not_computed += not_computed
+        previous = getattr(req, "customized_info", None) or {}
+        earlier = previous.get(Meta.PACKETS, [{}])[0]
+        entry = PacketEntry(
+            reused=[*earlier.get("reused", []), *reused],
+            missed=earlier.get("missed", 0) + missed,
+            tokens_not_computed=earlier.get("tokens_not_computed", 0) + not_computed,
+        )
+        put_meta(req, Meta.PACKETS, entry)
+        if not reused:
+            return None
+        req.skip_radix_cache_insert = True
+        return torch.nonzero(keep).flatten() + start
+
+    def _find(self, span: PromptSpan, space: Namespace) -> tuple[PromptSpan, CachedSpan | None]:
+        """The span as cached; else its inner tokens (the cached run was generated, and the tokens at its two
+        ends may have been merged differently when its text was put into this prompt)."""
+        source = find_cached(self.cache, span.tokens, space)
+        if source is None and len(span.tokens) - 2 >= MIN_PACKET_TOKENS:
+            span = PromptSpan(span.start + 1, span.tokens[1:-1])
+            source = find_cached(self.cache, span.tokens, space)
+        return span, source
+
+    def _copy(self, source: torch.Tensor, target: torch.Tensor, delta: int) -> None:
+        """Every layer's K (turned by `delta` positions) and V from the cached slots into the request's."""
+        pool = self.cache.token_to_kv_pool_allocator.get_kvcache()
+        source = source.to(pool.device, torch.int64)
+        target = target.to(pool.device, torch.int64)
+        deltas = torch.full((len(source),), delta, dtype=torch.int64)
+        for k_layer, v_layer in zip(pool.k_buffer, pool.v_buffer):
+            k_layer[target] = self.shift.shift(k_layer[source], deltas)
+            v_layer[target] = v_layer[source]
+
+
+def _drop_copied_positions(batch: Any, computed: dict[int, torch.Tensor]) -> None:
+    """Take the copied positions out of the batch's tokens, slots and extend lengths."""
+    keep = torch.ones(batch.extend_num_tokens, dtype=torch.bool)
+    offset = 0
+    for row in range(len(batch.reqs)):
+        length = batch.extend_lens[row]
+        positions = computed.get(row)
+        if positions is not None:
+            mask = torch.zeros(length, dtype=torch.bool)
+            mask[positions - batch.prefix_lens[row]] = True
+            keep[offset : offset + length] = mask
+            batch.extend_lens[row] = len(positions)
+            batch.extend_logprob_start_lens[row] = min(batch.extend_logprob_start_lens[row], len(positions))
+        offset += length
+    assert offset == batch.extend_num_tokens, "extend lengths and token count disagree"
+    ids = batch.prefill_input_ids_cpu[keep]
+    batch.prefill_input_ids_cpu = ids.pin_memory() if batch.prefill_input_ids_cpu.is_pinned() else ids
+    batch.out_cache_loc = batch.out_cache_loc[keep.to(batch.out_cache_loc.device)]
+    batch.extend_num_tokens = int(keep.sum())

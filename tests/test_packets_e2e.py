@@ -1,0 +1,117 @@
+"""Packets on the real server (default model): a gather prompt over earlier branches takes their KV from the
+tree and computes only its other tokens; nothing approximate enters the tree; namespaces are not crossed; no
+slot is leaked or freed twice (SGLang's strict idle check)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from sglang_rksc.runtime.server_process import LaunchedServer
+from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
+
+pytestmark = pytest.mark.server
+
+QUESTION = "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer step by step.\n"
+
+
+@pytest.fixture(scope="module")
+def packet_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
+    log = tmp_path_factory.mktemp("packets") / "server.log"
+    with LaunchedServer(["--rksc-packets", "on"], log_path=log, env=STRICT_MEMORY_ENV) as server:
+        yield server
+
+
+def generate(server: LaunchedServer, text: str, max_new_tokens: int = 40, packets=None, **fields) -> dict:
+    sampling = {"max_new_tokens": max_new_tokens, "temperature": 0}
+    if packets is not None:
+        sampling["custom_params"] = {"rksc": {"packets": packets}}
+    resp = requests.post(server.url + "/generate", json={"text": text, "sampling_params": sampling, **fields}, timeout=300)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def counters(server: LaunchedServer) -> dict:
+    state = requests.get(server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]
+    return {**state["counters"], **state["packets"]}
+
+
+def branches_and_gather(server: LaunchedServer, **fields) -> tuple[str, list[str]]:
+    texts = [generate(server, QUESTION + f"Attempt {i}:", **fields)["text"] for i in (1, 2)]
+    gather = (
+        QUESTION
+        + "Here are two attempts.\nAttempt 1:"
+        + texts[0]
+        + "\nAttempt 2:"
+        + texts[1]
+        + "\nWhich final answer is most consistent? The answer is"
+    )
+    return gather, texts
+
+
+def packet_info(reply: dict) -> dict:
+    return reply["meta_info"]["rksc_packets"][0]
+
+
+def test_a_gather_prompt_computes_only_its_own_tokens(packet_server):
+    flush_cache(packet_server)
+    gather, texts = branches_and_gather(packet_server)
+    before = counters(packet_server)
+    reply = generate(packet_server, gather, 8, packets=texts)
+    after = counters(packet_server)
+    info = packet_info(reply)
+    assert len(info["reused"]) == 2 and info["missed"] == 0
+    spans = sum(r["end"] - r["start"] for r in info["reused"])
+    assert info["tokens_not_computed"] == spans >= 0.8 * sum(len(t) for t in texts) / 8  # tokens, not chars
+    prompt, cached = reply["meta_info"]["prompt_tokens"], reply["meta_info"]["cached_tokens"]
+    # The forward computed exactly the prompt's other tokens: what was neither cached nor copied.
+    assert after["prefill_tokens"] - before["prefill_tokens"] == prompt - cached - info["tokens_not_computed"]
+    assert after["packets_tokens_not_computed"] - before["packets_tokens_not_computed"] == info["tokens_not_computed"]
+    assert after["packets_spans_reused"] - before["packets_spans_reused"] == 2
+    assert 0 < reply["meta_info"]["completion_tokens"] <= 8
+    assert_idle_and_clean(packet_server)
+
+
+def test_no_approximate_kv_reaches_a_later_exact_request(packet_server):
+    flush_cache(packet_server)
+    gather, texts = branches_and_gather(packet_server)
+    exact_first = generate(packet_server, gather, 8)  # computed in full, and cached
+    flush_cache(packet_server)
+    gather_again, texts_again = branches_and_gather(packet_server)
+    assert (gather_again, texts_again) == (gather, texts)
+    with_packets = generate(packet_server, gather, 8, packets=texts)
+    assert packet_info(with_packets)["tokens_not_computed"] > 0
+    exact = generate(packet_server, gather, 8)
+    # The exact request finds only the exact path (the question), not the gathered request's tokens.
+    assert exact["meta_info"]["cached_tokens"] < packet_info(with_packets)["reused"][0]["start"]
+    assert exact["output_ids"] == exact_first["output_ids"]
+    assert "rksc_packets" not in exact["meta_info"]
+    assert_idle_and_clean(packet_server)
+
+
+def test_another_namespace_never_serves_a_packet(packet_server):
+    flush_cache(packet_server)
+    gather, texts = branches_and_gather(packet_server, extra_key="tenant-a")
+    reply = generate(packet_server, gather, 4, packets=texts, extra_key="tenant-b")
+    info = packet_info(reply)
+    assert info["reused"] == [] and info["missed"] == 2 and info["tokens_not_computed"] == 0
+    own = generate(packet_server, gather, 4, packets=texts, extra_key="tenant-a")
+    assert len(packet_info(own)["reused"]) == 2
+    assert_idle_and_clean(packet_server)
+
+
+def test_bad_packets_get_a_400_and_the_server_keeps_serving(packet_server):
+    body = {"text": QUESTION, "sampling_params": {"max_new_tokens": 2, "custom_params": {"rksc": {"packets": "x"}}}}
+    resp = requests.post(packet_server.url + "/generate", json=body, timeout=60)
+    assert resp.status_code == 400 and "packets" in resp.text
+    assert generate(packet_server, QUESTION, 2)["meta_info"]["completion_tokens"] == 2
+
+
+def test_a_server_without_packets_ignores_the_marks(rksc_server):
+    gather, texts = branches_and_gather(rksc_server)
+    reply = generate(rksc_server, gather, 4, packets=texts)
+    assert "rksc_packets" not in reply["meta_info"]
+    assert reply["meta_info"]["cached_tokens"] < len(gather) // 8

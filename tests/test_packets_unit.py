@@ -1,0 +1,197 @@
+"""Packets without a server: keys turned by RoPE against SGLang's own rotary embedding, prefill attention with
+copied positions against the stock torch-native computation, where a packet is found (prompt, tree, namespace),
+the batch's shrinking, request validation and the launcher's checks."""
+
+from __future__ import annotations
+
+from array import array
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sglang_rksc.cache.radix_cache import RkscRadixCache
+from sglang_rksc.config import HeadCompressionSettings, RkscConfig
+from sglang_rksc.packets.attention import extend_with_copied_positions
+from sglang_rksc.packets.launch_checks import check as check_launch
+from sglang_rksc.packets.reuse import _drop_copied_positions
+from sglang_rksc.packets.rope_shift import RopeShift
+from sglang_rksc.packets.spans import find_cached, find_run, locate
+from sglang_rksc.wire import check_custom_params, with_options
+
+HEAD_DIM, KV_HEADS, Q_HEADS = 16, 2, 4
+
+
+def _sglang_rope(neox: bool, base: float = 10000.0) -> object:
+    """SGLang's rotary embedding module, without the device kernels its constructor looks for: RopeShift reads
+    only its attributes and its own float32 cos/sin computation."""
+    from sglang.srt.layers.rotary_embedding.base import RotaryEmbedding
+
+    rope = RotaryEmbedding.__new__(RotaryEmbedding)
+    torch.nn.Module.__init__(rope)
+    rope._force_native = False
+    rope.head_size = rope.rotary_dim = HEAD_DIM
+    rope.max_position_embeddings, rope.base, rope.is_neox_style, rope.position_start = 512, base, neox, 0
+    return rope
+
+
+def test_turned_keys_equal_keys_computed_at_the_new_positions():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    shift = RopeShift.of_module(_sglang_rope(neox=True))
+    config = LlamaConfig(hidden_size=HEAD_DIM * Q_HEADS, num_attention_heads=Q_HEADS, rope_theta=10000.0)
+    direct_rope = LlamaRotaryEmbedding(config)
+    torch.manual_seed(0)
+    raw = torch.randn(1, KV_HEADS, 20, HEAD_DIM)  # transformers' layout: batch, heads, tokens, dim
+
+    def rotated(positions: torch.Tensor) -> torch.Tensor:
+        cos, sin = direct_rope(raw, positions.unsqueeze(0))
+        _, k = apply_rotary_pos_emb(raw, raw, cos, sin)
+        return k[0].transpose(0, 1)  # tokens, heads, dim
+
+    cached_at = torch.arange(100, 120)  # where the span was computed
+    cached = rotated(cached_at)
+    for new_start in (7, 100, 301):  # earlier, same, later
+        new_at = torch.arange(new_start, new_start + 20)
+        assert torch.allclose(shift.shift(cached, new_at - cached_at), rotated(new_at), atol=1e-4)
+    # bf16 keys come back in bf16, within bf16 rounding of the direct computation
+    turned = shift.shift(cached.bfloat16(), new_at - cached_at)
+    assert turned.dtype == torch.bfloat16
+    assert torch.allclose(turned.float(), rotated(new_at), atol=0.05)
+
+
+def test_interleaved_rope_turns_compose_and_undo():
+    shift = RopeShift.of_module(_sglang_rope(neox=False))
+    keys = torch.randn(6, KV_HEADS, HEAD_DIM)
+    d = torch.tensor([3, -5, 40, 0, 7, 100])
+    assert torch.allclose(shift.shift(shift.shift(keys, d), -d), keys, atol=1e-5)
+    assert torch.allclose(shift.shift(shift.shift(keys, d), d), shift.shift(keys, 2 * d), atol=1e-4)
+    assert not torch.allclose(shift.shift(keys, d), keys)
+
+
+def test_a_rope_that_scales_its_cos_and_sin_is_refused():
+    cache = torch.cat([torch.ones(8, 4) * 2, torch.zeros(8, 4)], dim=-1)
+    with pytest.raises(ValueError, match="YaRN"):
+        RopeShift(cache, 8, 8, True)
+
+
+def _cache(seq_lens: list[int], slots: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    k = torch.randn(slots, KV_HEADS, HEAD_DIM)
+    v = torch.randn(slots, KV_HEADS, HEAD_DIM)
+    req_to_token = torch.zeros(len(seq_lens), 32, dtype=torch.int64)
+    start = 1
+    for row, n in enumerate(seq_lens):
+        req_to_token[row, :n] = torch.arange(start, start + n)
+        start += n
+    return k, v, req_to_token
+
+
+def test_without_copied_positions_the_attention_is_the_stock_torch_native_one(sglang_context):
+    from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+
+    seq_lens, prefix_lens = [10, 7], [4, 0]
+    extend = [s - p for s, p in zip(seq_lens, prefix_lens)]
+    k, v, req_to_token = _cache(seq_lens)
+    q = torch.randn(sum(extend), Q_HEADS, HEAD_DIM)
+    ours = extend_with_copied_positions(
+        q, k, v, req_to_token, torch.arange(2), torch.tensor(seq_lens), extend, [None, None], None
+    )
+    stock = torch.empty_like(q)
+    TorchNativeAttnBackend._run_sdpa_forward_extend(
+        None, q, stock, k, v, req_to_token, torch.arange(2), torch.tensor(seq_lens), torch.tensor(prefix_lens),
+        torch.tensor(extend), scaling=None, enable_gqa=True, causal=True,
+    )
+    assert torch.allclose(ours, stock, atol=1e-5)
+
+
+def test_computed_positions_see_the_copied_ones_as_if_they_had_been_computed():
+    # One request, prefix 3, sequence 12: positions 5-8 were copied in; every position's KV is in the cache.
+    k, v, req_to_token = _cache([12])
+    q_all = torch.randn(9, Q_HEADS, HEAD_DIM)  # queries of positions 3..11
+    full = extend_with_copied_positions(q_all, k, v, req_to_token, torch.arange(1), torch.tensor([12]), [9], [None], None)
+    kept = torch.tensor([3, 4, 9, 10, 11])
+    part = extend_with_copied_positions(
+        q_all[kept - 3], k, v, req_to_token, torch.arange(1), torch.tensor([12]), [5], [kept], None
+    )
+    assert torch.allclose(part, full[kept - 3], atol=1e-5)
+
+
+def test_packets_are_located_in_the_prompt_in_order_and_by_their_inner_tokens():
+    prompt = list(range(100, 160))
+    first, second = prompt[5:17], prompt[30:45]
+    spans = locate(prompt, [first, second, [1, 2, 3]])  # the last is not in the prompt
+    assert [(s.start, s.end) for s in spans] == [(5, 17), (30, 45)]
+    # tokenised alone, a packet may start and end with tokens the prompt merged otherwise
+    spans = locate(prompt, [[7, *prompt[10:22], 8]])
+    assert [(s.start, s.end) for s in spans] == [(10, 22)]
+    assert locate(prompt, [prompt[0:4]]) == []  # too short to be worth a copy
+    assert find_run([1, 2, 3, 2, 3], [2, 3], 2) == 3
+
+
+def _insert(cache: RkscRadixCache, tokens: list[int], slots: list[int], extra_key: str | None = None) -> None:
+    from sglang.srt.mem_cache.base_prefix_cache import InsertParams
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    key = RadixKey(array("q", tokens), extra_key=extra_key)
+    cache.insert(InsertParams(key=key, value=torch.tensor(slots, dtype=torch.int64)))
+
+
+def test_a_cached_run_is_found_with_its_slots_and_position_in_its_own_namespace_only():
+    cache = RkscRadixCache.create_simulated()
+    question = list(range(1, 21))
+    branch_a, branch_b = list(range(200, 230)), list(range(300, 330))
+    _insert(cache, question + branch_a, list(range(1000, 1050)))
+    _insert(cache, question + branch_b, list(range(1000, 1020)) + list(range(2000, 2030)))
+    _insert(cache, question + list(range(400, 430)), list(range(3000, 3050)), extra_key="tenant-2")
+    found = find_cached(cache, branch_b[3:20], (None, None))
+    assert found.position == 23
+    assert found.slots.tolist() == list(range(2003, 2020))
+    across = find_cached(cache, question[10:] + branch_a[:10], (None, None))  # spans a node boundary
+    assert across.position == 10 and across.slots.tolist() == list(range(1010, 1030))
+    assert find_cached(cache, list(range(400, 420)), (None, None)) is None  # another tenant's
+    assert find_cached(cache, list(range(400, 420)), ("tenant-2", None)).slots.tolist() == list(range(3020, 3040))
+    assert find_cached(cache, branch_a[5:15], ("tenant-2", None)) is None
+
+
+def test_copied_positions_leave_the_batch_tokens_slots_and_lengths():
+    batch = SimpleNamespace(
+        reqs=[object(), object()],
+        prefix_lens=[2, 0],
+        extend_lens=[6, 3],
+        extend_logprob_start_lens=[6, 3],
+        extend_num_tokens=9,
+        prefill_input_ids_cpu=torch.arange(10, 19),
+        out_cache_loc=torch.arange(50, 59),
+    )
+    _drop_copied_positions(batch, {0: torch.tensor([2, 6, 7])})  # positions 3-5 copied
+    assert batch.extend_lens == [3, 3] and batch.extend_num_tokens == 6
+    assert batch.prefill_input_ids_cpu.tolist() == [10, 14, 15, 16, 17, 18]
+    assert batch.out_cache_loc.tolist() == [50, 54, 55, 56, 57, 58]
+    assert batch.extend_logprob_start_lens == [3, 3]
+
+
+@pytest.mark.parametrize(
+    "packets, message",
+    [("text", "list of at most"), ([""], "non-empty"), ([3], "non-empty"), (["x"] * 65, "list of at most")],
+)
+def test_malformed_packets_are_refused_by_name(packets, message):
+    with pytest.raises(ValueError, match=message):
+        check_custom_params(with_options({"packets": packets}))
+    check_custom_params(with_options({"packets": ["a solution"]}))
+
+
+def test_the_launcher_refuses_what_packets_do_not_support():
+    on = RkscConfig(packets=True)
+    check_launch(on, ["--attention-backend", "torch_native"])
+    check_launch(RkscConfig(), ["--attention-backend", "triton"])  # off: nothing to check
+    for argv, message in (
+        (["--attention-backend", "triton"], "torch_native"),
+        (["--page-size", "16"], "page-size"),
+        (["--enable-mixed-chunk"], "mixed-chunk"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_launch(on, argv)
+    with pytest.raises(ValueError, match="head compression"):
+        check_launch(RkscConfig(packets=True, heads=HeadCompressionSettings(sparsity=0.4)), [])
