@@ -11,6 +11,7 @@ from typing import Any
 from sglang_rksc.programs import gsm8k
 
 AGGREGATES = ("vote", "usc")
+PACKET_MODES = ("on", "off", "both")
 
 
 def add_arguments(group: argparse._ActionsContainer) -> None:
@@ -23,18 +24,27 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     )
     group.add_argument(
         "--packets",
-        choices=["on", "off"],
+        choices=PACKET_MODES,
         default="on",
         help="mark the gathered solutions as packets (a server with --rksc-packets on reuses their KV); "
-        "'off' computes the gather prompt in full",
+        "'off' computes the gather prompt in full; 'both' asks with packets, then again in full, and reports "
+        "both answers (what reuse changes, on the same branches)",
     )
 
 
-def gather_answer(state: Any, solutions: Sequence[str], *, max_tokens: int, packets: bool) -> dict[str, Any]:
-    """Run the gather step after `state` (the question) and return what a row keeps of it."""
+def gather_answer(state: Any, solutions: Sequence[str], *, max_tokens: int, packets: str) -> dict[str, Any]:
+    """Run the gather step after `state` (the question) and return what a row keeps of it; with `packets`
+    "both", the full computation's answer is kept too (asked second: a packet request leaves nothing in the
+    tree, so the full one is computed as if it came alone)."""
     from sglang_rksc.lang.gather import gather
 
-    result = gather(state, solutions, max_tokens=max_tokens, temperature=0.0, reuse=packets)
+    first = _record(gather(state, solutions, max_tokens=max_tokens, reuse=packets != "off"))
+    if packets == "both":
+        first["full"] = _record(gather(state, solutions, max_tokens=max_tokens, reuse=False))
+    return first
+
+
+def _record(result: Any) -> dict[str, Any]:
     info = result.packets or {}
     meta = result.meta_info
     return {
@@ -42,9 +52,11 @@ def gather_answer(state: Any, solutions: Sequence[str], *, max_tokens: int, pack
         "prediction": gsm8k.extract_answer(result.text),
         "prompt_tokens": int(meta.get("prompt_tokens", 0)),
         "cached_tokens": int(meta.get("cached_tokens", 0)),
+        "completion_tokens": int(meta.get("completion_tokens", 0)),
         "tokens_not_computed": result.tokens_not_computed,
         "spans_reused": len(info.get("reused", [])),
         "spans_missed": int(info.get("missed", 0)),
+        "seconds": result.seconds,
         "note": result.note,
     }
 
@@ -53,18 +65,35 @@ def score(gathered: Mapping[str, Any] | None, gold: Any) -> dict[str, Any]:
     """The row's fields for the gather step (none without it)."""
     if gathered is None:
         return {}
-    return {"usc_prediction": gathered["prediction"], "usc_correct": gathered["prediction"] == gold, "usc": dict(gathered)}
+    return {
+        "usc_prediction": gathered["prediction"],
+        "usc_correct": gathered["prediction"] == gold,
+        "usc": dict(gathered),
+    }
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     gathered = [r["usc"] for r in rows if r.get("usc")]
     if not gathered:
         return {}
-    computed = sum(g["prompt_tokens"] - g["cached_tokens"] - g["tokens_not_computed"] for g in gathered)
+    out = {"usc_accuracy": sum(bool(r.get("usc_correct")) for r in rows) / len(gathered), **_totals(gathered, "gather")}
+    full = [g["full"] for g in gathered if "full" in g]
+    if full:
+        golds = [r["gold"] for r in rows if r.get("usc")]
+        out["usc_full_accuracy"] = sum(f["prediction"] == gold for f, gold in zip(full, golds, strict=True)) / len(full)
+        out["usc_agreement_with_full"] = sum(g["prediction"] == g["full"]["prediction"] for g in gathered) / len(full)
+        out.update(_totals(full, "gather_full"))
+    return out
+
+
+def _totals(records: Sequence[Mapping[str, Any]], prefix: str) -> dict[str, Any]:
     return {
-        "usc_accuracy": sum(bool(r.get("usc_correct")) for r in rows) / len(gathered),
-        "gather_prompt_tokens": sum(g["prompt_tokens"] for g in gathered),
-        "gather_prompt_tokens_computed": computed,
-        "gather_tokens_not_computed": sum(g["tokens_not_computed"] for g in gathered),
-        "gather_spans_reused": sum(g["spans_reused"] for g in gathered),
+        f"{prefix}_prompt_tokens": sum(g["prompt_tokens"] for g in records),
+        f"{prefix}_prompt_tokens_computed": sum(
+            g["prompt_tokens"] - g["cached_tokens"] - g["tokens_not_computed"] for g in records
+        ),
+        f"{prefix}_tokens_not_computed": sum(g["tokens_not_computed"] for g in records),
+        f"{prefix}_spans_reused": sum(g["spans_reused"] for g in records),
+        f"{prefix}_seconds": sum(g["seconds"] for g in records),
+        f"{prefix}_completion_tokens": sum(g["completion_tokens"] for g in records),
     }

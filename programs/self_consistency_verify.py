@@ -48,7 +48,7 @@ def self_consistency_verify(
     verifier: verification.Verifier | str = "select",
     merge: float | None = None,
     gather: str = "vote",
-    packets: bool = True,
+    packets: str = "on",
 ):
     """Sample, verify, return one record per sample (and, with `gather` "usc", the gather step's answer);
     with `merge`, near-duplicate solutions are verified once and their record carries the group's size as
@@ -160,7 +160,7 @@ def run(
             verifier=budget.verifier(options.verifier),
             merge=budget.merge_threshold,
             gather=options.aggregate,
-            packets=options.packets == "on",
+            packets=options.packets,
         )
         for p in problems
     ]

@@ -54,7 +54,7 @@ def tree_of_thought(
     mark: bool = False,
     merge: float | None = None,
     gather: str = "vote",
-    packets: bool = True,
+    packets: str = "on",
 ):
     """Plan (level 1) -> execute (level 2) -> reflect and score (level 3); returns the leaves (and, with
     `gather` "usc", the answer of one prompt comparing the kept solutions).
@@ -220,7 +220,7 @@ def run(
             mark=options.mark_branches == "on",
             merge=budget.merge_threshold,
             gather=options.aggregate,
-            packets=options.packets == "on",
+            packets=options.packets,
         )
         for p in problems
     ]

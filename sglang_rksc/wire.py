@@ -74,7 +74,9 @@ def _check_packets(value: Any, where: str) -> None:
         raise ValueError(f"{where} must be a list of at most {MAX_PACKETS} texts, got {value!r:.80}")
     for text in value:
         if not isinstance(text, str) or not text or len(text) > MAX_PACKET_CHARS:
-            raise ValueError(f"{where} must hold non-empty texts of at most {MAX_PACKET_CHARS} characters, got {text!r:.80}")
+            raise ValueError(
+                f"{where} must hold non-empty texts of at most {MAX_PACKET_CHARS} characters, got {text!r:.80}"
+            )
 
 
 def options_of(custom_params: Any) -> dict[str, Any]:

@@ -29,7 +29,9 @@ def generate(server: LaunchedServer, text: str, max_new_tokens: int = 40, packet
     sampling = {"max_new_tokens": max_new_tokens, "temperature": 0}
     if packets is not None:
         sampling["custom_params"] = {"rksc": {"packets": packets}}
-    resp = requests.post(server.url + "/generate", json={"text": text, "sampling_params": sampling, **fields}, timeout=300)
+    resp = requests.post(
+        server.url + "/generate", json={"text": text, "sampling_params": sampling, **fields}, timeout=300
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -39,8 +41,8 @@ def counters(server: LaunchedServer) -> dict:
     return {**state["counters"], **state["packets"]}
 
 
-def branches_and_gather(server: LaunchedServer, **fields) -> tuple[str, list[str]]:
-    texts = [generate(server, QUESTION + f"Attempt {i}:", **fields)["text"] for i in (1, 2)]
+def branches_and_gather(server: LaunchedServer) -> tuple[str, list[str]]:
+    texts = [generate(server, QUESTION + f"Attempt {i}:", 24)["text"] for i in (1, 2)]
     gather = (
         QUESTION
         + "Here are two attempts.\nAttempt 1:"
@@ -56,9 +58,14 @@ def packet_info(reply: dict) -> dict:
     return reply["meta_info"]["rksc_packets"][0]
 
 
-def test_a_gather_prompt_computes_only_its_own_tokens(packet_server):
+@pytest.fixture(scope="module")
+def gathered(packet_server) -> tuple[str, list[str]]:
     flush_cache(packet_server)
-    gather, texts = branches_and_gather(packet_server)
+    return branches_and_gather(packet_server)
+
+
+def test_a_gather_prompt_computes_only_its_own_tokens(packet_server, gathered):
+    gather, texts = gathered
     before = counters(packet_server)
     reply = generate(packet_server, gather, 8, packets=texts)
     after = counters(packet_server)
@@ -72,34 +79,23 @@ def test_a_gather_prompt_computes_only_its_own_tokens(packet_server):
     assert after["packets_tokens_not_computed"] - before["packets_tokens_not_computed"] == info["tokens_not_computed"]
     assert after["packets_spans_reused"] - before["packets_spans_reused"] == 2
     assert 0 < reply["meta_info"]["completion_tokens"] <= 8
-    assert_idle_and_clean(packet_server)
 
-
-def test_no_approximate_kv_reaches_a_later_exact_request(packet_server):
-    flush_cache(packet_server)
-    gather, texts = branches_and_gather(packet_server)
-    exact_first = generate(packet_server, gather, 8)  # computed in full, and cached
-    flush_cache(packet_server)
-    gather_again, texts_again = branches_and_gather(packet_server)
-    assert (gather_again, texts_again) == (gather, texts)
-    with_packets = generate(packet_server, gather, 8, packets=texts)
-    assert packet_info(with_packets)["tokens_not_computed"] > 0
+    # Nothing of it entered the tree: the same prompt without packets finds only the exact path (the
+    # question) and is computed as it is in a namespace of its own, where nothing is cached.
     exact = generate(packet_server, gather, 8)
-    # The exact request finds only the exact path (the question), not the gathered request's tokens.
-    assert exact["meta_info"]["cached_tokens"] < packet_info(with_packets)["reused"][0]["start"]
-    assert exact["output_ids"] == exact_first["output_ids"]
+    assert exact["meta_info"]["cached_tokens"] < info["reused"][0]["start"]
     assert "rksc_packets" not in exact["meta_info"]
+    fresh = generate(packet_server, gather, 8, extra_key="reference")
+    assert fresh["meta_info"]["cached_tokens"] == 0
+    assert exact["output_ids"] == fresh["output_ids"]
     assert_idle_and_clean(packet_server)
 
 
-def test_another_namespace_never_serves_a_packet(packet_server):
-    flush_cache(packet_server)
-    gather, texts = branches_and_gather(packet_server, extra_key="tenant-a")
+def test_another_namespace_never_serves_a_packet(packet_server, gathered):
+    gather, texts = gathered
     reply = generate(packet_server, gather, 4, packets=texts, extra_key="tenant-b")
     info = packet_info(reply)
     assert info["reused"] == [] and info["missed"] == 2 and info["tokens_not_computed"] == 0
-    own = generate(packet_server, gather, 4, packets=texts, extra_key="tenant-a")
-    assert len(packet_info(own)["reused"]) == 2
     assert_idle_and_clean(packet_server)
 
 
@@ -111,7 +107,6 @@ def test_bad_packets_get_a_400_and_the_server_keeps_serving(packet_server):
 
 
 def test_a_server_without_packets_ignores_the_marks(rksc_server):
-    gather, texts = branches_and_gather(rksc_server)
-    reply = generate(rksc_server, gather, 4, packets=texts)
+    text = QUESTION + "Attempt 1: he has 3 + 5 = 8 apples, so the answer is 8.\nWhich answer is right?"
+    reply = generate(rksc_server, text, 2, packets=["he has 3 + 5 = 8 apples, so the answer is 8."])
     assert "rksc_packets" not in reply["meta_info"]
-    assert reply["meta_info"]["cached_tokens"] < len(gather) // 8

@@ -92,7 +92,7 @@ def test_without_copied_positions_the_attention_is_the_stock_torch_native_one(sg
     from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 
     seq_lens, prefix_lens = [10, 7], [4, 0]
-    extend = [s - p for s, p in zip(seq_lens, prefix_lens)]
+    extend = [s - p for s, p in zip(seq_lens, prefix_lens, strict=True)]
     k, v, req_to_token = _cache(seq_lens)
     q = torch.randn(sum(extend), Q_HEADS, HEAD_DIM)
     ours = extend_with_copied_positions(
@@ -100,8 +100,19 @@ def test_without_copied_positions_the_attention_is_the_stock_torch_native_one(sg
     )
     stock = torch.empty_like(q)
     TorchNativeAttnBackend._run_sdpa_forward_extend(
-        None, q, stock, k, v, req_to_token, torch.arange(2), torch.tensor(seq_lens), torch.tensor(prefix_lens),
-        torch.tensor(extend), scaling=None, enable_gqa=True, causal=True,
+        None,
+        q,
+        stock,
+        k,
+        v,
+        req_to_token,
+        torch.arange(2),
+        torch.tensor(seq_lens),
+        torch.tensor(prefix_lens),
+        torch.tensor(extend),
+        scaling=None,
+        enable_gqa=True,
+        causal=True,
     )
     assert torch.allclose(ours, stock, atol=1e-5)
 
@@ -110,7 +121,9 @@ def test_computed_positions_see_the_copied_ones_as_if_they_had_been_computed():
     # One request, prefix 3, sequence 12: positions 5-8 were copied in; every position's KV is in the cache.
     k, v, req_to_token = _cache([12])
     q_all = torch.randn(9, Q_HEADS, HEAD_DIM)  # queries of positions 3..11
-    full = extend_with_copied_positions(q_all, k, v, req_to_token, torch.arange(1), torch.tensor([12]), [9], [None], None)
+    full = extend_with_copied_positions(
+        q_all, k, v, req_to_token, torch.arange(1), torch.tensor([12]), [9], [None], None
+    )
     kept = torch.tensor([3, 4, 9, 10, 11])
     part = extend_with_copied_positions(
         q_all[kept - 3], k, v, req_to_token, torch.arange(1), torch.tensor([12]), [5], [kept], None
@@ -195,3 +208,47 @@ def test_the_launcher_refuses_what_packets_do_not_support():
             check_launch(on, argv)
     with pytest.raises(ValueError, match="head compression"):
         check_launch(RkscConfig(packets=True, heads=HeadCompressionSettings(sparsity=0.4)), [])
+
+
+def test_the_gather_prompt_lists_each_branch_unchanged_and_marks_it():
+    from sglang_rksc.lang.gather import gather_prompt
+
+    template = SimpleNamespace(
+        get_prefix_and_suffix=lambda role, hist: {"user": ("<u>", "</u>"), "assistant": ("<a>", "</a>")}[role]
+    )
+    prompt = gather_prompt("<q>question</q>", ["first answer 3", "  ", "second answer 4"], chat_template=template)
+    assert prompt.text.startswith("<q>question</q><u>Here are 3 candidate solutions")
+    assert "Solution 1:\nfirst answer 3\n\nSolution 2:\n  \n\nSolution 3:\nsecond answer 4\n" in prompt.text
+    assert prompt.text.endswith("</u><a>")
+    assert prompt.packets == ["first answer 3", "second answer 4"]  # a blank branch is not a packet
+    with pytest.raises(ValueError, match="no branches"):
+        gather_prompt("q", [])
+
+
+def test_the_gather_summary_compares_reuse_with_the_full_computation():
+    from sglang_rksc.programs import aggregate
+
+    def record(prediction, not_computed, full=None):
+        r = {
+            "prediction": prediction,
+            "prompt_tokens": 100,
+            "cached_tokens": 20,
+            "completion_tokens": 5,
+            "tokens_not_computed": not_computed,
+            "spans_reused": 2 if not_computed else 0,
+            "seconds": 1.0,
+        }
+        if full is not None:
+            r["full"] = full
+        return r
+
+    rows = [
+        {"gold": 8, **aggregate.score(record(8, 60, record(8, 0)), 8)},
+        {"gold": 5, **aggregate.score(record(4, 50, record(5, 0)), 5)},
+    ]
+    summary = aggregate.summarize(rows)
+    assert summary["usc_accuracy"] == 0.5 and summary["usc_full_accuracy"] == 1.0
+    assert summary["usc_agreement_with_full"] == 0.5
+    assert summary["gather_prompt_tokens_computed"] == 160 - 110 and summary["gather_tokens_not_computed"] == 110
+    assert summary["gather_full_prompt_tokens_computed"] == 160
+    assert aggregate.summarize([{"gold": 1}]) == {}

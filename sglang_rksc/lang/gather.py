@@ -8,6 +8,7 @@ packets off, or `reuse=False`) the same prompt is computed in full, and the resu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,7 @@ from sglang_rksc.wire import Meta, Option, meta_entry, with_options
 HEADER = "Here are {n} candidate solutions to the problem above."
 LABEL = "Solution {i}:"
 USC_INSTRUCTION = (
-    "Which final answer is the most consistent across these solutions? "
-    "End with the line 'The answer is <number>.'"
+    "Which final answer is the most consistent across these solutions? End with the line 'The answer is <number>.'"
 )
 
 
@@ -34,6 +34,7 @@ class GatherResult:
     meta_info: dict[str, Any]
     packets: dict[str, Any] | None  # the server's `rksc_packets` entry: spans reused, tokens not computed
     note: str | None  # why the prompt was computed in full, when it was
+    seconds: float  # the request's wall time, as the client saw it
 
     @property
     def tokens_not_computed(self) -> int:
@@ -79,15 +80,19 @@ def gather(
     `reuse=False` opts this request out: its prompt is computed in full."""
     executor = state.stream_executor
     endpoint = executor.backend
-    prompt = gather_prompt(state.text(), branches, chat_template=getattr(endpoint, "chat_template", None), **prompt_args)
+    prompt = gather_prompt(
+        state.text(), branches, chat_template=getattr(endpoint, "chat_template", None), **prompt_args
+    )
     sampling: dict[str, Any] = {"max_new_tokens": max_tokens, "temperature": temperature}
     if reuse:
         sampling["custom_params"] = with_options({Option.PACKETS: prompt.packets})
+    started = time.perf_counter()
     reply = endpoint._generate_http_request(executor, {"text": prompt.text, "sampling_params": sampling})
+    seconds = time.perf_counter() - started
     entry = meta_entry(reply["meta_info"], Meta.PACKETS)
     note = None
     if not reuse:
         note = "packets not asked for: computed in full"
     elif entry is None:
         note = "the server reused no packet (stock SGLang or --rksc-packets off): computed in full"
-    return GatherResult(reply["text"], reply["meta_info"], entry, note)
+    return GatherResult(reply["text"], reply["meta_info"], entry, note, seconds)

@@ -60,7 +60,9 @@ def forward_extend(
     from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
     if save_kv_cache and k is not None and v is not None:
-        backend.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, backend.swa_out_cache_loc), k, v)
+        backend.token_to_kv_pool.set_kv_buffer(
+            layer, KVWriteLoc(forward_batch.out_cache_loc, backend.swa_out_cache_loc), k, v
+        )
     q_ = q.view(-1, layer.tp_q_head_num, layer.qk_head_dim)
     out = extend_with_copied_positions(
         q_,

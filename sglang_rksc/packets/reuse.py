@@ -113,7 +113,7 @@ class PacketReuse:
         source = source.to(pool.device, torch.int64)
         target = target.to(pool.device, torch.int64)
         deltas = torch.full((len(source),), delta, dtype=torch.int64)
-        for k_layer, v_layer in zip(pool.k_buffer, pool.v_buffer):
+        for k_layer, v_layer in zip(pool.k_buffer, pool.v_buffer, strict=True):
             k_layer[target] = self.shift.shift(k_layer[source], deltas)
             v_layer[target] = v_layer[source]
 
