@@ -16,7 +16,15 @@ COMMANDS = {
         "--url",
         "--output",
     ],
-    "sglang_rksc.programs.self_consistency_verify": ["--samples", "--temperature", "--verifier", "--url", "--output"],
+    "sglang_rksc.programs.self_consistency_verify": [
+        "--samples",
+        "--temperature",
+        "--verifier",
+        "--url",
+        "--output",
+        "--aggregate",
+        "--packets",
+    ],
     "sglang_rksc.programs.game_of_24": ["--breadth", "--proposals", "--url", "--output"],
     "sglang_rksc.bench.compare": [
         "--program",
@@ -30,6 +38,7 @@ COMMANDS = {
     "sglang_rksc.bench.serve": ["--modes", "--budgets", "--clients", "--rate", "--mix", "--cost-model", "--seed"],
     "sglang_rksc.bench.cgee_calibrate": ["--min-layer", "--theta", "--eps", "--k", "--accept"],
     "sglang_rksc.bench.merge_calibrate": ["--thresholds", "--bound"],
+    "sglang_rksc.bench.packets": ["--samples", "--num-problems", "--model", "--output"],
     "sglang_rksc.programs.tree_of_thought --merge": ["--merge-branches", "--rksc-span-embeddings on"],
 }
 

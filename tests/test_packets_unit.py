@@ -252,3 +252,20 @@ def test_the_gather_summary_compares_reuse_with_the_full_computation():
     assert summary["gather_prompt_tokens_computed"] == 160 - 110 and summary["gather_tokens_not_computed"] == 110
     assert summary["gather_full_prompt_tokens_computed"] == 160
     assert aggregate.summarize([{"gold": 1}]) == {}
+
+
+def test_the_packet_benchmark_compares_the_modes_on_the_same_problems():
+    from sglang_rksc.bench.packets import summarize
+
+    def mode(computed, ttft, prediction):
+        return {"prompt_tokens": 500, "computed": computed, "ttft_s": ttft, "prediction": prediction}
+
+    rows = [
+        {"gold": 8, "packets": mode(50, 1.0, 8), "full": mode(400, 4.0, 8)},
+        {"gold": 3, "packets": mode(70, 2.0, 5), "full": mode(420, 6.0, 3)},
+    ]
+    summary = summarize(rows)
+    assert summary["computed_ratio"] == 820 / 120 and summary["ttft_ratio"] == 10.0 / 3.0
+    assert summary["agreement"] == 0.5
+    assert (summary["packets"]["accuracy"], summary["full"]["accuracy"]) == (0.5, 1.0)
+    assert summary["full"]["ttft_median_s"] == 5.0
