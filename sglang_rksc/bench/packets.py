@@ -13,6 +13,7 @@ branches, and differ only in how the branches' KV got there. Times are streamed:
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import statistics
 import sys
@@ -51,18 +52,20 @@ def _generate(url: str, text: str, max_tokens: int, packets: list[str] | None = 
     return last, first or 0.0
 
 
-def run_problem(url: str, problem: gsm8k.Problem, template: Any, samples: int, max_tokens: int) -> dict[str, Any]:
+def run_problem(
+    url: str, problem: gsm8k.Problem, template: Any, samples: int, max_tokens: int, answer_tokens: int
+) -> dict[str, Any]:
     user, user_end = template.get_prefix_and_suffix("user", [])
     assistant, _ = template.get_prefix_and_suffix("assistant", [])
     prefix = user + SOLVE_PROMPT.format(question=problem.question) + user_end
-    solutions = []
-    for i in range(samples):
-        reply, _ = _generate(url, prefix + assistant + BRANCH_OPENINGS[i % len(BRANCH_OPENINGS)], max_tokens)
-        solutions.append(reply["text"])
+    _generate(url, prefix, 0)  # the shared question first, so that the branches share it as a prefix
+    openings = [prefix + assistant + BRANCH_OPENINGS[i % len(BRANCH_OPENINGS)] for i in range(samples)]
+    with concurrent.futures.ThreadPoolExecutor(samples) as pool:  # the branches run as one batch
+        solutions = [reply["text"] for reply, _ in pool.map(lambda text: _generate(url, text, max_tokens), openings)]
     prompt = gather_prompt(prefix, solutions, chat_template=template)
     row: dict[str, Any] = {"index": problem.index, "gold": problem.answer}
     for mode in MODES:
-        reply, ttft = _generate(url, prompt.text, max_tokens, prompt.packets if mode == "packets" else None)
+        reply, ttft = _generate(url, prompt.text, answer_tokens, prompt.packets if mode == "packets" else None)
         meta = reply["meta_info"]
         info = meta_entry(meta, Meta.PACKETS) or {}
         row[mode] = {
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=300)
     parser.add_argument("--num-problems", type=int, default=16)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=None, help="per solution and answer (default: model)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="per solution (default: the model's)")
+    parser.add_argument("--answer-tokens", type=int, default=48, help="for the gathered answer")
     parser.add_argument("--model", default=None, help="a named embedded model (default: smollm2-135m)")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     template = get_chat_template("chatml")  # both named models speak ChatML
     model = ["--model", args.model] if args.model else []
     with LaunchedServer([*model, "--rksc-packets", "on"]) as server:
-        rows = [run_problem(server.url, p, template, args.samples, max_tokens) for p in problems]
+        rows = [run_problem(server.url, p, template, args.samples, max_tokens, args.answer_tokens) for p in problems]
     summary = summarize(rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"command": sys.argv, "summary": summary, "rows": rows}, indent=1))
