@@ -195,19 +195,32 @@ def test_malformed_packets_are_refused_by_name(packets, message):
     check_custom_params(with_options({"packets": ["a solution"]}))
 
 
-def test_the_launcher_refuses_what_packets_do_not_support():
+def test_the_launcher_refuses_what_packets_do_not_support(tmp_path):
+    import json
+
+    def folder(architecture: str) -> str:
+        path = tmp_path / architecture
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"architectures": [architecture]}))
+        return str(path)
+
+    llama = folder("LlamaForCausalLM")
     on = RkscConfig(packets=True)
-    check_launch(on, ["--attention-backend", "torch_native"])
-    check_launch(RkscConfig(), ["--attention-backend", "triton"])  # off: nothing to check
+    check_launch(on, llama, ["--attention-backend", "torch_native"])
+    check_launch(RkscConfig(), "/nowhere", ["--attention-backend", "triton"])  # off: nothing to check
     for argv, message in (
         (["--attention-backend", "triton"], "torch_native"),
         (["--page-size", "16"], "page-size"),
         (["--enable-mixed-chunk"], "mixed-chunk"),
     ):
         with pytest.raises(ValueError, match=message):
-            check_launch(on, argv)
+            check_launch(on, llama, argv)
     with pytest.raises(ValueError, match="head compression"):
-        check_launch(RkscConfig(packets=True, heads=HeadCompressionSettings(sparsity=0.4)), [])
+        check_launch(RkscConfig(packets=True, heads=HeadCompressionSettings(sparsity=0.4)), llama, [])
+    with pytest.raises(ValueError, match="this model is GPT2LMHeadModel"):
+        check_launch(on, folder("GPT2LMHeadModel"), [])
+    with pytest.raises(ValueError, match="local model folder"):
+        check_launch(on, "/nowhere", [])
 
 
 def test_the_gather_prompt_lists_each_branch_unchanged_and_marks_it():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from sglang_rksc.config import RkscConfig
 from sglang_rksc.runtime.cpu import flag_value
+from sglang_rksc.runtime.model_path import supported_model_config
 
 
-def check(settings: RkscConfig, argv: list[str]) -> None:
+def check(settings: RkscConfig, model_path: str, argv: list[str]) -> None:
     """ValueError when this launch cannot reuse packets."""
     if not settings.packets:
         return
+    supported_model_config(model_path, "--rksc-packets on")  # keys are turned by the layers' rotary embedding
     if settings.heads.sparsity > 0:
         raise ValueError("--rksc-packets on does not work with head compression yet (windows are not copied)")
     if settings.semantic.on:

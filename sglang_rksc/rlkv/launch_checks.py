@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from sglang_rksc.config import RkscConfig
 from sglang_rksc.rlkv.head_mask import HeadMaskError, HeadScores, packaged
 from sglang_rksc.runtime.cpu import flag_value
+from sglang_rksc.runtime.model_path import supported_model_config
 from sglang_rksc.runtime.models import MODELS
-
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
 
 def _shipped_mask(model_path: str) -> Path | None:
@@ -28,15 +26,7 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
         return settings
     if settings.semantic.on:
         raise ValueError("head compression does not work with --rksc-semantic on yet (ASKS aliases bypass the windows)")
-    config_file = Path(model_path) / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"head compression needs a local model folder with config.json, got {model_path}")
-    model_config = json.loads(config_file.read_text())
-    architecture = (model_config.get("architectures") or ["?"])[0]
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"head compression supports {', '.join(SUPPORTED_ARCHITECTURES)}; this model is {architecture}"
-        )
+    model_config = supported_model_config(model_path, "head compression")
     for flag, allowed in (("--page-size", "1"), ("--attention-backend", "torch_native")):
         value = flag_value(argv, flag)
         if value is not None and value != allowed:

@@ -7,8 +7,12 @@ in the Hugging Face cache.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+# Causal-LM classes whose decoder layers our server-side features reach into (attention, rotary embedding).
+LAYERED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 
 
@@ -50,3 +54,15 @@ def check_model_path(model_path: str) -> Path:
     if not any(next(path.glob(p), None) for p in _WEIGHT_PATTERNS):
         raise ModelPathError(f"model path {model_path!r} has a config.json but no weight files")
     return path
+
+
+def supported_model_config(model_path: str, feature: str) -> dict[str, Any]:
+    """The config.json of a local model folder whose architecture `feature` supports; ValueError otherwise."""
+    config_file = Path(model_path) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{feature} needs a local model folder with config.json, got {model_path}")
+    config = json.loads(config_file.read_text())
+    architecture = (config.get("architectures") or ["?"])[0]
+    if architecture not in LAYERED_ARCHITECTURES:
+        raise ValueError(f"{feature} supports {', '.join(LAYERED_ARCHITECTURES)}; this model is {architecture}")
+    return config
