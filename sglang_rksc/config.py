@@ -101,6 +101,11 @@ class RkscConfig:
         "reuse the cached KV of prompt spans a request marks as packets (custom_params.rksc.packets), turned to "
         "their new positions, instead of computing them (rksc backend, torch-native attention)",
     )
+    packet_adapter: str = setting(
+        "auto",
+        "soft-token adapter around reused packets: 'auto' (the one shipped for the served model, else none), "
+        "'none' (plain reuse), or a file (python -m sglang_rksc.packets.train_adapter)",
+    )
 
     def __post_init__(self) -> None:
         check(self, flag_name)

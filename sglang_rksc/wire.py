@@ -30,9 +30,10 @@ class Option:
     MARK = "mark"  # one of MARKS: mark the request's own branch when it is released
     CGEE = "cgee"  # an object: this request is a verification (checked in depth by sglang_rksc.exit)
     PACKETS = "packets"  # texts: spans of the prompt whose cached KV may be reused (--rksc-packets on)
+    ADAPTER = "adapter"  # false: reused packets get no adapter soft tokens (plain reuse)
 
 
-BOOL_OPTIONS = (Option.SEMANTIC, Option.FORK, Option.REUSE)
+BOOL_OPTIONS = (Option.SEMANTIC, Option.FORK, Option.REUSE, Option.ADAPTER)
 OPTIONS = (*BOOL_OPTIONS, Option.MARK, Option.CGEE, Option.PACKETS)
 # Options that change nothing about what is generated (decode-side reuse keys ignore them).
 NEUTRAL_OPTIONS = (Option.MARK, Option.REUSE)
@@ -128,6 +129,7 @@ class PacketEntry(TypedDict, total=False):
     reused: list[dict[str, int]]  # {"start", "end"}: prompt positions; "from": the cached run's position
     missed: int  # marked spans found in the prompt but not in the cache (computed)
     tokens_not_computed: int
+    soft_tokens: int  # the adapter's header and trailer tokens put into the prompt (computed; 0: plain reuse)
 
 
 class CgeeEntry(TypedDict, total=False):
@@ -354,6 +356,7 @@ class PacketStats:
     spans_reused: int = 0
     spans_missed: int = 0
     tokens_not_computed: int = 0
+    soft_tokens: int = 0  # adapter tokens put into prompts
     failures: int = 0  # prefill rounds whose copy failed (computed in full instead)
 
     PREFIX: ClassVar[str] = "packets_"

@@ -13,7 +13,7 @@ import torch
 from sglang_rksc.cache.radix_cache import RkscRadixCache
 from sglang_rksc.config import HeadCompressionSettings, RkscConfig
 from sglang_rksc.packets.attention import extend_with_copied_positions
-from sglang_rksc.packets.launch_checks import check as check_launch
+from sglang_rksc.packets.launch_checks import resolve as check_launch
 from sglang_rksc.packets.reuse import _drop_copied_positions
 from sglang_rksc.packets.rope_shift import RopeShift
 from sglang_rksc.packets.spans import find_cached, find_run, locate
@@ -177,6 +177,7 @@ def test_copied_positions_leave_the_batch_tokens_slots_and_lengths():
         extend_num_tokens=9,
         prefill_input_ids_cpu=torch.arange(10, 19),
         out_cache_loc=torch.arange(50, 59),
+        replace_positions=None,
     )
     _drop_copied_positions(batch, {0: torch.tensor([2, 6, 7])})  # positions 3-5 copied
     assert batch.extend_lens == [3, 3] and batch.extend_num_tokens == 6
@@ -270,15 +271,26 @@ def test_the_gather_summary_compares_reuse_with_the_full_computation():
 def test_the_packet_benchmark_compares_the_modes_on_the_same_problems():
     from sglang_rksc.bench.packets import summarize
 
-    def mode(computed, ttft, prediction):
-        return {"prompt_tokens": 500, "computed": computed, "ttft_s": ttft, "prediction": prediction}
+    def mode(computed, ttft, prediction, text=None):
+        return {
+            "prompt_tokens": 500,
+            "computed": computed,
+            "ttft_s": ttft,
+            "prediction": prediction,
+            "text": text or f"The answer is {prediction}.",
+        }
 
     rows = [
-        {"gold": 8, "packets": mode(50, 1.0, 8), "full": mode(400, 4.0, 8)},
-        {"gold": 3, "packets": mode(70, 2.0, 5), "full": mode(420, 6.0, 3)},
+        {"gold": 8, "adapter": mode(66, 1.0, 8), "plain": mode(50, 1.0, 8, "so 8"), "full": mode(400, 4.0, 8)},
+        {"gold": 3, "adapter": mode(86, 2.0, 3), "plain": mode(70, 2.0, 5), "full": mode(420, 6.0, 3)},
+        {"gold": 4, "adapter": mode(86, 2.0, 6), "plain": mode(70, 2.0, 6), "full": mode(420, 6.0, 4)},
     ]
     summary = summarize(rows)
-    assert summary["computed_ratio"] == 820 / 120 and summary["ttft_ratio"] == 10.0 / 3.0
-    assert summary["agreement"] == 0.5
-    assert (summary["packets"]["accuracy"], summary["full"]["accuracy"]) == (0.5, 1.0)
-    assert summary["full"]["ttft_median_s"] == 5.0
+    assert summary["plain"]["computed_ratio"] == 1240 / 190 and summary["adapter"]["computed_ratio"] == 1240 / 238
+    assert summary["plain"]["ttft_ratio"] == 16.0 / 5.0
+    assert summary["plain"]["answer_agreement"] == 1 / 3 and summary["adapter"]["answer_agreement"] == 2 / 3
+    assert summary["recovery_answer_agreement"] == pytest.approx(0.5)
+    assert summary["plain"]["same_text"] == 0 and summary["adapter"]["same_text"] == 2 / 3
+    assert summary["recovery_same_text"] == pytest.approx(2 / 3)
+    assert (summary["adapter"]["accuracy"], summary["full"]["accuracy"]) == (2 / 3, 1.0)
+    assert summary["full"]["ttft_median_s"] == 6.0

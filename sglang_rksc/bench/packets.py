@@ -1,13 +1,16 @@
-"""Gather prompts with packets against the same prompts computed in full, one problem at a time on one server
-started with `--rksc-packets on`: prompt tokens computed, time to first token, and the answers.
+"""Gather prompts with packets (with the adapter, and plain) against the same prompts computed in full, one
+problem at a time on one server started with `--rksc-packets on`: prompt tokens computed, time to first token,
+the answers, and how much of plain reuse's departure from the full answers the adapter recovers.
 
     python -m sglang_rksc.bench.packets --start 300 --num-problems 16 --output results/packets/bench-smollm2.json
 
 Per problem: the self-consistency prompt (GSM8K), `--samples` greedy solutions each opened with its own phrase
 (so that they differ), then the universal self-consistency prompt over them (`lang.gather.gather_prompt`),
-sent first with the solutions marked as packets and then in full. The request with packets leaves nothing in
-the tree, so the full one is computed as if it came alone: both see the same cached question and the same
-branches, and differ only in how the branches' KV got there. Times are streamed: the first chunk's arrival.
+sent with the solutions marked as packets (with the adapter, then plain), then in full. A request with packets
+leaves nothing in the tree, so each later one is computed as if it came alone: all see the same cached question
+and the same branches, and differ only in how the branches' KV got there. The adapter is the server's
+(`--adapter`, by default the one shipped for the model); the plain request opts out of it. Times are streamed:
+the first chunk's arrival.
 """
 
 from __future__ import annotations
@@ -24,19 +27,21 @@ from typing import Any
 import requests
 
 from sglang_rksc.lang.gather import gather_prompt
+from sglang_rksc.packets.gather_cases import case_prompts
 from sglang_rksc.programs import gsm8k
-from sglang_rksc.programs.common import BRANCH_OPENINGS
-from sglang_rksc.programs.self_consistency_verify import SOLVE_PROMPT
 from sglang_rksc.wire import Meta, Option, meta_entry, with_options
 
-MODES = ("packets", "full")
+# adapter: packets with the server's adapter (soft tokens); plain: packets reused as they are (the request opts
+# out of the adapter); full: no packets, the prompt computed (= the plain-text concatenation of the branches).
+MODES = ("adapter", "plain", "full")
+OPTIONS = {"adapter": {}, "plain": {Option.ADAPTER: False}}
 
 
-def _generate(url: str, text: str, max_tokens: int, packets: list[str] | None = None) -> tuple[dict, float]:
+def _generate(url: str, text: str, max_tokens: int, options: dict[str, Any] | None = None) -> tuple[dict, float]:
     """One streamed request: its last JSON and the seconds to its first chunk."""
     sampling: dict[str, Any] = {"max_new_tokens": max_tokens, "temperature": 0}
-    if packets is not None:
-        sampling["custom_params"] = with_options({Option.PACKETS: packets})
+    if options is not None:
+        sampling["custom_params"] = with_options(options)
     started = time.perf_counter()
     first = None
     last: dict = {}
@@ -55,17 +60,16 @@ def _generate(url: str, text: str, max_tokens: int, packets: list[str] | None = 
 def run_problem(
     url: str, problem: gsm8k.Problem, template: Any, samples: int, max_tokens: int, answer_tokens: int
 ) -> dict[str, Any]:
-    user, user_end = template.get_prefix_and_suffix("user", [])
-    assistant, _ = template.get_prefix_and_suffix("assistant", [])
-    prefix = user + SOLVE_PROMPT.format(question=problem.question) + user_end
-    _generate(url, prefix, 0)  # the shared question first, so that the branches share it as a prefix
-    openings = [prefix + assistant + BRANCH_OPENINGS[i % len(BRANCH_OPENINGS)] for i in range(samples)]
+    case = case_prompts(problem, template, samples)
+    _generate(url, case.prefix, 0)  # the shared question first, so that the branches share it as a prefix
     with concurrent.futures.ThreadPoolExecutor(samples) as pool:  # the branches run as one batch
-        solutions = [reply["text"] for reply, _ in pool.map(lambda text: _generate(url, text, max_tokens), openings)]
-    prompt = gather_prompt(prefix, solutions, chat_template=template)
+        replies = pool.map(lambda text: _generate(url, text, max_tokens), case.openings)
+        solutions = [reply["text"] for reply, _ in replies]
+    prompt = gather_prompt(case.prefix, solutions, chat_template=template)
     row: dict[str, Any] = {"index": problem.index, "gold": problem.answer}
     for mode in MODES:
-        reply, ttft = _generate(url, prompt.text, answer_tokens, prompt.packets if mode == "packets" else None)
+        options = {Option.PACKETS: prompt.packets, **OPTIONS[mode]} if mode in OPTIONS else None
+        reply, ttft = _generate(url, prompt.text, answer_tokens, options)
         meta = reply["meta_info"]
         info = meta_entry(meta, Meta.PACKETS) or {}
         row[mode] = {
@@ -73,6 +77,7 @@ def run_problem(
             "prompt_tokens": meta["prompt_tokens"],
             "cached_tokens": meta["cached_tokens"],
             "tokens_not_computed": info.get("tokens_not_computed", 0),
+            "soft_tokens": info.get("soft_tokens", 0),
             "computed": meta["prompt_tokens"] - meta["cached_tokens"] - info.get("tokens_not_computed", 0),
             "prediction": gsm8k.extract_answer(reply["text"]),
             "text": reply["text"],
@@ -80,19 +85,31 @@ def run_problem(
     return row
 
 
+def recovery(plain: float, adapter: float) -> float | None:
+    """The share of plain reuse's shortfall against the full computation (agreement 1) that the adapter
+    recovers; None when plain reuse fell short of nothing."""
+    return None if plain >= 1 else (adapter - plain) / (1 - plain)
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"problems": len(rows)}
+    n = len(rows)
     for mode in MODES:
         out[mode] = {
             "prompt_tokens": sum(r[mode]["prompt_tokens"] for r in rows),
             "computed": sum(r[mode]["computed"] for r in rows),
             "ttft_median_s": statistics.median(r[mode]["ttft_s"] for r in rows),
             "ttft_total_s": sum(r[mode]["ttft_s"] for r in rows),
-            "accuracy": sum(r[mode]["prediction"] == r["gold"] for r in rows) / len(rows),
+            "accuracy": sum(r[mode]["prediction"] == r["gold"] for r in rows) / n,
         }
-    out["agreement"] = sum(r["packets"]["prediction"] == r["full"]["prediction"] for r in rows) / len(rows)
-    out["computed_ratio"] = out["full"]["computed"] / max(1, out["packets"]["computed"])
-    out["ttft_ratio"] = out["full"]["ttft_total_s"] / max(1e-9, out["packets"]["ttft_total_s"])
+    for mode in MODES:
+        if mode != "full":
+            out[mode]["answer_agreement"] = sum(r[mode]["prediction"] == r["full"]["prediction"] for r in rows) / n
+            out[mode]["same_text"] = sum(r[mode]["text"] == r["full"]["text"] for r in rows) / n
+            out[mode]["computed_ratio"] = out["full"]["computed"] / max(1, out[mode]["computed"])
+            out[mode]["ttft_ratio"] = out["full"]["ttft_total_s"] / max(1e-9, out[mode]["ttft_total_s"])
+    for measure in ("answer_agreement", "same_text"):
+        out[f"recovery_{measure}"] = recovery(out["plain"][measure], out["adapter"][measure])
     return out
 
 
@@ -108,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=None, help="per solution (default: the model's)")
     parser.add_argument("--answer-tokens", type=int, default=48, help="for the gathered answer")
     parser.add_argument("--model", default=None, help="a named embedded model (default: smollm2-135m)")
+    parser.add_argument("--adapter", default="auto", help="the server's --rksc-packet-adapter")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     from sglang_rksc.programs.model_profiles import profile_for
@@ -116,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = gsm8k.load_problems(args.start, args.num_problems)
     template = get_chat_template("chatml")  # both named models speak ChatML
     model = ["--model", args.model] if args.model else []
-    with LaunchedServer([*model, "--rksc-packets", "on"]) as server:
+    with LaunchedServer([*model, "--rksc-packets", "on", "--rksc-packet-adapter", args.adapter]) as server:
         rows = [run_problem(server.url, p, template, args.samples, max_tokens, args.answer_tokens) for p in problems]
     summary = summarize(rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ from sglang_rksc.cache.eviction import register_policy
 from sglang_rksc.cache.marks import MARK_NAMES, MARKS, BranchMarks, copy_mark, node_mark
 from sglang_rksc.cache.span_report import SpanReport
 from sglang_rksc.config import RkscConfig
+from sglang_rksc.packets import soft_tokens
 from sglang_rksc.reuse.store import ReuseStore
 from sglang_rksc.rlkv.windows import complete_prefix
 from sglang_rksc.rlkv.windows import pool_of as head_split_pool
@@ -145,7 +146,7 @@ class RkscRadixCache(RadixCache):
                 "matches_cut": self.head_split_cut_matches,
             }
         if self.packets is not None:
-            out[Section.PACKETS] = {"on": True, **self.packets.stats.as_dict()}
+            out[Section.PACKETS] = {"on": True, "adapter": self.packets.adapter_name, **self.packets.stats.as_dict()}
         if self.asks is not None:
             described = self.asks.describe()
             out.update(config=described["config"], aliases=described["aliases"])
@@ -172,7 +173,11 @@ class RkscRadixCache(RadixCache):
 
     def _admission_match(self, params: MatchPrefixParams) -> MatchResult:
         """SGLang's match for a request, cut back under head compression to the longest prefix whose
-        compressed heads still hold the sinks and window its next token needs (`rlkv.windows`)."""
+        compressed heads still hold the sinks and window its next token needs (`rlkv.windows`). A request
+        with packet soft tokens matches only before its first one (their KV is not its token ids')."""
+        limit = soft_tokens.match_limit(params.req)
+        if limit is not None and len(params.key) > limit:
+            params = dataclasses.replace(params, key=params.key[:limit])
         result = super().match_prefix(params)
         pool = head_split_pool(self.token_to_kv_pool_allocator)
         if pool is None:

@@ -1,8 +1,9 @@
 """Frontend primitives for SGLang programs: `verify` (CGEE), its `Gate`, `mark_branch` (RSBCM) and
-`merge_branches` (near-duplicate branches) and `gather` (a prompt over earlier branches, their KV reused as packets)."""
+`merge_branches` (near-duplicate branches), `gather` (a prompt over earlier branches, their KV reused as packets)
+and `put_packets` (standalone packets: texts computed once at position 0 for later prompts to reuse)."""
 
 from sglang_rksc.lang.gate import Confidence, Gate, confidence_of
-from sglang_rksc.lang.gather import GatherPrompt, GatherResult, gather, gather_prompt
+from sglang_rksc.lang.gather import GatherPrompt, GatherResult, gather, gather_prompt, put_packets
 from sglang_rksc.lang.mark import mark_branch
 from sglang_rksc.lang.merge import BranchGroups, merge_branches
 from sglang_rksc.lang.verify import VerifyMethod, verify
@@ -19,5 +20,6 @@ __all__ = [
     "gather_prompt",
     "mark_branch",
     "merge_branches",
+    "put_packets",
     "verify",
 ]

@@ -4,6 +4,10 @@ self-consistency, comparing plans), with each branch's text marked as a packet.
 On a server with `--rksc-packets on`, each marked branch's KV is copied from where the branch was generated
 (its path in the radix tree) and turned to its new position instead of being computed; elsewhere (stock SGLang,
 packets off, or `reuse=False`) the same prompt is computed in full, and the result says so.
+
+`put_packets` makes standalone packets, as in the paper: texts that no branch generated (documents, attempts
+from elsewhere) computed once each at the start of a prompt of their own, so that later prompts marking them
+copy that KV from the tree instead of computing it.
 """
 
 from __future__ import annotations
@@ -96,3 +100,20 @@ def gather(
     elif entry is None:
         note = "the server reused no packet (stock SGLang or --rksc-packets off): computed in full"
     return GatherResult(reply["text"], reply["meta_info"], entry, note, seconds)
+
+
+def put_packets(endpoint: Any, texts: Sequence[str], **request_fields: Any) -> int:
+    """Compute each text once as a prompt of its own (no token generated), in the namespace `request_fields`
+    name (`extra_key`, `cache_salt`; the later prompts must name the same). `endpoint`: a `RuntimeEndpoint` or
+    a server URL. Returns the prompt tokens the server computed for them (when all were cached already, one per
+    text: SGLang computes a prompt's last token again to sample from it)."""
+    from sglang.utils import http_request
+
+    if not texts or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError("put_packets: give non-empty texts")
+    url = endpoint if isinstance(endpoint, str) else endpoint.base_url
+    body = {"text": list(texts), "sampling_params": {"max_new_tokens": 0}, **request_fields}
+    replies = http_request(url + "/generate", json=body, api_key=getattr(endpoint, "api_key", None)).json()
+    if isinstance(replies, dict):  # an error object
+        raise RuntimeError(f"put_packets: the server refused the texts: {replies}")
+    return sum(r["meta_info"]["prompt_tokens"] - r["meta_info"]["cached_tokens"] for r in replies)

@@ -1,6 +1,7 @@
 """How packets enter SGLang: registered only in a server launched with `--rksc-packets on`.
 
-- queueing: a request's packet texts are tokenised once, when the scheduler queues it;
+- queueing: a request's packet texts are tokenised once, when the scheduler queues it, and with an adapter
+  loaded its packets are wrapped in soft tokens (`soft_tokens`);
 - the prefill batch: after `prepare_for_extend`, the tree cache's `PacketReuse` copies found packets and takes
   their positions out of the forward;
 - the forward: its positions are the computed ones, and the torch-native extend attention reads the copied
@@ -32,7 +33,18 @@ def tokenise_packets(result: Any, scheduler: Any, req: Any, *args: Any, **kwargs
     tokenizer = getattr(scheduler, "tokenizer", None)
     if texts and tokenizer is not None and getattr(req, PACKETS_ATTR, None) is None:
         setattr(req, PACKETS_ATTR, [tuple(tokenizer.encode(t, add_special_tokens=False)) for t in texts])
+        reuse = getattr(getattr(scheduler, "tree_cache", None), "packets", None)
+        if reuse is not None:
+            reuse.wrap_request(req, placeholder_id(tokenizer), scheduler.model_config.context_len)
     return result
+
+
+def placeholder_id(tokenizer: Any) -> int:
+    """The token id that stands at a soft token's position (its embedding is replaced; any real id serves)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
 
 
 def copy_packets(result: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:

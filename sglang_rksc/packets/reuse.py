@@ -17,9 +17,11 @@ from typing import Any
 import torch
 
 from sglang_rksc.cache.tree_paths import Namespace
+from sglang_rksc.packets import soft_tokens
+from sglang_rksc.packets.adapter import PacketAdapter
 from sglang_rksc.packets.rope_shift import RopeShift
 from sglang_rksc.packets.spans import MIN_PACKET_TOKENS, CachedSpan, PromptSpan, find_cached, locate
-from sglang_rksc.wire import Meta, PacketEntry, PacketStats, put_meta
+from sglang_rksc.wire import Meta, Option, PacketEntry, PacketStats, put_meta, request_options
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +32,30 @@ QUERY_ATTR = "rksc_query_positions"  # on a ScheduleBatch, then its ForwardBatch
 class PacketReuse:
     """Copies cached packets into requests' slots; owned by the `rksc` tree cache (`cache.packets`)."""
 
-    def __init__(self, cache: Any, shift: RopeShift) -> None:
+    def __init__(self, cache: Any, shift: RopeShift, adapter: PacketAdapter | None = None) -> None:
         self.cache = cache
         self.shift = shift
+        self.adapter = adapter  # None: plain reuse (no soft tokens)
+        self.adapter_rows = None if adapter is None else adapter.rows().float()
+        self.adapter_name = "none" if adapter is None else adapter.info.get("model", "unnamed")
         self.stats = PacketStats()
+
+    def wrap_request(self, req: Any, placeholder: int, context_len: int) -> None:
+        """When the request is queued: its packets get the adapter's soft tokens, unless it opted out."""
+        packets = getattr(req, PACKETS_ATTR, None)
+        if self.adapter is None or not packets or not _may_reuse(req):
+            return
+        if request_options(req).get(Option.ADAPTER, True) is False:
+            return
+        if soft_tokens.insert(req, packets, placeholder, context_len):
+            self.stats.soft_tokens += len(getattr(req, soft_tokens.SOFT_ATTR).positions)
 
     def prepare(self, batch: Any) -> None:
         """Copy what can be copied; on any failure the batch is left whole (its copied slots are then simply
         computed over), so a packet can never take the scheduler down."""
         try:
+            if self.adapter_rows is not None:
+                soft_tokens.place(batch, self.adapter_rows)
             computed = self._copy_batch(batch)
         except Exception:  # noqa: BLE001 - contained: the prefill runs as if no packet was marked
             logger.exception("sglang-rksc: packet reuse failed; the batch is computed in full")
@@ -52,7 +69,7 @@ class PacketReuse:
         computed: dict[int, torch.Tensor] = {}
         for row, req in enumerate(batch.reqs):
             packets = getattr(req, PACKETS_ATTR, None)
-            if not packets or req.return_logprob or req.input_embeds is not None:
+            if not packets or not _may_reuse(req):
                 continue
             start = batch.prefix_lens[row]
             end = start + batch.extend_lens[row]
@@ -87,10 +104,12 @@ class PacketReuse:
         self.stats.tokens_not_computed += not_computed
         previous = getattr(req, "customized_info", None) or {}
         earlier = previous.get(Meta.PACKETS, [{}])[0]
+        soft = getattr(req, soft_tokens.SOFT_ATTR, None)
         entry = PacketEntry(
             reused=[*earlier.get("reused", []), *reused],
             missed=earlier.get("missed", 0) + missed,
             tokens_not_computed=earlier.get("tokens_not_computed", 0) + not_computed,
+            soft_tokens=0 if soft is None else len(soft.positions),
         )
         put_meta(req, Meta.PACKETS, entry)
         if not reused:
@@ -118,6 +137,12 @@ class PacketReuse:
             v_layer[target] = v_layer[source]
 
 
+def _may_reuse(req: Any) -> bool:
+    """Requests whose prompt KV the token ids alone decide (and that want no prompt logprobs)."""
+    overrides = getattr(req, "positional_embed_overrides", None)
+    return not req.return_logprob and req.input_embeds is None and overrides is None
+
+
 def _drop_copied_positions(batch: Any, computed: dict[int, torch.Tensor]) -> None:
     """Take the copied positions out of the batch's tokens, slots and extend lengths."""
     keep = torch.ones(batch.extend_num_tokens, dtype=torch.bool)
@@ -133,6 +158,10 @@ def _drop_copied_positions(batch: Any, computed: dict[int, torch.Tensor]) -> Non
             batch.extend_logprob_start_lens[row] = min(batch.extend_logprob_start_lens[row], len(positions))
         offset += length
     assert offset == batch.extend_num_tokens, "extend lengths and token count disagree"
+    if batch.replace_positions is not None:  # embedding overrides (soft tokens) follow their tokens
+        kept = keep.to(batch.replace_positions.device)
+        assert bool(kept[batch.replace_positions].all()), "an embedding override on a copied position"
+        batch.replace_positions = (torch.cumsum(kept, 0) - 1)[batch.replace_positions]
     ids = batch.prefill_input_ids_cpu[keep]
     batch.prefill_input_ids_cpu = ids.pin_memory() if batch.prefill_input_ids_cpu.is_pinned() else ids
     batch.out_cache_loc = batch.out_cache_loc[keep.to(batch.out_cache_loc.device)]

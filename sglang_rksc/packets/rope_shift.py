@@ -33,6 +33,12 @@ class RopeShift:
             cache = cache.to(live.device)
         return cls(cache, rotary_emb.rotary_dim, rotary_emb.head_size, rotary_emb.is_neox_style)
 
+    @classmethod
+    def of_inverse_frequencies(cls, inv_freq: torch.Tensor, positions: int, head_dim: int) -> RopeShift:
+        """From a NeoX-style RoPE's inverse frequencies (transformers' rotary modules keep them as `inv_freq`)."""
+        angles = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq.float().cpu())
+        return cls(torch.cat([angles.cos(), angles.sin()], dim=-1), 2 * inv_freq.numel(), head_dim, neox=True)
+
     @property
     def max_shift(self) -> int:
         return self.cos.shape[0] - 1

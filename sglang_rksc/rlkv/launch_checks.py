@@ -9,14 +9,12 @@ from sglang_rksc.config import RkscConfig
 from sglang_rksc.rlkv.head_mask import HeadMaskError, HeadScores, packaged
 from sglang_rksc.runtime.cpu import flag_value
 from sglang_rksc.runtime.model_path import supported_model_config
-from sglang_rksc.runtime.models import MODELS
+from sglang_rksc.runtime.models import name_of_path
 
 
 def _shipped_mask(model_path: str) -> Path | None:
-    for name, model in MODELS.items():
-        if model.folder in model_path and packaged(name).is_file():
-            return packaged(name)
-    return None
+    name = name_of_path(model_path)
+    return packaged(name) if name is not None and packaged(name).is_file() else None
 
 
 def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfig:

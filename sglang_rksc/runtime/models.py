@@ -129,6 +129,14 @@ def cache_root() -> Path:
     return Path(xdg) / "sglang_rksc"
 
 
+def name_of_path(model_path: str) -> str | None:
+    """The named model whose converted folder `model_path` is (or lies in), if any."""
+    for name, model in MODELS.items():
+        if model.folder in model_path:
+            return name
+    return None
+
+
 def named(name: str) -> NamedModel:
     if name not in MODELS:
         raise ModelPreparationError(f"unknown model {name!r}; named models: {', '.join(MODELS)}")

@@ -39,13 +39,23 @@ def _with_packets(cache: RkscRadixCache, ctx: TreeCacheBuildContext) -> RkscRadi
     """Give the cache its packet reuse (`--rksc-packets on`), turning keys with the served model's own RoPE."""
     if not cache.config.packets or cache.disable:
         return cache
+    from pathlib import Path
+
+    from sglang_rksc.packets.adapter import PacketAdapter
+    from sglang_rksc.packets.launch_checks import NO_ADAPTER
     from sglang_rksc.packets.reuse import PacketReuse
     from sglang_rksc.packets.rope_shift import RopeShift
 
     model = ctx.tp_worker.model_runner.model
     rotary = model.model.layers[0].self_attn.rotary_emb
-    cache.packets = PacketReuse(cache, RopeShift.of_module(rotary))
-    logger.info("sglang-rksc: packets on (marked prompt spans reuse cached KV, keys turned by RoPE)")
+    choice = cache.config.packet_adapter
+    # The launcher resolved 'auto' to a file or 'none'; a stock launch that did not is plain reuse.
+    adapter = None if choice in (NO_ADAPTER, "auto") else PacketAdapter.load(Path(choice))
+    cache.packets = PacketReuse(cache, RopeShift.of_module(rotary), adapter)
+    logger.info(
+        "sglang-rksc: packets on (marked prompt spans reuse cached KV, keys turned by RoPE), adapter: %s",
+        choice if adapter is not None else "none (plain reuse)",
+    )
     return cache
 
 

@@ -179,7 +179,7 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
 
     try:
         settings = launch_checks.resolve(settings, model_path, out)
-        packet_checks.check(settings, model_path, out)
+        settings = packet_checks.resolve(settings, model_path, out)
     except ValueError as exc:
         raise LaunchError(str(exc)) from exc
     # The scheduler, a spawned child, reads them from its inherited environment.
