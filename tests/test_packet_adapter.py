@@ -151,6 +151,18 @@ def test_a_packet_copied_from_its_own_context_is_the_full_computation(tiny_llama
     assert float(kl_per_token(teacher, moved)) > 1e-6
 
 
+def test_examples_are_kept_and_read_back_by_problem(tmp_path):
+    from sglang_rksc.packets.adapter_data import load_examples, save_example
+
+    path = tmp_path / "examples.jsonl"
+    assert load_examples(path) == {}
+    first = GatherExample([1, 2, 3], [[2]], [[9, 2]], [4])
+    second = GatherExample([5, 6], [[6]], [[6]], [7, 8])
+    save_example(path, 12, first)
+    save_example(path, 3, second)
+    assert load_examples(path) == {12: first, 3: second}
+
+
 def _examples(model, n: int, seed: int) -> list[GatherExample]:
     """Gather prompts whose packets were computed after a context the gather prompt does not have, with the
     full computation's greedy answers."""

@@ -83,7 +83,8 @@ def load_examples(path: Path) -> dict[int, GatherExample]:
     out = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        out[row.pop("index")] = GatherExample(**row)
+        index = row.pop("index")
+        out[index] = GatherExample(**row)
     return out
 
 
