@@ -294,3 +294,26 @@ def test_the_packet_benchmark_compares_the_modes_on_the_same_problems():
     assert summary["recovery_same_text"] == pytest.approx(2 / 3)
     assert (summary["adapter"]["accuracy"], summary["full"]["accuracy"]) == (2 / 3, 1.0)
     assert summary["full"]["ttft_median_s"] == 6.0
+
+
+def test_a_request_counts_each_packet_once_across_chunks_and_a_retraction():
+    from sglang_rksc.packets.reuse import PacketReuse
+    from sglang_rksc.packets.spans import CachedSpan, PromptSpan
+
+    cache = SimpleNamespace(req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 100, dtype=torch.int64)))
+    reuse = PacketReuse(cache, shift=None)
+    reuse._copy = lambda *args: None  # the accounting only: no KV pool here
+    cached = {tuple(range(20, 30)): CachedSpan(5, torch.arange(10))}  # the second packet is not cached
+    reuse._find = lambda span, space: (span, cached.get(span.tokens))
+    req = SimpleNamespace(extra_key=None, cache_salt=None, kv=SimpleNamespace(req_pool_idx=0), customized_info=None)
+    spans = [PromptSpan(20, tuple(range(20, 30))), PromptSpan(50, tuple(range(50, 60)))]
+
+    def entry():
+        return req.customized_info["rksc_packets"][0]
+
+    reuse._copy_packets(req, spans, 0, 40)  # first chunk: the cached packet
+    reuse._copy_packets(req, spans, 40, 70)  # second chunk: the missed one
+    assert (len(entry()["reused"]), entry()["missed"], entry()["tokens_not_computed"]) == (1, 1, 10)
+    reuse._copy_packets(req, spans, 0, 70)  # retracted, then computed again in one round
+    assert (len(entry()["reused"]), entry()["missed"], entry()["tokens_not_computed"]) == (1, 1, 10)
+    assert entry()["reused"] == [{"start": 20, "end": 30, "from": 5}]

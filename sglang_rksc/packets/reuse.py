@@ -12,6 +12,7 @@ used a packet never enters the exact tree (`skip_radix_cache_insert`): its later
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from sglang_rksc.wire import Meta, Option, PacketEntry, PacketStats, put_meta, r
 logger = logging.getLogger(__name__)
 
 PACKETS_ATTR = "rksc_packet_tokens"  # on a Req: its packets, tokenised when it was queued
+RECORD_ATTR = "rksc_packet_record"  # on a Req: its _PacketRecord
 QUERY_ATTR = "rksc_query_positions"  # on a ScheduleBatch, then its ForwardBatch: {row: positions computed}
 
 
@@ -82,19 +84,21 @@ class PacketReuse:
         """Copy the packets of `spans` that lie in [start, end) and are cached; the positions left to compute."""
         space: Namespace = (req.extra_key, req.cache_salt)
         row = self.cache.req_to_token_pool.req_to_token[req.kv.req_pool_idx]
-        reused: list[dict[str, int]] = []
+        reused: list[tuple[int, dict[str, int]]] = []  # (where the packet was found in the prompt, the copy)
         missed = 0
         keep = torch.ones(end - start, dtype=torch.bool)
         for span in spans:
             if span.start < start or span.end > end:
                 continue  # matched exactly as a prefix, or in another chunk of this prompt
+            at = span.start
             span, source = self._find(span, space)
             if source is None:
                 missed += 1
+                _record(req).missed.add(at)
                 continue
             self._copy(source.slots, row[span.start : span.end], span.start - source.position)
             keep[span.start - start : span.end - start] = False
-            reused.append({"start": span.start, "end": span.end, "from": source.position})
+            reused.append((at, {"start": span.start, "end": span.end, "from": source.position}))
         if end > start:
             keep[-1] = True  # the last prompt token is computed: its logits give the first output token
         self.stats.requests += 1
@@ -102,13 +106,15 @@ class PacketReuse:
         self.stats.spans_missed += missed
         not_computed = int((~keep).sum())
         self.stats.tokens_not_computed += not_computed
-        previous = getattr(req, "customized_info", None) or {}
-        earlier = previous.get(Meta.PACKETS, [{}])[0]
+        record = _record(req)
+        for at, span in reused:
+            part = keep[span["start"] - start : span["end"] - start]
+            record.reused[at] = (span, int((~part).sum()))
         soft = getattr(req, soft_tokens.SOFT_ATTR, None)
         entry = PacketEntry(
-            reused=[*earlier.get("reused", []), *reused],
-            missed=earlier.get("missed", 0) + missed,
-            tokens_not_computed=earlier.get("tokens_not_computed", 0) + not_computed,
+            reused=[span for _, (span, _) in sorted(record.reused.items())],
+            missed=len(record.missed - record.reused.keys()),
+            tokens_not_computed=sum(n for _, n in record.reused.values()),
             soft_tokens=0 if soft is None else len(soft.positions),
         )
         put_meta(req, Meta.PACKETS, entry)
@@ -135,6 +141,24 @@ class PacketReuse:
         for k_layer, v_layer in zip(pool.k_buffer, pool.v_buffer, strict=True):
             k_layer[target] = self.shift.shift(k_layer[source], deltas)
             v_layer[target] = v_layer[source]
+
+
+@dataclass
+class _PacketRecord:
+    """What a request's prefill rounds reused, by prompt position: a chunked prompt adds to it, and a
+    retracted request that is computed again replaces what it had (its meta counts each packet once)."""
+
+    # keyed by where each packet was found in the prompt
+    reused: dict[int, tuple[dict[str, int], int]] = field(default_factory=dict)  # -> (the copy, not computed)
+    missed: set[int] = field(default_factory=set)
+
+
+def _record(req: Any) -> _PacketRecord:
+    record = getattr(req, RECORD_ATTR, None)
+    if record is None:
+        record = _PacketRecord()
+        setattr(req, RECORD_ATTR, record)
+    return record
 
 
 def _may_reuse(req: Any) -> bool:
