@@ -26,6 +26,8 @@ from typing import Any
 
 import requests
 
+from sglang_rksc.bench import cost_model
+from sglang_rksc.bench.cost_model import CostModel
 from sglang_rksc.lang.gather import gather_prompt
 from sglang_rksc.packets.gather_cases import case_prompts
 from sglang_rksc.programs import gsm8k
@@ -91,7 +93,10 @@ def recovery(plain: float, adapter: float) -> float | None:
     return None if plain >= 1 else (adapter - plain) / (1 - plain)
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], cost: CostModel | None = None) -> dict[str, Any]:
+    """Per mode: tokens computed, TTFT, accuracy, agreement with the full computation; and, costed with the
+    GPU model (`cost`, default: the shipped H100 table), each mode's prefill per gather beside one decode step."""
+    cost = cost or cost_model.load()
     out: dict[str, Any] = {"problems": len(rows)}
     n = len(rows)
     for mode in MODES:
@@ -108,6 +113,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[mode]["same_text"] = sum(r[mode]["text"] == r["full"]["text"] for r in rows) / n
             out[mode]["computed_ratio"] = out["full"]["computed"] / max(1, out[mode]["computed"])
             out[mode]["ttft_ratio"] = out["full"]["ttft_total_s"] / max(1e-9, out[mode]["ttft_total_s"])
+    out["gpu"] = {
+        "model": cost.name,
+        "decode_step_ms": cost.step_ms(1),
+        **{f"{mode}_prefill_ms_per_gather": cost.prefill_ms(out[mode]["computed"] / n) for mode in MODES},
+    }
     for measure in ("answer_agreement", "same_text"):
         out[f"recovery_{measure}"] = recovery(out["plain"][measure], out["adapter"][measure])
     return out

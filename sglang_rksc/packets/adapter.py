@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,6 +78,14 @@ class PacketAdapter:
 def packaged(model_name: str) -> Path:
     """The shipped adapter of a named model (`smollm2-135m`, ...)."""
     return ADAPTER_DIR / f"{model_name}.safetensors"
+
+
+def placeholder_id(tokenizer: Any) -> int:
+    """The token id that stands at a soft token's position (its embedding is replaced; any real id serves)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sglang_rksc.packets import attention
+from sglang_rksc.packets.adapter import placeholder_id
 from sglang_rksc.packets.reuse import PACKETS_ATTR, QUERY_ATTR
 from sglang_rksc.wire import Option, request_options
 
@@ -37,14 +38,6 @@ def tokenise_packets(result: Any, scheduler: Any, req: Any, *args: Any, **kwargs
         if reuse is not None:
             reuse.wrap_request(req, placeholder_id(tokenizer), scheduler.model_config.context_len)
     return result
-
-
-def placeholder_id(tokenizer: Any) -> int:
-    """The token id that stands at a soft token's position (its embedding is replaced; any real id serves)."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if isinstance(candidate, int):
-            return candidate
-    return 0
 
 
 def copy_packets(result: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:

@@ -9,8 +9,9 @@ from sglang_rksc.config import RkscConfig
 from sglang_rksc.packets.adapter import AdapterError, PacketAdapter, packaged
 from sglang_rksc.runtime.cpu import flag_value
 from sglang_rksc.runtime.model_path import supported_model_config
-from sglang_rksc.runtime.models import name_of_path
+from sglang_rksc.runtime.models import shipped_for
 
+AUTO_ADAPTER = "auto"  # RkscConfig.packet_adapter's default: the one shipped for the served model
 NO_ADAPTER = "none"
 
 
@@ -50,7 +51,4 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
 def _adapter_file(choice: str, model_path: str) -> Path | None:
     if choice == NO_ADAPTER:
         return None
-    if choice != "auto":
-        return Path(choice)
-    name = name_of_path(model_path)
-    return packaged(name) if name is not None and packaged(name).is_file() else None
+    return Path(choice) if choice != AUTO_ADAPTER else shipped_for(model_path, packaged)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from sglang_rksc.packets.adapter import SOFT_TOKENS, PacketAdapter
+from sglang_rksc.packets.adapter import SOFT_TOKENS, PacketAdapter, placeholder_id
 from sglang_rksc.packets.distill import (
     GatherExample,
     StudentPlan,
@@ -130,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     from sglang.lang.chat_template import get_chat_template
 
     from sglang_rksc.packets import adapter_data
-    from sglang_rksc.packets.hooks import placeholder_id
     from sglang_rksc.programs import gsm8k
     from sglang_rksc.programs.model_profiles import profile_for
     from sglang_rksc.runtime.models import DEFAULT_MODEL, cache_root, model_dir

@@ -9,12 +9,7 @@ from sglang_rksc.config import RkscConfig
 from sglang_rksc.rlkv.head_mask import HeadMaskError, HeadScores, packaged
 from sglang_rksc.runtime.cpu import flag_value
 from sglang_rksc.runtime.model_path import supported_model_config
-from sglang_rksc.runtime.models import name_of_path
-
-
-def _shipped_mask(model_path: str) -> Path | None:
-    name = name_of_path(model_path)
-    return packaged(name) if name is not None and packaged(name).is_file() else None
+from sglang_rksc.runtime.models import shipped_for
 
 
 def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfig:
@@ -31,7 +26,7 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
             raise ValueError(f"head compression needs {flag} {allowed} (the torch path), got {value}")
     if flag_value(argv, "--speculative-algorithm") is not None:
         raise ValueError("head compression does not support speculative decoding")
-    mask = Path(heads.head_mask) if heads.head_mask else _shipped_mask(model_path)
+    mask = Path(heads.head_mask) if heads.head_mask else shipped_for(model_path, packaged)
     if mask is None:
         raise ValueError(
             "no head mask ships for this model: make one with python -m sglang_rksc.rlkv.calibrate "

@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,13 @@ def name_of_path(model_path: str) -> str | None:
         if model.folder in model_path:
             return name
     return None
+
+
+def shipped_for(model_path: str, packaged: Callable[[str], Path]) -> Path | None:
+    """The file the package ships for the named model at `model_path` (`packaged(name)`: a head mask, a packet
+    adapter), when there is one."""
+    name = name_of_path(model_path)
+    return packaged(name) if name is not None and packaged(name).is_file() else None
 
 
 def named(name: str) -> NamedModel:

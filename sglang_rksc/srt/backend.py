@@ -42,7 +42,7 @@ def _with_packets(cache: RkscRadixCache, ctx: TreeCacheBuildContext) -> RkscRadi
     from pathlib import Path
 
     from sglang_rksc.packets.adapter import PacketAdapter
-    from sglang_rksc.packets.launch_checks import NO_ADAPTER
+    from sglang_rksc.packets.launch_checks import AUTO_ADAPTER, NO_ADAPTER
     from sglang_rksc.packets.reuse import PacketReuse
     from sglang_rksc.packets.rope_shift import RopeShift
 
@@ -50,7 +50,7 @@ def _with_packets(cache: RkscRadixCache, ctx: TreeCacheBuildContext) -> RkscRadi
     rotary = model.model.layers[0].self_attn.rotary_emb
     choice = cache.config.packet_adapter
     # The launcher resolved 'auto' to a file or 'none'; a stock launch that did not is plain reuse.
-    adapter = None if choice in (NO_ADAPTER, "auto") else PacketAdapter.load(Path(choice))
+    adapter = None if choice in (NO_ADAPTER, AUTO_ADAPTER) else PacketAdapter.load(Path(choice))
     cache.packets = PacketReuse(cache, RopeShift.of_module(rotary), adapter)
     logger.info(
         "sglang-rksc: packets on (marked prompt spans reuse cached KV, keys turned by RoPE), adapter: %s",
