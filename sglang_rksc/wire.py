@@ -357,7 +357,7 @@ class PacketStats:
     spans_missed: int = 0
     tokens_not_computed: int = 0
     soft_tokens: int = 0  # adapter tokens put into prompts
-    failures: int = 0  # prefill rounds whose copy failed (computed in full instead)
+    failures: int = 0  # prefill rounds whose copy failed (computed in full), requests left without soft tokens
 
     PREFIX: ClassVar[str] = "packets_"
 

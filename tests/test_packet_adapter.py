@@ -209,3 +209,22 @@ def test_the_launcher_resolves_the_adapter_and_refuses_a_wrong_one(tmp_path):
         resolve(RkscConfig(packets=True, packet_adapter=str(wrong)), str(llama), [])
     with pytest.raises(ValueError, match="does not exist"):
         resolve(RkscConfig(packets=True, packet_adapter=str(tmp_path / "missing")), str(llama), [])
+
+
+def test_a_request_whose_soft_tokens_fail_runs_without_them_and_the_failure_is_counted():
+    from sglang_rksc.packets.reuse import PACKETS_ATTR, PacketReuse
+
+    reuse = PacketReuse(cache=None, shift=None, adapter=PacketAdapter(torch.zeros(S, 4), torch.zeros(S, 4)))
+    prompt = list(range(100, 140))
+    req = _req(prompt)
+    req.return_logprob, req.input_embeds, req.positional_embed_overrides = False, None, None
+    setattr(req, PACKETS_ATTR, [tuple(prompt[10:30])])
+    del req.sampling_params.max_new_tokens  # a request the insertion cannot read
+    req.sampling_params.custom_params = None
+    reuse.wrap_request(req, placeholder=5, context_len=1000)
+    assert reuse.stats.failures == 1 and reuse.stats.soft_tokens == 0
+    assert req.origin_input_ids.tolist() == prompt and soft_tokens.match_limit(req) is None
+    assert not req.skip_radix_cache_insert
+    req.sampling_params.max_new_tokens = 8  # readable again: wrapped
+    reuse.wrap_request(req, placeholder=5, context_len=1000)
+    assert reuse.stats.soft_tokens == 2 * S and len(req.origin_input_ids) == 40 + 2 * S

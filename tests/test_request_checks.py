@@ -24,6 +24,7 @@ VOCAB = 100
         ({"rksc": {"mark": [1]}}, r"rksc\.mark must be one of"),
         ({"rksc": {"reuse": "no"}}, r"rksc\.reuse must be true or false"),
         ({"rksc": {"semantic": 0}}, r"rksc\.semantic must be true or false"),
+        ({"rksc": {"adapter": "off"}}, r"rksc\.adapter must be true or false"),
         ({"rksc": {"cgee": None}}, r"rksc\.cgee must be an object"),
     ],
 )

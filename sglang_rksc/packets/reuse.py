@@ -49,7 +49,13 @@ class PacketReuse:
             return
         if request_options(req).get(Option.ADAPTER, True) is False:
             return
-        if soft_tokens.insert(req, packets, placeholder, context_len):
+        try:
+            wrapped = soft_tokens.insert(req, packets, placeholder, context_len)
+        except Exception:  # noqa: BLE001 - contained: the request runs as plain reuse, the scheduler serves on
+            logger.exception("sglang-rksc: could not put soft tokens into a request; it runs without them")
+            self.stats.failures += 1
+            return
+        if wrapped:
             self.stats.soft_tokens += len(getattr(req, soft_tokens.SOFT_ATTR).positions)
 
     def prepare(self, batch: Any) -> None:

@@ -38,9 +38,12 @@ def insert(req: Any, packets: list[tuple[int, ...]], placeholder: int, context_l
     wrapped = wrap(list(req.origin_input_ids), spans, placeholder)
     if len(wrapped.ids) + (req.sampling_params.max_new_tokens or 0) > context_len:
         return False
-    # Only the ids the model reads change: the unpadded prompt that detokenisation offsets count stays.
-    req.origin_input_ids = array("q", wrapped.ids) if isinstance(req.origin_input_ids, array) else wrapped.ids
-    setattr(req, SOFT_ATTR, SoftTokens(torch.tensor(wrapped.soft_positions), torch.tensor(wrapped.soft_rows)))
+    soft = SoftTokens(torch.tensor(wrapped.soft_positions), torch.tensor(wrapped.soft_rows))
+    ids = array("q", wrapped.ids) if isinstance(req.origin_input_ids, array) else wrapped.ids
+    # Nothing of the request changes before this point, so a failure above leaves it whole. Only the ids the
+    # model reads change: the unpadded prompt that detokenisation offsets count stays.
+    req.origin_input_ids = ids
+    setattr(req, SOFT_ATTR, soft)
     req.skip_radix_cache_insert = True
     return True
 
