@@ -1,6 +1,6 @@
 """Compute kernels of sglang-rksc, installed as `sglang_rksc.kernels`.
 
-Each kernel keeps a torch reference that runs on the CPU. `sink_window_decode` also has a Triton version
-(the head-split pool's decode on a GPU), checked against its reference on an H100 by
-`gpu_check_sink_window.py` and on the CPU by Triton's interpreter in the tests.
+Each kernel keeps a torch reference that runs on the CPU. Triton versions, checked against their references
+on an H100 (`gpu_check_*.py`) and on the CPU by Triton's interpreter in the tests: `sink_window_decode` (the
+head-split pool's decode), `packet_extend` and `rope_copy` (packets' prefill attention and copy).
 """

@@ -8,15 +8,13 @@ Needs torch and Triton only (not SGLang, not the package installed).
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kernels.gpu_timing import run_check, timed  # noqa: E402
 from kernels.sink_window_decode import positions_seen, reference_decode, triton_decode  # noqa: E402
 from sglang_rksc.rlkv.sink_window import head_split_attention  # noqa: E402  (torch only)
 
@@ -76,22 +74,6 @@ def check_correctness(gen: torch.Generator) -> dict:
     return out
 
 
-def timed(fn, reps: int = 50) -> float:
-    """Median microseconds of `reps` calls (CUDA events), after warm-up."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1000)
-    return sorted(times)[len(times) // 2]
-
-
 def time_one(batch: int, seq_len: int, gen: torch.Generator) -> dict:
     """One shape: the kernel on compressed heads, on the same heads uncompressed, and SDPA on contiguous K/V."""
     lens = [seq_len] * batch
@@ -122,15 +104,7 @@ def timings(gen: torch.Generator) -> list[dict]:
 
 def main() -> None:
     gen = torch.Generator().manual_seed(0)
-    started = time.time()
-    result = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu", "torch": torch.__version__}
-    result["correctness"] = check_correctness(gen)
-    print(result, flush=True)
-    result["timings"] = timings(gen) if DEV == "cuda" else []
-    result["seconds"] = time.time() - started
-    out = Path(os.environ.get("OUT", "/tmp")) / "sink_window_gpu.json"
-    out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    run_check("sink_window_gpu", {"correctness": lambda: check_correctness(gen)}, lambda: timings(gen), DEV)
 
 
 if __name__ == "__main__":

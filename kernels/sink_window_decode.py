@@ -21,6 +21,8 @@ import torch
 
 from sglang_rksc.rlkv.sink_window import stored_window_positions
 
+from .lazy_triton import LazyKernel
+
 
 def positions_seen(seq_len: int, sink: int, window: int | None) -> torch.Tensor:
     """Positions a decode query at seq_len - 1 attends to: the stored ones and its own."""
@@ -155,16 +157,4 @@ def _define_kernel():
     return kernel
 
 
-class _LazyKernel:
-    """Defines the Triton kernel on first launch, so importing this module needs no Triton."""
-
-    def __init__(self) -> None:
-        self._kernel = None
-
-    def __getitem__(self, grid):
-        if self._kernel is None:
-            self._kernel = _define_kernel()
-        return self._kernel[grid]
-
-
-_decode_kernel = _LazyKernel()
+_decode_kernel = LazyKernel(_define_kernel)

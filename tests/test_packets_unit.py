@@ -13,6 +13,7 @@ import torch
 from sglang_rksc.cache.radix_cache import RkscRadixCache
 from sglang_rksc.config import HeadCompressionSettings, RkscConfig
 from sglang_rksc.packets.attention import extend_with_copied_positions
+from sglang_rksc.packets.launch_checks import gpu_backend_flags
 from sglang_rksc.packets.launch_checks import resolve as check_launch
 from sglang_rksc.packets.reuse import _drop_copied_positions
 from sglang_rksc.packets.rope_shift import RopeShift
@@ -208,11 +209,14 @@ def test_the_launcher_refuses_what_packets_do_not_support(tmp_path):
     llama = folder("LlamaForCausalLM")
     on = RkscConfig(packets=True)
     check_launch(on, llama, ["--attention-backend", "torch_native"])
-    check_launch(RkscConfig(), "/nowhere", ["--attention-backend", "triton"])  # off: nothing to check
+    check_launch(on, llama, ["--attention-backend", "triton"])  # a GPU's (the CPU launcher refuses it itself)
+    check_launch(RkscConfig(), "/nowhere", ["--attention-backend", "fa3"])  # off: nothing to check
     for argv, message in (
-        (["--attention-backend", "triton"], "torch_native"),
+        (["--attention-backend", "fa3"], "torch_native or triton"),
+        (["--prefill-attention-backend", "flashinfer"], "prefill-attention-backend"),
         (["--page-size", "16"], "page-size"),
         (["--enable-mixed-chunk"], "mixed-chunk"),
+        (["--enable-piecewise-cuda-graph"], "piecewise"),
     ):
         with pytest.raises(ValueError, match=message):
             check_launch(on, llama, argv)
@@ -222,6 +226,10 @@ def test_the_launcher_refuses_what_packets_do_not_support(tmp_path):
         check_launch(on, folder("GPT2LMHeadModel"), [])
     with pytest.raises(ValueError, match="local model folder"):
         check_launch(on, "/nowhere", [])
+    # on a GPU with no backend named, packets get the Triton backend (SGLang would pick one they do not extend)
+    assert gpu_backend_flags(on, []) == ["--attention-backend", "triton"]
+    assert gpu_backend_flags(on, ["--attention-backend", "torch_native"]) == []
+    assert gpu_backend_flags(RkscConfig(), []) == []
 
 
 def test_the_gather_prompt_lists_each_branch_unchanged_and_marks_it():

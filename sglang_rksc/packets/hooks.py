@@ -4,8 +4,8 @@
   loaded its packets are wrapped in soft tokens (`soft_tokens`);
 - the prefill batch: after `prepare_for_extend`, the tree cache's `PacketReuse` copies found packets and takes
   their positions out of the forward;
-- the forward: its positions are the computed ones, and the torch-native extend attention reads the copied
-  positions from the cache (`attention`).
+- the forward: its positions are the computed ones, and the extend attention reads the copied positions from
+  the cache (`attention`): torch-native's, and on a GPU also the Triton backend's, through our Triton kernel.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ _TARGETS = {
     "prepare": "sglang.srt.managers.schedule_batch.ScheduleBatch.prepare_for_extend",
     "forward_batch": "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new",
     "attention": "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend",
+    "triton_attention": "sglang.srt.layers.attention.triton_backend.TritonAttnBackend.forward_extend",
 }
 _registered = False
 
@@ -57,6 +58,7 @@ def computed_positions(original: Any, cls: Any, batch: Any, *args: Any, **kwargs
     # The runners copy a ForwardBatch field by field (our attribute would be lost); its sampling info is
     # carried by reference. Set on every forward, so that no stale value reaches a later one.
     setattr(info, QUERY_ATTR, None)
+    setattr(info, attention.LAYOUT_ATTR, None)
     computed = getattr(batch, QUERY_ATTR, None)  # set by `copy_packets` on this prefill's batch only
     if not computed or not fb.forward_mode.is_extend():
         return fb
@@ -81,4 +83,6 @@ def register() -> None:
     HookRegistry.register(_TARGETS["prepare"], copy_packets, HookType.AFTER)
     HookRegistry.register(_TARGETS["forward_batch"], computed_positions, HookType.AROUND)
     HookRegistry.register(_TARGETS["attention"], attention.forward_extend, HookType.AROUND)
+    if torch.cuda.is_available():  # SGLang's Triton backend runs on GPUs only
+        HookRegistry.register(_TARGETS["triton_attention"], attention.forward_extend, HookType.AROUND)
     _registered = True

@@ -13,6 +13,9 @@ from sglang_rksc.runtime.models import shipped_for
 
 AUTO_ADAPTER = "auto"  # RkscConfig.packet_adapter's default: the one shipped for the served model
 NO_ADAPTER = "none"
+# torch_native: the CPU path (torch; on a GPU our Triton kernels); triton: SGLang's GPU backend, whose prefill
+# our hook replaces, in batches that copied packets, by the same kernels
+PACKET_BACKENDS = ("torch_native", "triton")
 
 
 def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfig:
@@ -26,11 +29,22 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
         raise ValueError("--rksc-packets on does not work with head compression yet (windows are not copied)")
     if settings.semantic.on:
         raise ValueError("--rksc-packets on does not work with --rksc-semantic on yet")
-    for flag, allowed in (("--page-size", "1"), ("--attention-backend", "torch_native")):
-        value = flag_value(argv, flag)
-        if value is not None and value != allowed:
-            raise ValueError(f"--rksc-packets on needs {flag} {allowed} (its prefill path is torch's), got {value}")
-    for flag in ("--enable-mixed-chunk", "--speculative-algorithm", "--disable-radix-cache"):
+    page = flag_value(argv, "--page-size")
+    if page is not None and page != "1":
+        raise ValueError(f"--rksc-packets on needs --page-size 1 (packets are copied token by token), got {page}")
+    for flag in ("--attention-backend", "--prefill-attention-backend"):
+        backend = flag_value(argv, flag)
+        if backend is not None and backend not in PACKET_BACKENDS:
+            raise ValueError(
+                f"--rksc-packets on needs {flag} {' or '.join(PACKET_BACKENDS)} (the backends whose prefill it "
+                f"extends), got {backend}"
+            )
+    for flag in (
+        "--enable-mixed-chunk",
+        "--speculative-algorithm",
+        "--disable-radix-cache",
+        "--enable-piecewise-cuda-graph",
+    ):
         if flag in argv or flag_value(argv, flag) is not None:
             raise ValueError(f"--rksc-packets on does not support {flag}")
     adapter = _adapter_file(settings.packet_adapter, model_path)
@@ -46,6 +60,14 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
             )
     resolved = str(adapter.resolve()) if adapter is not None else NO_ADAPTER
     return dataclasses.replace(settings, packet_adapter=resolved)
+
+
+def gpu_backend_flags(settings: RkscConfig, argv: list[str]) -> list[str]:
+    """On a GPU, the attention backend packets need when none was named (SGLang would pick flashinfer or fa3,
+    whose prefill does not know copied positions); on a CPU the launcher's defaults name torch_native."""
+    if settings.packets and flag_value(argv, "--attention-backend") is None:
+        return ["--attention-backend", "triton"]
+    return []
 
 
 def _adapter_file(choice: str, model_path: str) -> Path | None:

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 
 from sglang_rksc.cache.tree_paths import Namespace
+from sglang_rksc.kernels.rope_copy import triton_copy_turned
 from sglang_rksc.packets import soft_tokens
 from sglang_rksc.packets.adapter import PacketAdapter
+from sglang_rksc.packets.attention import use_kernels
 from sglang_rksc.packets.rope_shift import RopeShift
 from sglang_rksc.packets.spans import MIN_PACKET_TOKENS, CachedSpan, PromptSpan, find_cached, locate
 from sglang_rksc.wire import Meta, Option, PacketEntry, PacketStats, put_meta, request_options
@@ -91,6 +93,7 @@ class PacketReuse:
         space: Namespace = (req.extra_key, req.cache_salt)
         row = self.cache.req_to_token_pool.req_to_token[req.kv.req_pool_idx]
         reused: list[tuple[int, dict[str, int]]] = []  # (where the packet was found in the prompt, the copy)
+        copies: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (cached slots, the request's slots, shift)
         missed = 0
         keep = torch.ones(end - start, dtype=torch.bool)
         for span in spans:
@@ -102,9 +105,15 @@ class PacketReuse:
                 missed += 1
                 _record(req).missed.add(at)
                 continue
-            self._copy(source.slots, row[span.start : span.end], span.start - source.position)
+            copies.append((source.slots, row[span.start : span.end], span.start - source.position))
             keep[span.start - start : span.end - start] = False
             reused.append((at, {"start": span.start, "end": span.end, "from": source.position}))
+        if copies:  # all of the request's packets in one copy
+            self._copy(
+                torch.cat([c[0].to(torch.int64) for c in copies]),
+                torch.cat([c[1].to(torch.int64) for c in copies]),
+                torch.cat([torch.full((len(c[0]),), c[2], dtype=torch.int64) for c in copies]),
+            )
         if end > start:
             keep[-1] = True  # the last prompt token is computed: its logits give the first output token
         self.stats.requests += 1
@@ -138,15 +147,20 @@ class PacketReuse:
             source = find_cached(self.cache, span.tokens, space)
         return span, source
 
-    def _copy(self, source: torch.Tensor, target: torch.Tensor, delta: int) -> None:
-        """Every layer's K (turned by `delta` positions) and V from the cached slots into the request's."""
+    def _copy(self, source: torch.Tensor, target: torch.Tensor, delta: torch.Tensor) -> None:
+        """Every layer's K (turned by `delta` [tokens] positions) and V from the cached slots into the request's;
+        one rotation for all layers, on a GPU one kernel launch a layer (`kernels/rope_copy.py`)."""
         pool = self.cache.token_to_kv_pool_allocator.get_kvcache()
         source = source.to(pool.device, torch.int64)
         target = target.to(pool.device, torch.int64)
-        deltas = torch.full((len(source),), delta, dtype=torch.int64)
+        cos, sin = self.shift.rotation(delta, pool.device)
+        kernel = use_kernels(torch.device(pool.device))
         for k_layer, v_layer in zip(pool.k_buffer, pool.v_buffer, strict=True):
-            k_layer[target] = self.shift.shift(k_layer[source], deltas)
-            v_layer[target] = v_layer[source]
+            if kernel:
+                triton_copy_turned(k_layer, v_layer, source, target, cos, sin, self.shift.rotary_dim, self.shift.neox)
+            else:
+                k_layer[target] = self.shift.turn(k_layer[source], cos, sin)
+                v_layer[target] = v_layer[source]
 
 
 @dataclass

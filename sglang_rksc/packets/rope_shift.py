@@ -43,20 +43,35 @@ class RopeShift:
     def max_shift(self) -> int:
         return self.cos.shape[0] - 1
 
-    def shift(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """`keys` [tokens, heads, head_dim] rotated for their cached positions, turned by `delta` [tokens]
-        positions (negative allowed); computed in float32, returned in the keys' dtype."""
+    def rotation(self, delta: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [tokens, rotary_dim / 2] (float32, on `device`) of turning by `delta` [tokens] positions
+        (negative allowed): computed once for a copy, used by every layer."""
         magnitude = delta.abs().long().to(self.cos.device)
         assert magnitude.numel() == 0 or int(magnitude.max()) <= self.max_shift, "shift beyond the rotary cache"
-        cos = self.cos[magnitude].unsqueeze(1)  # [tokens, 1, rotary_dim / 2]
-        sin = self.sin[magnitude].unsqueeze(1) * torch.sign(delta.to(self.sin)).view(-1, 1, 1)
-        cos, sin = cos.to(keys.device), sin.to(keys.device)
-        k = keys.float()
-        rot, rest = k[..., : self.rotary_dim], k[..., self.rotary_dim :]
-        if self.neox:
-            x1, x2 = rot.chunk(2, dim=-1)
-            turned = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        else:  # interleaved pairs (GPT-J style)
-            x1, x2 = rot[..., 0::2], rot[..., 1::2]
-            turned = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
-        return torch.cat([turned, rest], dim=-1).to(keys.dtype)
+        cos = self.cos[magnitude]
+        sin = self.sin[magnitude] * torch.sign(delta.to(self.sin)).view(-1, 1)
+        return cos.to(device), sin.to(device)
+
+    def turn(self, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """`keys` [tokens, heads, head_dim] turned by a `rotation`."""
+        return turn_keys(keys, cos, sin, self.rotary_dim, self.neox)
+
+    def shift(self, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """`keys` [tokens, heads, head_dim] rotated for their cached positions, turned by `delta` [tokens]
+        positions (negative allowed)."""
+        return self.turn(keys, *self.rotation(delta, keys.device))
+
+
+def turn_keys(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int, neox: bool) -> torch.Tensor:
+    """`keys` [tokens, heads, head_dim] turned by cos, sin [tokens, rotary_dim / 2]; computed in float32,
+    returned in the keys' dtype. The torch reference of the copy kernel (`kernels/rope_copy.py`)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+    k = keys.float()
+    rot, rest = k[..., :rotary_dim], k[..., rotary_dim:]
+    if neox:
+        x1, x2 = rot.chunk(2, dim=-1)
+        turned = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    else:  # interleaved pairs (GPT-J style)
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        turned = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+    return torch.cat([turned, rest], dim=-1).to(keys.dtype)

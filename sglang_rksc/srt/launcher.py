@@ -186,6 +186,8 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
     os.environ[rksc_config.ENV_VAR] = settings.to_env()
     if on_cpu:
         out = cpu.apply_cpu_defaults(out)
+    else:
+        out += packet_checks.gpu_backend_flags(settings, out)
 
     eviction.add_policy_choice()
     parser = _sglang_parser()
