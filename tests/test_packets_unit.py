@@ -314,9 +314,9 @@ def test_a_request_counts_each_packet_once_across_chunks_and_a_retraction():
     from sglang_rksc.packets.reuse import PacketReuse
     from sglang_rksc.packets.spans import CachedSpan, PromptSpan
 
-    cache = SimpleNamespace(req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 100, dtype=torch.int64)))
-    reuse = PacketReuse(cache, shift=None)
-    reuse._copy = lambda *args: None  # the accounting only: no KV pool here
+    slots = torch.arange(1, 101).view(1, 100)
+    cache = SimpleNamespace(req_to_token_pool=SimpleNamespace(req_to_token=slots))
+    reuse = PacketReuse(cache, shift=None)  # plans only: no KV pool here
     cached = {tuple(range(20, 30)): CachedSpan(5, torch.arange(10))}  # the second packet is not cached
     reuse._find = lambda span, space: (span, cached.get(span.tokens))
     req = SimpleNamespace(extra_key=None, cache_salt=None, kv=SimpleNamespace(req_pool_idx=0), customized_info=None)
@@ -325,9 +325,14 @@ def test_a_request_counts_each_packet_once_across_chunks_and_a_retraction():
     def entry():
         return req.customized_info["rksc_packets"][0]
 
-    reuse._copy_packets(req, spans, 0, 40)  # first chunk: the cached packet
-    reuse._copy_packets(req, spans, 40, 70)  # second chunk: the missed one
+    copies = []
+    reuse._plan_packets(req, spans, 0, 40, copies)  # first chunk: the cached packet
+    [copy] = copies  # into the request's own slots of positions 20-29, turned by 20 - 5 positions
+    assert copy.source.tolist() == list(range(10)) and copy.target.tolist() == list(range(21, 31))
+    assert copy.delta.tolist() == [15] * 10
+    reuse._plan_packets(req, spans, 40, 70, copies)  # second chunk: the missed one
+    assert len(copies) == 1
     assert (len(entry()["reused"]), entry()["missed"], entry()["tokens_not_computed"]) == (1, 1, 10)
-    reuse._copy_packets(req, spans, 0, 70)  # retracted, then computed again in one round
+    reuse._plan_packets(req, spans, 0, 70, copies)  # retracted, then computed again in one round
     assert (len(entry()["reused"]), entry()["missed"], entry()["tokens_not_computed"]) == (1, 1, 10)
     assert entry()["reused"] == [{"start": 20, "end": 30, "from": 5}]

@@ -2,8 +2,8 @@
 
 - queueing: a request's packet texts are tokenised once, when the scheduler queues it, and with an adapter
   loaded its packets are wrapped in soft tokens (`soft_tokens`);
-- the prefill batch: after `prepare_for_extend`, the tree cache's `PacketReuse` copies found packets and takes
-  their positions out of the forward;
+- the prefill batch: after `prepare_for_extend`, the tree cache's `PacketReuse` plans the copies of found
+  packets and takes their positions out of the forward; the copies run when the forward batch is built;
 - the forward: its positions are the computed ones, and the extend attention reads the copied positions from
   the cache (`attention`): torch-native's, and on a GPU also the Triton backend's, through our Triton kernel.
 """
@@ -50,7 +50,11 @@ def copy_packets(result: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def computed_positions(original: Any, cls: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
-    """AROUND hook on `ForwardBatch.init_new`: the positions of a batch that copied packets."""
+    """AROUND hook on `ForwardBatch.init_new`: the batch's planned packet copies run (on the forward's stream,
+    see `reuse`), and a batch that copied packets gets the positions it computes."""
+    reuse = getattr(getattr(batch, "tree_cache", None), "packets", None)
+    if reuse is not None:
+        reuse.run_copies(batch)
     fb = original(cls, batch, *args, **kwargs)
     info = getattr(fb, "sampling_info", None)
     if info is None:

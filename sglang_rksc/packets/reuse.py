@@ -3,9 +3,12 @@
 
 `PacketReuse.prepare(batch)` runs after `ScheduleBatch.prepare_for_extend`, which has already given every
 prompt token of the round a slot of the request's own (`req_to_token`). For each request that marked packets,
-each packet lying inside this round's extend and cached in the tree is copied into those slots; then the
-batch's token list, its slots and its extend lengths lose the copied positions, and the batch records, per
-request, the positions that are still computed (the forward reads them: `attention`, `hooks`). A request that
+each packet lying inside this round's extend and cached in the tree is planned to be copied into those slots;
+then the batch's token list, its slots and its extend lengths lose the copied positions, and the batch records,
+per request, the positions that are still computed (the forward reads them: `attention`, `hooks`). The copies
+themselves run when the forward batch is built (`run_copies`): on a GPU with SGLang's overlap scheduler that is
+the forward stream, ordered after every earlier forward's KV writes, whereas `prepare` runs on the scheduler's
+stream beside a forward that may still be writing a slot just freed and handed to this request. A request that
 used a packet never enters the exact tree (`skip_radix_cache_insert`): its later KV depends on approximate KV.
 """
 
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 PACKETS_ATTR = "rksc_packet_tokens"  # on a Req: its packets, tokenised when it was queued
 RECORD_ATTR = "rksc_packet_record"  # on a Req: its _PacketRecord
 QUERY_ATTR = "rksc_query_positions"  # on a ScheduleBatch, then its ForwardBatch: {row: positions computed}
+COPIES_ATTR = "rksc_packet_copies"  # on a ScheduleBatch: the _KvCopy list its forward runs first
 
 
 class PacketReuse:
@@ -61,12 +65,12 @@ class PacketReuse:
             self.stats.soft_tokens += len(getattr(req, soft_tokens.SOFT_ATTR).positions)
 
     def prepare(self, batch: Any) -> None:
-        """Copy what can be copied; on any failure the batch is left whole (its copied slots are then simply
+        """Plan what can be copied; on any failure the batch is left whole (its copied slots are then simply
         computed over), so a packet can never take the scheduler down."""
         try:
             if self.adapter_rows is not None:
                 soft_tokens.place(batch, self.adapter_rows)
-            computed = self._copy_batch(batch)
+            computed, copies = self._plan_batch(batch)
         except Exception:  # noqa: BLE001 - contained: the prefill runs as if no packet was marked
             logger.exception("sglang-rksc: packet reuse failed; the batch is computed in full")
             self.stats.failures += 1
@@ -74,26 +78,46 @@ class PacketReuse:
         if computed:
             _drop_copied_positions(batch, computed)
             setattr(batch, QUERY_ATTR, computed)
+            setattr(batch, COPIES_ATTR, copies)
 
-    def _copy_batch(self, batch: Any) -> dict[int, torch.Tensor]:
+    def run_copies(self, batch: Any) -> None:
+        """The planned copies of a batch, once, before its forward (`hooks.computed_positions`). The plan's
+        slots were checked when it was made; a failure here is logged and counted, not raised: the requests
+        then read whatever those slots held, and the scheduler serves on."""
+        copies = getattr(batch, COPIES_ATTR, None)
+        if not copies:
+            return
+        setattr(batch, COPIES_ATTR, None)
+        try:
+            for copy in copies:
+                self._copy(copy.source, copy.target, copy.delta)
+        except Exception:  # noqa: BLE001 - contained, see above
+            logger.exception("sglang-rksc: a packet copy failed")
+            self.stats.failures += 1
+
+    def _plan_batch(self, batch: Any) -> tuple[dict[int, torch.Tensor], list[_KvCopy]]:
         computed: dict[int, torch.Tensor] = {}
+        copies: list[_KvCopy] = []
         for row, req in enumerate(batch.reqs):
             packets = getattr(req, PACKETS_ATTR, None)
             if not packets or not _may_reuse(req):
                 continue
             start = batch.prefix_lens[row]
             end = start + batch.extend_lens[row]
-            kept = self._copy_packets(req, locate(req.origin_input_ids, packets), start, end)
+            kept = self._plan_packets(req, locate(req.origin_input_ids, packets), start, end, copies)
             if kept is not None:
                 computed[row] = kept
-        return computed
+        return computed, copies
 
-    def _copy_packets(self, req: Any, spans: list[PromptSpan], start: int, end: int) -> torch.Tensor | None:
-        """Copy the packets of `spans` that lie in [start, end) and are cached; the positions left to compute."""
+    def _plan_packets(
+        self, req: Any, spans: list[PromptSpan], start: int, end: int, copies: list[_KvCopy]
+    ) -> torch.Tensor | None:
+        """Plan to copy the packets of `spans` that lie in [start, end) and are cached (one copy for all of
+        them, added to `copies`); the positions left to compute."""
         space: Namespace = (req.extra_key, req.cache_salt)
         row = self.cache.req_to_token_pool.req_to_token[req.kv.req_pool_idx]
         reused: list[tuple[int, dict[str, int]]] = []  # (where the packet was found in the prompt, the copy)
-        copies: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (cached slots, the request's slots, shift)
+        found: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (cached slots, the request's slots, shift)
         missed = 0
         keep = torch.ones(end - start, dtype=torch.bool)
         for span in spans:
@@ -105,15 +129,18 @@ class PacketReuse:
                 missed += 1
                 _record(req).missed.add(at)
                 continue
-            copies.append((source.slots, row[span.start : span.end], span.start - source.position))
+            found.append((source.slots, row[span.start : span.end], span.start - source.position))
             keep[span.start - start : span.end - start] = False
             reused.append((at, {"start": span.start, "end": span.end, "from": source.position}))
-        if copies:  # all of the request's packets in one copy
-            self._copy(
-                torch.cat([c[0].to(torch.int64) for c in copies]),
-                torch.cat([c[1].to(torch.int64) for c in copies]),
-                torch.cat([torch.full((len(c[0]),), c[2], dtype=torch.int64) for c in copies]),
+        if found:
+            copy = _KvCopy(
+                torch.cat([f[0].to(torch.int64) for f in found]),
+                torch.cat([f[1].to(torch.int64) for f in found]),
+                torch.cat([torch.full((len(f[0]),), f[2], dtype=torch.int64) for f in found]),
             )
+            assert len(copy.source) == len(copy.target) == len(copy.delta), "a copy's slots disagree"
+            assert int(copy.target.min()) > 0, "a copy into the pool's padding slot"
+            copies.append(copy)
         if end > start:
             keep[-1] = True  # the last prompt token is computed: its logits give the first output token
         self.stats.requests += 1
@@ -161,6 +188,15 @@ class PacketReuse:
             else:
                 k_layer[target] = self.shift.turn(k_layer[source], cos, sin)
                 v_layer[target] = v_layer[source]
+
+
+@dataclass(frozen=True)
+class _KvCopy:
+    """One request's packets: every layer's KV of `source` slots into `target` slots, K turned by `delta`."""
+
+    source: torch.Tensor  # int64 slots in the tree
+    target: torch.Tensor  # int64 slots of the request
+    delta: torch.Tensor  # int64 positions, per token
 
 
 @dataclass
