@@ -143,10 +143,10 @@ def time_one(batch: int, seq_len: int, gen: torch.Generator, shift: RopeShift) -
             lambda: triton_copy_turned(k, v, source, target, cos, sin, shift.rotary_dim, shift.neox)
         ),
     }
-    for block_m, block_n, warps in ((64, 64, 4), (128, 64, 8), (64, 32, 4), (128, 32, 4)):
-        row[f"kernel_us_m{block_m}_n{block_n}_w{warps}"] = timed(
-            lambda bm=block_m, bn=block_n, w=warps: triton_extend_with_copied_positions(
-                *args, layout=layout, block_m=bm, block_n=bn, num_warps=w
+    for rows, block_n, warps in ((64, 64, 4), (128, 64, 8), (128, 64, 4), (128, 32, 4), (256, 32, 8)):
+        row[f"kernel_us_r{rows}_n{block_n}_w{warps}"] = timed(
+            lambda br=rows, bn=block_n, w=warps: triton_extend_with_copied_positions(
+                *args, layout=layout, block_rows=br, block_n=bn, num_warps=w
             )
         )
     return row

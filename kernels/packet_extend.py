@@ -4,8 +4,8 @@ Its torch reference is `sglang_rksc.packets.attention.extend_with_copied_positio
 computes; this kernel takes the same arguments and returns the same output. Each request's computed tokens
 (queries) sit at given positions of its sequence, every position of the sequence is read from the KV cache
 through `req_to_token`, and a query at position p sees positions 0..p. One program per (request, block of
-`block_m` queries, query head), online softmax over blocks of `block_n` keys, each block's keys only up to
-the block's last query position.
+queries, KV head): its rows are the block's queries times the query heads that share that KV head, so each
+key is read once per group; online softmax over blocks of `block_n` keys, up to the block's last position.
 
 Shapes: q [tokens, Hq, D] (every request's computed tokens, in order); k_cache, v_cache [slots, Hkv, D];
 req_to_token [requests, max_len]; req_pool_indices, seq_lens [B]; extend_seq_lens: B counts; positions: per
@@ -71,11 +71,13 @@ def triton_extend_with_copied_positions(
     positions: list[torch.Tensor | None],
     scaling: float | None,
     layout: QueryLayout | None = None,
-    block_m: int = 64,
+    block_rows: int = 64,
     block_n: int = 64,
     num_warps: int = 4,
 ) -> torch.Tensor:
-    """The reference's output; `layout` (from `QueryLayout.build` on the same arguments) saves rebuilding it."""
+    """The reference's output; `layout` (from `QueryLayout.build` on the same arguments) saves rebuilding it.
+    A program's `block_rows` rows are block_rows // group queries x the group's query heads, which share their
+    KV head: each key block is read once for the whole group."""
     import triton
 
     tokens, q_heads, dim = q.shape
@@ -88,14 +90,17 @@ def triton_extend_with_copied_positions(
         return out
     if layout is None:
         layout = QueryLayout.build(seq_lens, extend_seq_lens, positions, q.device)
-    grid = (len(extend_seq_lens), triton.cdiv(layout.max_count, block_m), q_heads)
+    group = q_heads // kv_heads
+    per_block = block_rows // group  # queries per program
+    assert per_block >= 1 and block_rows == triton.next_power_of_2(block_rows), (block_rows, group)
+    grid = (len(extend_seq_lens), triton.cdiv(layout.max_count, per_block), kv_heads)
     _extend_kernel[grid](
         q, k_cache, v_cache, out, layout.positions, layout.starts, layout.counts, req_to_token,
         req_pool_indices, seq_lens,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         out.stride(0), out.stride(1), req_to_token.stride(0),
         (dim**-0.5 if scaling is None else scaling) * _LOG2E,
-        GROUP=q_heads // kv_heads, BLOCK_M=block_m, BLOCK_N=block_n, D=dim, num_warps=num_warps,
+        GROUP=group, QUERIES=per_block, BLOCK_R=block_rows, BLOCK_N=block_n, D=dim, num_warps=num_warps,
     )  # fmt: skip
     return out
 
@@ -112,27 +117,29 @@ def _define_kernel():
         Q, K, V, Out, QPos, QStart, QCount, ReqToToken, ReqIdx, SeqLens,
         stride_qt, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_ot, stride_oh, stride_rt,
         scaling,
-        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+        GROUP: tl.constexpr, QUERIES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
     ):  # fmt: skip
         b = tl.program_id(0)
         block = tl.program_id(1)
-        h = tl.program_id(2)
+        kv_h = tl.program_id(2)
         count = tl.load(QCount + b)
-        if block * BLOCK_M >= count:
+        if block * QUERIES >= count:
             return
         start = tl.load(QStart + b).to(tl.int64)
         row = tl.load(ReqIdx + b).to(tl.int64)
         seq_len = tl.load(SeqLens + b).to(tl.int64)
-        kv_h = h // GROUP
-        offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < count
+        r = tl.arange(0, BLOCK_R)  # row r: query r // GROUP of the block, head r % GROUP of the KV head's group
+        offs_m = block * QUERIES + r // GROUP
+        h = kv_h * GROUP + r % GROUP
+        m_mask = (r < QUERIES * GROUP) & (offs_m < count)
         offs_d = tl.arange(0, D)
-        # a padding query gets position 0: it sees key 0 and stays finite; it is never stored
+        # a padding row gets position 0: it sees key 0 and stays finite; it is never stored
         pos = tl.load(QPos + start + offs_m, mask=m_mask, other=0).to(tl.int64)
-        q = tl.load(Q + (start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=m_mask[:, None])
-        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-        l_i = tl.zeros((BLOCK_M,), tl.float32)
-        acc = tl.zeros((BLOCK_M, D), tl.float32)
+        q_ptrs = Q + (start + offs_m)[:, None] * stride_qt + h[:, None] * stride_qh + offs_d[None, :]
+        q = tl.load(q_ptrs, mask=m_mask[:, None])
+        m_i = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_R,), tl.float32)
+        acc = tl.zeros((BLOCK_R, D), tl.float32)
         last = tl.minimum(tl.max(pos, 0) + 1, seq_len)
         for key_start in range(0, last, BLOCK_N):
             n = key_start + tl.arange(0, BLOCK_N)
@@ -149,7 +156,7 @@ def _define_kernel():
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
         o = acc / l_i[:, None]
-        o_ptrs = Out + (start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :]
+        o_ptrs = Out + (start + offs_m)[:, None] * stride_ot + h[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=m_mask[:, None])
 
     return kernel

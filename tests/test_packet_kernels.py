@@ -53,18 +53,18 @@ def compare_triton_with_reference(q_heads: int, kv_heads: int, block: int) -> No
     q, k, v, r2t, idx, lens, counts = _batch(seq_lens, computed, q_heads, kv_heads)
     args = (q, k, v, r2t, idx, lens, counts, computed, DIM**-0.5)
     expected = extend_with_copied_positions(*args)
-    got = triton_extend_with_copied_positions(*args, block_m=block, block_n=block)
+    got = triton_extend_with_copied_positions(*args, block_rows=block, block_n=block)
     assert not got.isnan().any()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     # the stock case: no positions given, the queries are each request's last tokens
     stock = [None, None]
     q, k, v, r2t, idx, lens, counts = _batch([5, 40], stock, q_heads, kv_heads, seed=1)
     args = (q, k, v, r2t, idx, lens, counts, stock, DIM**-0.5)
-    torch.testing.assert_close(triton_extend_with_copied_positions(*args, block_m=block, block_n=block),
+    torch.testing.assert_close(triton_extend_with_copied_positions(*args, block_rows=block, block_n=block),
                                extend_with_copied_positions(*args), rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
-@pytest.mark.parametrize(("q_heads", "kv_heads", "block"), [(6, 2, 16), (4, 4, 32)])
+@pytest.mark.parametrize(("q_heads", "kv_heads", "block"), [(6, 2, 16), (4, 4, 32), (14, 2, 32)])
 def test_the_attention_kernel_matches_the_torch_reference(q_heads: int, kv_heads: int, block: int):
     pytest.importorskip("triton")
     _interpreted(f"compare_triton_with_reference({q_heads}, {kv_heads}, {block})")
