@@ -45,7 +45,7 @@ EVERY_FEATURE = [
     "rsbcm",
 ]
 SEED = 20261126
-EXAMPLES = int(os.environ.get("SGLANG_RKSC_FUZZ_EXAMPLES", "300"))  # 1-3 bodies each
+EXAMPLES = int(os.environ.get("SGLANG_RKSC_FUZZ_EXAMPLES", "150"))  # 1-3 bodies each
 FUZZ_SETTINGS = settings(
     deadline=None,
     database=None,

@@ -228,3 +228,18 @@ def test_a_request_whose_soft_tokens_fail_runs_without_them_and_the_failure_is_c
     req.sampling_params.max_new_tokens = 8  # readable again: wrapped
     reuse.wrap_request(req, placeholder=5, context_len=1000)
     assert reuse.stats.soft_tokens == 2 * S and len(req.origin_input_ids) == 40 + 2 * S
+
+
+def test_every_shipped_adapter_is_a_named_models_and_fits_it():
+    from sglang_rksc.packets.adapter import ADAPTER_DIR
+    from sglang_rksc.runtime.models import MODELS, model_dir
+
+    files = sorted(ADAPTER_DIR.glob("*.safetensors"))
+    assert {f.stem for f in files} >= {"smollm2-135m", "qwen2.5-coder-1.5b"}
+    for file in files:
+        adapter = PacketAdapter.load(file)
+        assert file.stem in MODELS and adapter.info["model"] == file.stem
+        assert json.loads(adapter.info["figures"])["held_out"]["adapter"]["kl"] > 0
+        config = model_dir(file.stem) / "config.json"
+        if config.is_file():  # the quality model is installed only on request
+            assert adapter.hidden_size == json.loads(config.read_text())["hidden_size"]

@@ -217,6 +217,7 @@ def test_the_launcher_refuses_what_packets_do_not_support(tmp_path):
         (["--page-size", "16"], "page-size"),
         (["--enable-mixed-chunk"], "mixed-chunk"),
         (["--enable-piecewise-cuda-graph"], "piecewise"),
+        (["--kv-cache-dtype", "fp8_e4m3"], "kv-cache-dtype"),
     ):
         with pytest.raises(ValueError, match=message):
             check_launch(on, llama, argv)

@@ -32,6 +32,9 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
     page = flag_value(argv, "--page-size")
     if page is not None and page != "1":
         raise ValueError(f"--rksc-packets on needs --page-size 1 (packets are copied token by token), got {page}")
+    kv_dtype = flag_value(argv, "--kv-cache-dtype")
+    if kv_dtype not in (None, "auto", "bf16", "bfloat16"):  # scaled fp8/fp4 keys cannot be turned and copied
+        raise ValueError(f"--rksc-packets on needs --kv-cache-dtype auto or bfloat16, got {kv_dtype}")
     for flag in ("--attention-backend", "--prefill-attention-backend"):
         backend = flag_value(argv, flag)
         if backend is not None and backend not in PACKET_BACKENDS:
