@@ -312,7 +312,7 @@ def test_the_packet_benchmark_compares_the_modes_on_the_same_problems():
 
 
 def test_a_request_counts_each_packet_once_across_chunks_and_a_retraction():
-    from sglang_rksc.packets.reuse import PacketReuse
+    from sglang_rksc.packets.reuse import PacketReuse, _KvCopy
     from sglang_rksc.packets.spans import CachedSpan, PromptSpan
 
     slots = torch.arange(1, 101).view(1, 100)
@@ -326,14 +326,14 @@ def test_a_request_counts_each_packet_once_across_chunks_and_a_retraction():
     def entry():
         return req.customized_info["rksc_packets"][0]
 
-    copies = []
-    reuse._plan_packets(req, spans, 0, 40, copies)  # first chunk: the cached packet
-    [copy] = copies  # into the request's own slots of positions 20-29, turned by 20 - 5 positions
+    found = []
+    reuse._plan_packets(req, spans, 0, 40, found)  # first chunk: the cached packet
+    copy = _KvCopy.of(found)  # into the request's own slots of positions 20-29, turned by 20 - 5 positions
     assert copy.source.tolist() == list(range(10)) and copy.target.tolist() == list(range(21, 31))
     assert copy.delta.tolist() == [15] * 10
-    reuse._plan_packets(req, spans, 40, 70, copies)  # second chunk: the missed one
-    assert len(copies) == 1
+    reuse._plan_packets(req, spans, 40, 70, found)  # second chunk: the missed one
+    assert len(found) == 1
     assert (len(entry()["reused"]), entry()["missed"], entry()["tokens_not_computed"]) == (1, 1, 10)
-    reuse._plan_packets(req, spans, 0, 70, copies)  # retracted, then computed again in one round
+    reuse._plan_packets(req, spans, 0, 70, found)  # retracted, then computed again in one round
     assert (len(entry()["reused"]), entry()["missed"], entry()["tokens_not_computed"]) == (1, 1, 10)
     assert entry()["reused"] == [{"start": 20, "end": 30, "from": 5}]

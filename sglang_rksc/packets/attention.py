@@ -100,7 +100,7 @@ def forward_extend(
         layer.scaling,
     )
     if use_kernels(q.device):
-        out = triton_extend_with_copied_positions(*args, layout=_query_layout(info, forward_batch, q.device))
+        out = triton_extend_with_copied_positions(*args, layout=_query_layout(info, forward_batch, positions, q.device))
     else:
         out = extend_with_copied_positions(*args)
     return out.reshape(q.shape[0], layer.tp_q_head_num * layer.v_head_dim)
@@ -111,15 +111,15 @@ def _req_to_token(backend: Any) -> torch.Tensor:
     return backend.req_to_token if pool is None else pool.req_to_token
 
 
-def _query_layout(info: Any, forward_batch: Any, device: torch.device) -> QueryLayout:
+def _query_layout(
+    info: Any, forward_batch: Any, positions: list[torch.Tensor | None], device: torch.device
+) -> QueryLayout:
     """The forward's query layout, built at its first layer (`hooks.computed_positions` clears it each forward)."""
-    from sglang_rksc.packets.reuse import QUERY_ATTR
-
     layout = getattr(info, LAYOUT_ATTR, None)
     if layout is None:
         seq_lens = getattr(forward_batch, "seq_lens_cpu", None)
         seq_lens = forward_batch.seq_lens.cpu() if seq_lens is None else seq_lens
         extend = forward_batch.extend_seq_lens_cpu
-        layout = QueryLayout.build(seq_lens, extend, getattr(info, QUERY_ATTR), device)
+        layout = QueryLayout.build(seq_lens, extend, positions, device)
         setattr(info, LAYOUT_ATTR, layout)
     return layout

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 PACKETS_ATTR = "rksc_packet_tokens"  # on a Req: its packets, tokenised when it was queued
 RECORD_ATTR = "rksc_packet_record"  # on a Req: its _PacketRecord
 QUERY_ATTR = "rksc_query_positions"  # on a ScheduleBatch, then its ForwardBatch: {row: positions computed}
-COPIES_ATTR = "rksc_packet_copies"  # on a ScheduleBatch: the _KvCopy list its forward runs first
+COPY_ATTR = "rksc_packet_copy"  # on a ScheduleBatch: the _KvCopy its forward runs first
+FoundPacket = tuple[torch.Tensor, torch.Tensor, int]  # its cached slots, the request's slots, the shift between
 
 
 class PacketReuse:
@@ -70,7 +71,7 @@ class PacketReuse:
         try:
             if self.adapter_rows is not None:
                 soft_tokens.place(batch, self.adapter_rows)
-            computed, copies = self._plan_batch(batch)
+            computed, copy = self._plan_batch(batch)
         except Exception:  # noqa: BLE001 - contained: the prefill runs as if no packet was marked
             logger.exception("sglang-rksc: packet reuse failed; the batch is computed in full")
             self.stats.failures += 1
@@ -78,46 +79,45 @@ class PacketReuse:
         if computed:
             _drop_copied_positions(batch, computed)
             setattr(batch, QUERY_ATTR, computed)
-            setattr(batch, COPIES_ATTR, copies)
+            setattr(batch, COPY_ATTR, copy)
 
     def run_copies(self, batch: Any) -> None:
-        """The planned copies of a batch, once, before its forward (`hooks.computed_positions`). The plan's
+        """The planned copy of a batch, once, before its forward (`hooks.computed_positions`). The plan's
         slots were checked when it was made; a failure here is logged and counted, not raised: the requests
         then read whatever those slots held, and the scheduler serves on."""
-        copies = getattr(batch, COPIES_ATTR, None)
-        if not copies:
+        copy = getattr(batch, COPY_ATTR, None)
+        if copy is None:
             return
-        setattr(batch, COPIES_ATTR, None)
+        setattr(batch, COPY_ATTR, None)
         try:
-            for copy in copies:
-                self._copy(copy.source, copy.target, copy.delta)
+            self._copy(copy.source, copy.target, copy.delta)
         except Exception:  # noqa: BLE001 - contained, see above
             logger.exception("sglang-rksc: a packet copy failed")
             self.stats.failures += 1
 
-    def _plan_batch(self, batch: Any) -> tuple[dict[int, torch.Tensor], list[_KvCopy]]:
+    def _plan_batch(self, batch: Any) -> tuple[dict[int, torch.Tensor], _KvCopy | None]:
+        """Per row, the positions left to compute; and one copy for every packet of the batch."""
         computed: dict[int, torch.Tensor] = {}
-        copies: list[_KvCopy] = []
+        found: list[FoundPacket] = []
         for row, req in enumerate(batch.reqs):
             packets = getattr(req, PACKETS_ATTR, None)
             if not packets or not _may_reuse(req):
                 continue
             start = batch.prefix_lens[row]
             end = start + batch.extend_lens[row]
-            kept = self._plan_packets(req, locate(req.origin_input_ids, packets), start, end, copies)
+            kept = self._plan_packets(req, locate(req.origin_input_ids, packets), start, end, found)
             if kept is not None:
                 computed[row] = kept
-        return computed, copies
+        return computed, _KvCopy.of(found) if found else None
 
     def _plan_packets(
-        self, req: Any, spans: list[PromptSpan], start: int, end: int, copies: list[_KvCopy]
+        self, req: Any, spans: list[PromptSpan], start: int, end: int, found: list[FoundPacket]
     ) -> torch.Tensor | None:
-        """Plan to copy the packets of `spans` that lie in [start, end) and are cached (one copy for all of
-        them, added to `copies`); the positions left to compute."""
+        """Plan to copy the packets of `spans` that lie in [start, end) and are cached (each added to `found`);
+        the positions left to compute."""
         space: Namespace = (req.extra_key, req.cache_salt)
         row = self.cache.req_to_token_pool.req_to_token[req.kv.req_pool_idx]
         reused: list[tuple[int, dict[str, int]]] = []  # (where the packet was found in the prompt, the copy)
-        found: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (cached slots, the request's slots, shift)
         missed = 0
         keep = torch.ones(end - start, dtype=torch.bool)
         for span in spans:
@@ -132,15 +132,6 @@ class PacketReuse:
             found.append((source.slots, row[span.start : span.end], span.start - source.position))
             keep[span.start - start : span.end - start] = False
             reused.append((at, {"start": span.start, "end": span.end, "from": source.position}))
-        if found:
-            copy = _KvCopy(
-                torch.cat([f[0].to(torch.int64) for f in found]),
-                torch.cat([f[1].to(torch.int64) for f in found]),
-                torch.cat([torch.full((len(f[0]),), f[2], dtype=torch.int64) for f in found]),
-            )
-            assert len(copy.source) == len(copy.target) == len(copy.delta), "a copy's slots disagree"
-            assert int(copy.target.min()) > 0, "a copy into the pool's padding slot"
-            copies.append(copy)
         if end > start:
             keep[-1] = True  # the last prompt token is computed: its logits give the first output token
         self.stats.requests += 1
@@ -192,11 +183,23 @@ class PacketReuse:
 
 @dataclass(frozen=True)
 class _KvCopy:
-    """One request's packets: every layer's KV of `source` slots into `target` slots, K turned by `delta`."""
+    """A batch's packets: every layer's KV of `source` slots into `target` slots, K turned by `delta`."""
 
     source: torch.Tensor  # int64 slots in the tree
-    target: torch.Tensor  # int64 slots of the request
+    target: torch.Tensor  # int64 slots of the requests
     delta: torch.Tensor  # int64 positions, per token
+
+    @classmethod
+    def of(cls, found: list[FoundPacket]) -> _KvCopy:
+        """One copy for all the packets found."""
+        copy = cls(
+            torch.cat([f[0].to(torch.int64) for f in found]),
+            torch.cat([f[1].to(torch.int64) for f in found]),
+            torch.cat([torch.full((len(f[0]),), f[2], dtype=torch.int64) for f in found]),
+        )
+        assert len(copy.source) == len(copy.target) == len(copy.delta), "a copy's slots disagree"
+        assert int(copy.target.min()) > 0, "a copy into the pool's padding slot"
+        return copy
 
 
 @dataclass
