@@ -35,6 +35,12 @@ def test_bad_mix_and_mode_flags():
     flags = ["--verifier", "cgee", "--merge-branches", "0.8"]
     assert serve.program_flags(serve.game_of_24, flags) == ["--merge-branches", "0.8"]
     assert serve.program_flags(serve.tree_of_thought, flags) == flags
+    # A flag without a value beside a mode's flags: every program keeps what it has (these were once read as
+    # pairs, which dropped `--diversify` and the mode's own flags together).
+    mixed = ["--diversify", *flags]
+    assert serve.program_flags(serve.tree_of_thought, mixed) == mixed
+    assert serve.program_flags(serve.self_consistency_verify, mixed) == mixed
+    assert serve.program_flags(serve.game_of_24, mixed) == ["--merge-branches", "0.8"]
 
 
 def test_closed_loop_keeps_at_most_n_jobs_in_flight_and_runs_each_once():

@@ -113,16 +113,27 @@ def build_jobs(mix: dict[str, int], count: int, seed: int, rate_per_min: float |
     return jobs
 
 
+def _option_groups(flags: Sequence[str]) -> list[list[str]]:
+    """Each option with its values: `--diversify` alone, `--verifier cgee` together (flags are not pairs)."""
+    groups: list[list[str]] = []
+    for token in flags:
+        if token.startswith("--") or not groups:
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    return groups
+
+
 def program_flags(program: Any, flags: Sequence[str]) -> list[str]:
-    """The flags (pairs) that this program accepts: a mode's `--verifier` means nothing to Game of 24."""
+    """The options that this program accepts, each with its values: a mode's `--verifier` means nothing to
+    Game of 24, which still gets the rest."""
     kept = []
-    for i in range(0, len(flags), 2):
-        pair = list(flags[i : i + 2])
+    for group in _option_groups(flags):
         try:
-            common.program_options(program, pair)
+            common.program_options(program, group)
         except ValueError:
             continue
-        kept += pair
+        kept += group
     return kept
 
 
