@@ -117,3 +117,21 @@ def test_a_whole_mask_is_scored_and_the_calibrated_one_beats_the_worst():
     assert set(figures) == {"calibrated", "highest-scored", "random-0", "random-1"}
     assert all(f.heads == 3 for f in figures.values())
     assert figures["calibrated"].kl_per_token < figures["highest-scored"].kl_per_token
+
+
+def test_server_traces_are_the_chat_prompt_then_the_servers_greedy_answer(rksc_server, default_model_dir):
+    # The quality model's traces come from the server (`--traces-via-server`): the same prompt tokens as the
+    # transformers path, then tokens the float32 model also ranks first (bf16 rounding aside).
+    model, tokenizer = calibrate.load_model(default_model_dir)
+    prompts = ["What is 17 + 25? Answer briefly.", "Name three primary colours."]
+    traces = calibrate.server_traces(rksc_server.url, tokenizer, prompts, max_new_tokens=6)
+    assert len(traces) == len(prompts)
+    for prompt, trace in zip(prompts, traces, strict=True):
+        prompt_ids = calibrate.chat_ids(tokenizer, prompt)[0]
+        assert trace.prompt_len == prompt_ids.shape[0]
+        assert torch.equal(trace.ids[: trace.prompt_len], prompt_ids)
+        assert 1 <= trace.ids.shape[0] - trace.prompt_len <= 6
+        with torch.no_grad():
+            logits = model(trace.ids[None]).logits[0, trace.prompt_len - 1 : -1]
+        chosen = logits.gather(1, trace.ids[trace.prompt_len :, None])[:, 0]
+        assert bool((logits.max(-1).values - chosen < 0.5).all()), "the server's tokens are the greedy ones"

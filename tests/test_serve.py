@@ -41,6 +41,11 @@ def test_bad_mix_and_mode_flags():
     assert serve.program_flags(serve.tree_of_thought, mixed) == mixed
     assert serve.program_flags(serve.self_consistency_verify, mixed) == mixed
     assert serve.program_flags(serve.game_of_24, mixed) == ["--merge-branches", "0.8"]
+    # A value the program refuses is an error, not a silently dropped option.
+    with pytest.raises(ValueError, match="tree_of_thought: --verifier nonsense"):
+        serve.program_flags(serve.tree_of_thought, ["--diversify", "--verifier", "nonsense"])
+    with pytest.raises(ValueError, match="--merge-branches"):
+        serve.program_flags(serve.game_of_24, ["--merge-branches", "2.5"])
 
 
 def test_closed_loop_keeps_at_most_n_jobs_in_flight_and_runs_each_once():

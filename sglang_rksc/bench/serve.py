@@ -125,14 +125,18 @@ def _option_groups(flags: Sequence[str]) -> list[list[str]]:
 
 
 def program_flags(program: Any, flags: Sequence[str]) -> list[str]:
-    """The options that this program accepts, each with its values: a mode's `--verifier` means nothing to
-    Game of 24, which still gets the rest."""
+    """The options that this program has, each with its values: a mode's `--verifier` means nothing to
+    Game of 24, which still gets the rest. An option the program has but whose value it refuses is an
+    error (ValueError), as in `bench.compare`, not a silent drop."""
+    known = common.program_parser(program, with_run_args=False)._option_string_actions
     kept = []
     for group in _option_groups(flags):
+        if group[0].split("=", 1)[0] not in known:
+            continue
         try:
             common.program_options(program, group)
-        except ValueError:
-            continue
+        except ValueError as exc:
+            raise ValueError(f"{program.NAME}: {' '.join(group)}: {exc}") from None
         kept += group
     return kept
 

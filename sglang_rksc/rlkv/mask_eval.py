@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from sglang_rksc.rlkv.calibrate import Runner, model_and_traces, set_compressed
+from sglang_rksc.rlkv.calibrate import Runner, add_trace_arguments, model_and_traces, set_compressed, traces_description
 from sglang_rksc.rlkv.head_mask import HeadScores, packaged
 
 Mask = list[list[bool]]
@@ -102,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsities", default="0.2,0.4,0.6")
     parser.add_argument("--random", type=int, default=3, help="random masks per sparsity")
     parser.add_argument("--output", type=Path, required=True)
+    add_trace_arguments(parser)
     args = parser.parse_args(argv)
     scores = HeadScores.load(args.scores or packaged(args.model))
     began = time.monotonic()
-    model, traces = model_and_traces(args.model, args.start, args.num_problems, args.max_new_tokens)
+    model, traces = model_and_traces(
+        args.model, args.start, args.num_problems, args.max_new_tokens, args.traces_via_server
+    )
     set_compressed(model, {}, scores.sink, scores.window)
     with torch.no_grad():
         runners = [Runner(model, trace) for trace in traces]
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "model": args.model,
-                "traces": f"GSM8K {args.start}-{args.start + args.num_problems - 1}, {args.max_new_tokens} tokens",
+                "traces": traces_description(args, traces),
                 "tokens": sum(r.full_logprobs.shape[0] for r in runners),
                 "seconds": time.monotonic() - began,
                 "figures": [asdict(f) for f in figures],
