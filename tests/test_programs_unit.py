@@ -215,7 +215,7 @@ def test_budgets_and_the_merge_threshold_follow_the_served_model():
     qwen = common.resolve_for_model(Endpoint("/cache/Qwen2.5-Coder-1.5B-Instruct-bf16"), auto, "tree_of_thought")
     small = common.resolve_for_model(Endpoint("/cache/SmolLM2-135M-Instruct-bf16"), auto, "tree_of_thought")
     assert (qwen.profile, small.profile) == ("qwen2.5-coder-1.5b", "smollm2-135m")
-    assert qwen.max_tokens > small.max_tokens == 128 and (qwen.merge_threshold, small.merge_threshold) == (0.6, 0.8)
+    assert qwen.max_tokens > small.max_tokens == 128 and (qwen.merge_threshold, small.merge_threshold) == (0.9, 0.8)
     # the model's CGEE settings reach its verifications: its gate, and the first layer checked
     qwen_verify = qwen.verifier("cgee")
     assert qwen_verify.exit_params == {"min_layer": 10} and qwen_verify.gate["top"] == 0.9

@@ -60,3 +60,25 @@ def test_it_answers_arithmetic_and_every_mechanism_reports(quality_server):
 def test_nothing_leaked_on_the_quality_model(quality_server):
     flush_cache(quality_server)
     assert_idle_and_clean(quality_server)
+
+
+def test_head_compression_finds_the_shipped_qwen_mask(tmp_path_factory):
+    # `--rksc-head-compression` on the named model uses the mask shipped for it (rlkv/masks/), whose heads are
+    # Qwen's 28 x 2 KV heads of dimension 128; a prompt inside sink + window gets the uncompressed answer.
+    from sglang_rksc.rlkv.head_mask import HeadScores, packaged
+    from sglang_rksc.rlkv.layout import HeadLayout
+
+    scores = HeadScores.load(packaged(models.QUALITY_MODEL))
+    assert (scores.num_layers, scores.num_kv_heads) == (28, 2)
+    layout = HeadLayout.of(scores.compressed_heads(0.4), 16, 64)
+    args = ["--model", models.QUALITY_MODEL, "--rksc-head-compression", "0.4"]
+    log = tmp_path_factory.mktemp("quality-heads") / "server.log"
+    with LaunchedServer(args, log_path=log, env=STRICT_MEMORY_ENV, startup_timeout_s=900) as server:
+        info = requests.get(server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]
+        state = info["head_compression"]
+        assert state["heads_compressed"] == layout.compressed_count and 0 < layout.compressed_count < 56
+        assert state["bytes_per_token"] == (56 - layout.compressed_count) * 128 * 2 * 2  # K and V, bf16
+        prompt = "<|im_start|>user\nWhat is 17 + 25? Reply with the number only.<|im_end|>\n<|im_start|>assistant\n"
+        assert "42" in generate(server, prompt)["text"]
+        flush_cache(server)
+        assert_idle_and_clean(server)

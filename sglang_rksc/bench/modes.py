@@ -15,8 +15,9 @@ class Mode:
 
 
 # Similarity at which the programs merge branches in rksc-merge and rksc-full: the served model's profile
-# (`programs.model_profiles`: SmolLM2 0.8, Qwen2.5-Coder-1.5B 0.6, the lowest that kept 90% of tree-of-thought
-# answers in `bench.merge_calibrate` on GSM8K 0-23 and 0-11; see the README). `rksc-merge@T` sets another.
+# (`programs.model_profiles`: SmolLM2 0.8, the lowest that kept 90% of tree-of-thought answers in
+# `bench.merge_calibrate` on GSM8K 0-23; Qwen2.5-Coder-1.5B 0.9, the lowest that kept all of them on GSM8K 0-35;
+# see the README). `rksc-merge@T` sets another.
 MERGE_THRESHOLD = "auto"
 MERGE_FLAG = "--merge-branches"
 
