@@ -246,3 +246,18 @@ def test_the_launcher_resolves_and_refuses_in_one_line(tmp_path):
     for settings, folder, argv, message in cases:
         with pytest.raises(ValueError, match=message.replace("-", r"\-")):
             resolve(settings, folder, argv)
+
+
+@pytest.mark.parametrize(
+    ("name", "layers", "kv_heads"),
+    [("smollm2-135m", 30, 3), ("qwen2.5-coder-1.5b", 28, 2), ("qwen2.5-coder-0.5b", 24, 2)],
+)
+def test_every_named_model_ships_a_head_mask_of_its_shape(name, layers, kv_heads):
+    from sglang_rksc.rlkv.head_mask import HeadScores, packaged
+    from sglang_rksc.runtime import models
+
+    assert name in models.MODELS
+    scores = HeadScores.load(packaged(name))
+    assert (scores.model, scores.num_layers, scores.num_kv_heads) == (name, layers, kv_heads)
+    assert scores.command.startswith("python -m sglang_rksc.rlkv.calibrate") and "GSM8K 0-" in scores.traces
+    assert len({v for row in scores.scores for v in row}) > 1  # measured, not a constant
