@@ -118,13 +118,12 @@ def server_traces(url: str, tokenizer, prompts: Iterable[str], max_new_tokens: i
     return [Trace(torch.tensor(ids + a["output_ids"]), len(ids)) for ids, a in zip(prompt_ids, answers, strict=True)]
 
 
-def _traces_from_a_server(model: str, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[Trace]:
-    """`server_traces` from an sglang-rksc server started for the purpose (bf16); `model` named or a folder."""
-    from sglang_rksc.runtime import models
+def _traces_from_a_server(folder: Path, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[Trace]:
+    """`server_traces` from an sglang-rksc server started for the purpose (bf16) on the model folder (a named
+    model's prepared folder is what `--model NAME` serves)."""
     from sglang_rksc.runtime.server_process import LaunchedServer
 
-    which = ["--model", model] if model in models.MODELS else ["--model-path", str(model)]
-    with LaunchedServer(which) as server:
+    with LaunchedServer(["--model-path", str(folder)]) as server:
         return server_traces(server.url, tokenizer, prompts, max_new_tokens)
 
 
@@ -208,7 +207,7 @@ def model_and_traces(
     began = time.monotonic()
     if via_server:  # before the float32 model is loaded: the two need not share the memory
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        traces = _traces_from_a_server(model_name, tokenizer, prompts, max_new_tokens)
+        traces = _traces_from_a_server(folder, tokenizer, prompts, max_new_tokens)
         model, _ = load_model(folder)
     else:
         model, tokenizer = load_model(folder)
