@@ -202,14 +202,19 @@ class ModelBudget:
         return Verifier(mode, dict(self.gate), dict(self.exit_params))
 
 
-def resolve_for_model(backend: Any, options: argparse.Namespace, program: str) -> ModelBudget:
+def served_profile(backend: Any) -> Any:
+    """The `model_profiles.Profile` of the model the backend serves (the default model's if it cannot say)."""
     from sglang_rksc.programs.model_profiles import profile_for
 
     try:
         name = backend.get_model_name()
     except Exception:  # a backend that cannot say: the default model's profile
         name = None
-    profile = profile_for(name)
+    return profile_for(name)
+
+
+def resolve_for_model(backend: Any, options: argparse.Namespace, program: str) -> ModelBudget:
+    profile = served_profile(backend)
     merge = options.merge_branches
     return ModelBudget(
         profile.name,

@@ -58,22 +58,26 @@ def extract_answer(text: str) -> str | None:
     return normalize_number(numbers[-1]) if numbers else None
 
 
-def load_problems(start: int = 0, count: int | None = None, path: Path = DATA_PATH) -> list[Problem]:
-    """Problems `start` .. `start+count-1` of the GSM8K test split."""
+def load_rows(start: int = 0, count: int | None = None, path: Path = DATA_PATH) -> list[tuple[int, dict]]:
+    """Rows `start` .. `start+count-1` of the GSM8K test split as (index, {"question", "answer"})."""
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
-    problems = []
+    rows = []
     with open(path, encoding="utf-8") as f:
         for index, line in enumerate(f):
             if index < start:
                 continue
-            if count is not None and len(problems) >= count:
+            if count is not None and len(rows) >= count:
                 break
-            row = json.loads(line)
-            problems.append(Problem(index, row["question"], gold_answer(row["answer"])))
-    if count is not None and len(problems) < count:
-        raise ValueError(f"asked for {count} problems from {start}, but {path.name} has only {len(problems)} there")
-    return problems
+            rows.append((index, json.loads(line)))
+    if count is not None and len(rows) < count:
+        raise ValueError(f"asked for {count} problems from {start}, but {path.name} has only {len(rows)} there")
+    return rows
+
+
+def load_problems(start: int = 0, count: int | None = None, path: Path = DATA_PATH) -> list[Problem]:
+    """Problems `start` .. `start+count-1` of the GSM8K test split."""
+    return [Problem(index, row["question"], gold_answer(row["answer"])) for index, row in load_rows(start, count, path)]
 
 
 def weighted_vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> str | None:

@@ -61,8 +61,9 @@ def candidate_args(verifier: Verifier | str) -> dict[str, Any]:
     return {"return_logprob": True, "top_logprobs_num": 2} if as_verifier(verifier).gated else {}
 
 
-def step(name: str, choices: list[str], verifier: Verifier | str, *, candidate: str, accept: int = 0) -> Any:
-    """The SGLang expression of one verification."""
+def step(name: str, choices: list[str], verifier: Verifier | str, *, candidate: str | None, accept: int = 0) -> Any:
+    """The SGLang expression of one verification. `candidate` is the variable the gate judges by its
+    generation's confidence; None for a written (not generated) text, which only the layer exit applies to."""
     import sglang as sgl
 
     verifier = as_verifier(verifier)
@@ -71,11 +72,12 @@ def step(name: str, choices: list[str], verifier: Verifier | str, *, candidate: 
     from sglang_rksc.lang import Gate, verify
 
     gated = verifier.gated
+    gate_it = gated and candidate is not None
     return verify(
         name,
         choices=choices,
-        candidate=candidate if gated else None,
-        gate=Gate(**verifier.gate) if gated else False,
+        candidate=candidate if gate_it else None,
+        gate=Gate(**verifier.gate) if gate_it else False,
         early_exit=gated,
         accept=accept,
         audit=verifier.mode == "audit",

@@ -191,6 +191,10 @@ def test_offline_calibration_replays_the_servers_rule(tmp_path):
     assert (early.disagreements, early.mean_layers) == (1, 5.0)
     assert (late.disagreements, late.mean_layers) == (0, (23 + 23) / 2)
     assert cgee_calibrate.gate_outcomes(loaded, Gate(), "yes") == (2, 1, 1)
+    # Answering the commonest full-depth verdict every time: here a tie, broken by the verdict's name.
+    assert cgee_calibrate.majority_baseline(loaded) == ("no", 2, 1)
+    assert cgee_calibrate.majority_baseline([*loaded, {"full_verdict": "yes"}]) == ("yes", 3, 1)
+    assert cgee_calibrate.majority_baseline([{"full_verdict": None}]) == (None, 0, 0)
     assert cgee_calibrate.main([str(path), "--min-layer", "2,21", "--theta", "0.1", "--eps", "0.05", "--k", "2"]) == 0
 
 

@@ -25,6 +25,7 @@ COMMANDS = {
         "--aggregate",
         "--packets",
     ],
+    "sglang_rksc.programs.verifier_check": ["--verifier", "--url", "--output", "arithmetic slip"],
     "sglang_rksc.programs.game_of_24": ["--breadth", "--proposals", "--url", "--output"],
     "sglang_rksc.bench.compare": [
         "--program",

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from sglang_rksc.programs import common, game24, game_of_24, gsm8k, self_consistency_verify, tree_of_thought
+from sglang_rksc.programs import (
+    common,
+    game24,
+    game_of_24,
+    gsm8k,
+    self_consistency_verify,
+    tree_of_thought,
+    verifier_check,
+)
 
 pytestmark = pytest.mark.server
 
@@ -55,6 +63,25 @@ def test_self_consistency_with_audited_cgee(backend):
         assert record["skipped"] or record["exit_layer"] is None or record["exit_layer"] <= 30
     summary = self_consistency_verify.summarize([row], Namespace(merge_branches=None))
     assert summary["verify_calls"] == summary["verify_audited"] == 2
+
+
+def test_verifier_check_audits_every_written_solution_at_the_layer_exit(backend):
+    options = common.program_options(verifier_check, ["--verifier", "audit"])
+    problems = verifier_check.load_problems(5, 2)
+    rows = verifier_check.run(backend, problems, options, parallel=2, progress_bar=False)
+    for problem, row in zip(problems, rows, strict=True):
+        assert row["kinds"] == [c.kind for c in problem.candidates] and len(row["verifications"]) == 3
+        for record, verdict in zip(row["verifications"], row["verdicts"], strict=True):
+            # No generation to judge: the gate never skips; the server runs every layer to audit the exit.
+            assert not record["skipped"] and record["confidence"] is None
+            assert record["verdict"] == verdict and record["full_verdict"] in ("yes", "no")
+            assert record["layers_run"] == record["num_layers"] == 30 and len(record["profile"]) == 30
+        # One server call per solution, each one forward (its verdict token); the question is shared.
+        assert row["tokens"]["requests"] == 3 and row["tokens"]["completion_tokens"] == 3
+        assert row["tokens"]["cached_tokens"] > 0
+    summary = verifier_check.summarize(rows, options)
+    assert summary["verify_calls"] == summary["verify_audited"] == 6
+    assert 0 <= summary["verify_disagreements"] <= 6
 
 
 def test_tree_of_thought_scores_with_cgee(backend):

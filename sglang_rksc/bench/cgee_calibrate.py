@@ -104,6 +104,16 @@ def gate_outcomes(calls: Sequence[dict[str, Any]], gate: Gate, accept: str) -> t
     return len(judged), len(skipped), sum(c["full_verdict"] != accept for c in skipped)
 
 
+def majority_baseline(calls: Sequence[dict[str, Any]]) -> tuple[str | None, int, int]:
+    """(the commonest full-depth verdict, audited calls, calls whose full-depth verdict differs from it):
+    what answering that verdict every time, with no model call, would get wrong. CGEE must beat it."""
+    full = [c["full_verdict"] for c in calls if c.get("full_verdict") is not None]
+    if not full:
+        return None, 0, 0
+    majority = max(sorted(set(full)), key=full.count)
+    return majority, len(full), sum(v != majority for v in full)
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",")]
 
@@ -143,6 +153,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     full = [c["full_verdict"] for c in calls if c.get("full_verdict") is not None]
     print(f"{len(calls)} verification calls, {results[0].calls} with layer profiles")
     print("full-depth verdicts: " + ", ".join(f"{v!r} {full.count(v)}" for v in sorted(set(full))))
+    majority, audited, against = majority_baseline(calls)
+    print(f"always {majority!r} (no model call): {against} of {audited} against the full-depth verdict")
+    served = [c for c in calls if c.get("full_verdict") is not None]
+    print(
+        f"the run's own CGEE verdicts: {sum(c['verdict'] != c['full_verdict'] for c in served)} of {len(served)} "
+        "against the full-depth verdict"
+    )
     print("\nexit rule (fewest disagreements, then fewest layers):")
     print("min_layer theta  eps    k  disagreements  mean layers run")
     for r in sorted(results, key=lambda r: (r.disagreements, r.mean_layers))[: args.top]:

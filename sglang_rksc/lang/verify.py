@@ -145,7 +145,14 @@ def _candidate_confidence(s: Any, method: VerifyMethod) -> Confidence | None:
     return confidence_of(meta.get("output_top_logprobs"))
 
 
-def _verify_on_server(endpoint: Any, s: Any, choices: list[str], method: VerifyMethod) -> dict[str, Any]:
+# The server's accounting of the call, kept in the verdict's meta so programs can count verification tokens.
+_TOKEN_FIELDS = ("id", "prompt_tokens", "cached_tokens", "completion_tokens")
+
+
+def _verify_on_server(
+    endpoint: Any, s: Any, choices: list[str], method: VerifyMethod
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The server's CGEE entry for this call, and its token accounting."""
     params: dict[str, Any] = {"choices": choices, "early_exit": method.early_exit, **method.exit_params}
     if method.audit:
         params["record"] = True
@@ -161,7 +168,7 @@ def _verify_on_server(endpoint: Any, s: Any, choices: list[str], method: VerifyM
     info = meta_entry(obj["meta_info"], Meta.CGEE)
     if info is None:
         raise RuntimeError("the server did not report a CGEE verdict (is it running sglang-rksc's plugin?)")
-    return info
+    return info, {k: obj["meta_info"][k] for k in _TOKEN_FIELDS if k in obj["meta_info"]}
 
 
 def select_with_verify(
@@ -186,9 +193,10 @@ def select_with_verify(
         meta["confidence"] = conf
         return ChoicesDecision(decision.decision, meta)
     meta: dict[str, Any] = {"cgee": True, "skipped": skip, "confidence": conf, "note": None}
-    info = _verify_on_server(endpoint, s, choices, method)
+    info, tokens = _verify_on_server(endpoint, s, choices, method)
     verdict = info["verdict_index"]
     meta.update(
+        **tokens,
         score=info["probs"][method.accept],
         probs=info["probs"],
         exit_layer=info.get("exit_layer"),
