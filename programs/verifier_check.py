@@ -193,8 +193,31 @@ def describe_row(row: Mapping[str, Any]) -> str:
     return f"problem {row['index']} (gold {row['gold']}): {judged}"
 
 
+def full_depth_p_yes(record: Mapping[str, Any]) -> float | None:
+    """P(yes) after the last layer, from an audited call's layer profile (None when not audited)."""
+    profile = record.get("profile")
+    return float(profile[-1][VERDICTS.index("yes")]) if profile else None
+
+
+def ranking_accuracy(rows: Sequence[Mapping[str, Any]], p_yes: Any) -> float | None:
+    """Share of (reference, corrupted copy) pairs of a problem in which the reference gets the higher
+    P(yes), ties counting half: what a vote weighted by P(yes) relies on. `p_yes(row)` gives a row's
+    values in its candidates' order; None where it has none."""
+    scores = []
+    for row in rows:
+        values = p_yes(row)
+        if values is None or any(v is None for v in values):
+            return None
+        ref = values[row["kinds"].index("reference")]
+        for kind, value in zip(row["kinds"], values, strict=True):
+            if kind != "reference":
+                scores.append(1.0 if ref > value else 0.5 if ref == value else 0.0)
+    return sum(scores) / len(scores) if scores else None
+
+
 def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) -> dict[str, Any]:
-    """Verdict accuracy per kind of solution, the yes rate, and (audited) CGEE against full depth."""
+    """Verdict accuracy per kind of solution, the yes rate, how often P(yes) ranks the reference above a
+    corrupted copy (as returned, and at full depth where audited), and CGEE against full depth."""
     by_kind: dict[str, list[bool]] = {kind: [] for kind in KINDS}
     verdicts = []
     for row in rows:
@@ -208,6 +231,10 @@ def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) ->
     for kind, rights in by_kind.items():
         if rights:
             out[f"verdict_accuracy_{kind}"] = sum(rights) / len(rights)
+    out["ranking_accuracy"] = ranking_accuracy(rows, lambda r: r["p_yes"])
+    out["ranking_accuracy_full_depth"] = ranking_accuracy(
+        rows, lambda r: [full_depth_p_yes(v) for v in r["verifications"]]
+    )
     return {**out, **verification.summarize(v for r in rows for v in r["verifications"])}
 
 

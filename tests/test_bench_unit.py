@@ -43,12 +43,19 @@ def test_merge_threshold_in_the_mode_name():
 
 
 def test_head_compression_sparsity_in_the_mode_name():
-    (default, sparse, pooled) = modes.resolve(["rksc-heads", "rksc-heads@0.6", "rksc-heads@0.4/0.5"])
+    (default, sparse, pooled, windowed) = modes.resolve(
+        ["rksc-heads", "rksc-heads@0.6", "rksc-heads@0.4/0.5", "rksc-heads@0.6/0.5/w256"]
+    )
     assert default.server_args[-2:] == ("--rksc-head-compression", "0.4")
     assert sparse.name == "rksc-heads@0.6" and sparse.server_args[-2:] == ("--rksc-head-compression", "0.6")
     assert pooled.server_args[-4:] == ("--rksc-head-compression", "0.4", "--rksc-window-pool", "0.5")
+    assert windowed.server_args[-6:] == (
+        "--rksc-head-compression", "0.6", "--rksc-window-pool", "0.5", "--rksc-window", "256",
+    )  # fmt: skip
     cases = (("rksc-heads@0", "sparsity"), ("rksc-heads@1", "sparsity"), ("rksc-heads@x", "number"),
-             ("rksc-heads@0.4/0", "window pool"), ("rksc-heads@0.4/y", "number"))  # fmt: skip
+             ("rksc-heads@0.4/0", "window pool"), ("rksc-heads@0.4/y", "number"),
+             ("rksc-heads@0.4/w0", "window"), ("rksc-heads@0.4/w1.5", "whole number"),
+             ("rksc-heads@0.4/wx", "number"))  # fmt: skip
     for bad, message in cases:
         with pytest.raises(ValueError, match=message):
             modes.resolve([bad])

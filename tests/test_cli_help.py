@@ -38,6 +38,7 @@ COMMANDS = {
     "sglang_rksc.bench.decode_throughput": ["--max-new-tokens", "--repeats", "--url", "--model", "--cost-model"],
     "sglang_rksc.bench.serve": ["--modes", "--budgets", "--clients", "--rate", "--mix", "--cost-model", "--seed"],
     "sglang_rksc.bench.cgee_calibrate": ["--min-layer", "--theta", "--eps", "--k", "--accept"],
+    "sglang_rksc.bench.verdict_ranking": ["--min-layer", "--theta", "--eps", "--k"],
     "sglang_rksc.bench.merge_calibrate": ["--thresholds", "--bound"],
     "sglang_rksc.bench.packets": ["--samples", "--num-problems", "--model", "--output"],
     "sglang_rksc.programs.tree_of_thought --merge": ["--merge-branches", "--rksc-span-embeddings on"],

@@ -95,3 +95,46 @@ def test_scoring_picks_the_most_trusted_solution_and_summarizes_per_kind():
     assert summary["verdict_accuracy_wrong_answer"] == 0.0
     assert summary["verdict_accuracy_arithmetic_slip"] == 1.0
     assert summary["verify_audited"] == 3 and summary["verify_disagreements"] == 1
+    # As returned, P(yes) ranks the reference (0.7) below one copy (0.9) and above the other (0.2);
+    # the records carry no layer profile, so there is no full-depth ranking.
+    assert summary["ranking_accuracy"] == 0.5 and summary["ranking_accuracy_full_depth"] is None
+
+
+def test_full_depth_ranking_reads_the_last_layer_of_each_audited_profile():
+    rows = []
+    for ref_last, copy_last in ((0.9, 0.8), (0.7, 0.7)):
+        records = [_record("yes", "yes") for _ in range(2)]
+        records[0]["profile"] = [[0.99, 0.01], [ref_last, 1 - ref_last]]
+        records[1]["profile"] = [[0.99, 0.01], [copy_last, 1 - copy_last]]
+        rows.append({"kinds": ["reference", "wrong_answer"], "p_yes": [0.99, 0.99], "verifications": records})
+    assert verifier_check.full_depth_p_yes(rows[0]["verifications"][0]) == 0.9
+    # Exit-layer values tie everywhere (0.5); at full depth one pair is ranked right and one ties.
+    assert verifier_check.ranking_accuracy(rows, lambda r: r["p_yes"]) == 0.5
+    full = verifier_check.ranking_accuracy(
+        rows, lambda r: [verifier_check.full_depth_p_yes(v) for v in r["verifications"]]
+    )
+    assert full == 0.75
+
+
+def test_ranking_per_layer_and_at_the_exit_layer_of_each_rule(tmp_path):
+    import json
+
+    from sglang_rksc.bench import verdict_ranking
+
+    settled = [[0.5, 0.5]] * 2 + [[0.999, 0.001]] * 6  # confident "yes" from layer 3: the exit fires there
+    ref = [*settled[:-1], [0.9, 0.1]]  # full depth: the reference is trusted more than its copy
+    copy = [*settled[:-1], [0.7, 0.3]]
+    records = [{**_record("yes", "yes"), "profile": p} for p in (copy, ref)]
+    row = {"kinds": ["wrong_answer", "reference"], "p_yes": [0.999, 0.999], "verifications": records}
+    path = tmp_path / "rows.jsonl"
+    unaudited = {"kinds": ["reference"], "p_yes": [0.9], "verifications": [_record("yes", None)]}
+    path.write_text(json.dumps(row) + "\n" + json.dumps(unaudited) + "\n")
+    rows = verdict_ranking.load_rows([path])
+    assert rows == [row]  # a row without layer profiles is left out
+    assert verdict_ranking.ranking_at_layer(rows, 4) == 0.5 and verdict_ranking.ranking_at_layer(rows, 8) == 1.0
+    # Exiting from layer 2 fires at layer 4 (low entropy from 3, stable by 4), where both read 0.999:
+    # the verdict agrees with full depth, the ranking is lost.
+    assert verdict_ranking.ranking_at_exit(rows, 2, 0.1, 0.05, 1) == (0.5, 0, 4.0)
+    # A first layer past the settled ones runs to full depth and keeps it.
+    assert verdict_ranking.ranking_at_exit(rows, 8, 0.1, 0.05, 1)[:2] == (1.0, 0)
+    assert verdict_ranking.main([str(path), "--min-layer", "2,8"]) == 0

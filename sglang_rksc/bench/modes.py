@@ -91,7 +91,7 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "rksc-heads",
-            "RLKV head compression at sparsity 0.4 (sink 16 + window 64); `rksc-heads@S` sets the sparsity",
+            "RLKV head compression at sparsity 0.4 (sink 16 + window 64); `rksc-heads@S[/POOL][/wWINDOW]` sets them",
             ("--radix-cache-backend", "rksc", "--rksc-head-compression", "0.4"),
         ),
         Mode(
@@ -136,20 +136,27 @@ def _with_merge_threshold(mode: Mode, spec: str) -> Mode:
 
 
 def _with_sparsity(mode: Mode, spec: str) -> Mode:
-    """`rksc-heads@0.6`: that share of the KV heads compressed; `rksc-heads@0.6/0.5` also sets the window
-    pool (window slots per token slot)."""
-    sparsity, _, pool = spec.partition("/")
+    """`rksc-heads@0.6`: that share of the KV heads compressed; then, after `/`, a window pool (window
+    slots per token slot, `rksc-heads@0.6/0.5`) and/or a window (`rksc-heads@0.4/w256`)."""
+    sparsity, *extras = spec.split("/")
     value = _number(mode, sparsity, "the sparsity")
     if not 0.0 < value <= 0.95:
         raise ValueError(f"mode {mode.name}@{spec}: the sparsity must be in (0, 0.95]")
     args = list(mode.server_args)
     args[args.index("--rksc-head-compression") + 1] = sparsity
     description = f"RLKV head compression at sparsity {sparsity}"
-    if pool:
-        if not 0.0 < _number(mode, pool, "the window pool") <= 1.0:
-            raise ValueError(f"mode {mode.name}@{spec}: the window pool must be in (0, 1]")
-        args += ["--rksc-window-pool", pool]
-        description += f", window pool {pool}"
+    for extra in extras:
+        if extra.startswith("w"):
+            window = _number(mode, extra[1:], "the window")
+            if window < 1 or window != int(window):
+                raise ValueError(f"mode {mode.name}@{spec}: the window must be a whole number of tokens >= 1")
+            args += ["--rksc-window", str(int(window))]
+            description += f", window {int(window)}"
+        else:
+            if not 0.0 < _number(mode, extra, "the window pool") <= 1.0:
+                raise ValueError(f"mode {mode.name}@{spec}: the window pool must be in (0, 1]")
+            args += ["--rksc-window-pool", extra]
+            description += f", window pool {extra}"
     return Mode(f"{mode.name}@{spec}", description, tuple(args), mode.program_args)
 
 
