@@ -218,7 +218,7 @@ def test_budgets_and_the_merge_threshold_follow_the_served_model():
     assert qwen.max_tokens > small.max_tokens == 128 and (qwen.merge_threshold, small.merge_threshold) == (0.9, 0.8)
     # the model's CGEE settings reach its verifications: its gate, and the first layer checked
     qwen_verify = qwen.verifier("cgee")
-    assert qwen_verify.exit_params == {"min_layer": 10} and qwen_verify.gate["top"] == 0.9
+    assert qwen_verify.exit_params == {"min_layer": 25} and qwen_verify.gate["top"] == 0.9
     assert small.verifier("audit").exit_params == {} and small.verifier("select").gated is False
     flagged = common.resolve_for_model(
         Endpoint("some/other-model"), Namespace(max_tokens=50, merge_branches=None), "game_of_24"
