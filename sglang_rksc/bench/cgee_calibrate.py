@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,19 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
+def add_rule_grid(parser: argparse.ArgumentParser, defaults: Mapping[str, Sequence[float]]) -> None:
+    """The exit rule's flags, each a comma-separated list of values to try."""
+    parser.add_argument("--min-layer", type=_ints, default=list(defaults["min_layer"]), help="first layers checked")
+    parser.add_argument("--theta", type=_floats, default=list(defaults["theta"]), help="entropy bounds (nats)")
+    parser.add_argument("--eps", type=_floats, default=list(defaults["eps"]), help="stability bounds (nats)")
+    parser.add_argument("--k", type=_ints, default=list(defaults["k"]), help="layers the verdict must stay settled")
+
+
+def first_missing(paths: Sequence[Path]) -> Path | None:
+    """The first path that is not a file, for a one-line error."""
+    return next((p for p in paths if not p.is_file()), None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sglang_rksc.bench.cgee_calibrate",
@@ -129,10 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("rows", nargs="+", type=Path, help="JSON-lines results of programs run with --verifier audit")
-    parser.add_argument("--min-layer", type=_ints, default=[10, 15, 18, 20, 22, 24, 26, 28], help="grid")
-    parser.add_argument("--theta", type=_floats, default=[0.01, 0.05, 0.1, 0.3], help="grid (nats)")
-    parser.add_argument("--eps", type=_floats, default=[0.01, 0.05, 0.2], help="grid (nats)")
-    parser.add_argument("--k", type=_ints, default=[1, 2, 3], help="grid")
+    add_rule_grid(
+        parser,
+        {
+            "min_layer": [10, 15, 18, 20, 22, 24, 26, 28],
+            "theta": [0.01, 0.05, 0.1, 0.3],
+            "eps": [0.01, 0.05, 0.2],
+            "k": [1, 2, 3],
+        },
+    )
     parser.add_argument("--accept", default="yes", help="the choice a skipped verification returns")
     parser.add_argument("--top", type=int, default=15, help="rows of the exit table to print")
     return parser
@@ -140,9 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(None if argv is None else list(argv))
-    missing = [p for p in args.rows if not p.is_file()]
-    if missing:
-        print(f"error: no such file: {missing[0]}", file=sys.stderr)
+    if (missing := first_missing(args.rows)) is not None:
+        print(f"error: no such file: {missing}", file=sys.stderr)
         return 2
     calls = load_calls(args.rows)
     grid = {"min_layer": args.min_layer, "theta": args.theta, "eps": args.eps, "k": args.k}

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sglang_rksc.bench.cgee_calibrate import replay_exit
+from sglang_rksc.bench.cgee_calibrate import add_rule_grid, first_missing, replay_exit
 from sglang_rksc.programs.verifier_check import VERDICTS, ranking_accuracy
 
 DESCRIPTION = "P(yes) ranking of right over wrong solutions, per layer and at CGEE's exit (verifier_check rows)."
@@ -62,10 +62,6 @@ def ranking_at_exit(
     return ranked, disagreements, sum(layers) / len(layers) if layers else float("nan")
 
 
-def _numbers(kind: type) -> Any:
-    return lambda text: [kind(x) for x in text.split(",")]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sglang_rksc.bench.verdict_ranking",
@@ -73,18 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("rows", nargs="+", type=Path, help="JSON-lines of verifier_check run with --verifier audit")
-    parser.add_argument("--min-layer", type=_numbers(int), default=[10, 18, 25], help="exit rules' first layers")
-    parser.add_argument("--theta", type=_numbers(float), default=[0.1], help="exit rules' entropy bound (nats)")
-    parser.add_argument("--eps", type=_numbers(float), default=[0.05], help="exit rules' stability bound (nats)")
-    parser.add_argument("--k", type=_numbers(int), default=[1], help="exit rules' stable layers")
+    add_rule_grid(parser, {"min_layer": [10, 18, 25], "theta": [0.1], "eps": [0.05], "k": [1]})
     return parser
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(None if argv is None else list(argv))
-    missing = [p for p in args.rows if not p.is_file()]
-    if missing:
-        print(f"error: no such file: {missing[0]}", file=sys.stderr)
+    if (missing := first_missing(args.rows)) is not None:
+        print(f"error: no such file: {missing}", file=sys.stderr)
         return 2
     rows = load_rows(args.rows)
     if not rows:
