@@ -199,14 +199,13 @@ def full_depth_p_yes(record: Mapping[str, Any]) -> float | None:
     return float(profile[-1][VERDICTS.index("yes")]) if profile else None
 
 
-def ranking_accuracy(rows: Sequence[Mapping[str, Any]], p_yes: Any) -> float | None:
+def ranking_accuracy(rows: Sequence[Mapping[str, Any]], p_yes: Sequence[Sequence[float | None]]) -> float | None:
     """Share of (reference, corrupted copy) pairs of a problem in which the reference gets the higher
-    P(yes), ties counting half: what a vote weighted by P(yes) relies on. `p_yes(row)` gives a row's
-    values in its candidates' order; None where it has none."""
+    P(yes), ties counting half: what a vote weighted by P(yes) relies on. `p_yes` holds each row's values
+    in its candidates' order; None if any is missing."""
     scores = []
-    for row in rows:
-        values = p_yes(row)
-        if values is None or any(v is None for v in values):
+    for row, values in zip(rows, p_yes, strict=True):
+        if any(v is None for v in values):
             return None
         ref = values[row["kinds"].index("reference")]
         for kind, value in zip(row["kinds"], values, strict=True):
@@ -231,9 +230,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) ->
     for kind, rights in by_kind.items():
         if rights:
             out[f"verdict_accuracy_{kind}"] = sum(rights) / len(rights)
-    out["ranking_accuracy"] = ranking_accuracy(rows, lambda r: r["p_yes"])
+    out["ranking_accuracy"] = ranking_accuracy(rows, [r["p_yes"] for r in rows])
     out["ranking_accuracy_full_depth"] = ranking_accuracy(
-        rows, lambda r: [full_depth_p_yes(v) for v in r["verifications"]]
+        rows, [[full_depth_p_yes(v) for v in r["verifications"]] for r in rows]
     )
     return {**out, **verification.summarize(v for r in rows for v in r["verifications"])}
 

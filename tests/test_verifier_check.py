@@ -109,9 +109,9 @@ def test_full_depth_ranking_reads_the_last_layer_of_each_audited_profile():
         rows.append({"kinds": ["reference", "wrong_answer"], "p_yes": [0.99, 0.99], "verifications": records})
     assert verifier_check.full_depth_p_yes(rows[0]["verifications"][0]) == 0.9
     # Exit-layer values tie everywhere (0.5); at full depth one pair is ranked right and one ties.
-    assert verifier_check.ranking_accuracy(rows, lambda r: r["p_yes"]) == 0.5
+    assert verifier_check.ranking_accuracy(rows, [r["p_yes"] for r in rows]) == 0.5
     full = verifier_check.ranking_accuracy(
-        rows, lambda r: [verifier_check.full_depth_p_yes(v) for v in r["verifications"]]
+        rows, [[verifier_check.full_depth_p_yes(v) for v in r["verifications"]] for r in rows]
     )
     assert full == 0.75
 

@@ -76,24 +76,20 @@ def replay_exit(profiles: Sequence[Sequence[Sequence[float]]], min_layer: int, t
     return results
 
 
+def replay_outcome(
+    profiles: Sequence[Sequence[Sequence[float]]], replayed: Sequence[tuple[int, int]]
+) -> tuple[int, float]:
+    """(verdicts differing from full depth, mean layers run) of one rule's `replay_exit` over `profiles`."""
+    disagreements = sum(v != _argmax(p[-1]) for p, (_, v) in zip(profiles, replayed, strict=True))
+    return disagreements, sum(layer for layer, _ in replayed) / len(replayed) if replayed else float("nan")
+
+
 def sweep_exit(calls: Sequence[dict[str, Any]], grid: dict[str, Sequence[Any]]) -> list[ExitResult]:
-    audited = [c for c in calls if c.get("profile")]
-    profiles = [c["profile"] for c in audited]
-    full = [_argmax(p[-1]) for p in profiles]
+    profiles = [c["profile"] for c in calls if c.get("profile")]
     out = []
     for min_layer, theta, eps, k in itertools.product(grid["min_layer"], grid["theta"], grid["eps"], grid["k"]):
         replayed = replay_exit(profiles, min_layer, theta, eps, k)
-        out.append(
-            ExitResult(
-                min_layer,
-                theta,
-                eps,
-                k,
-                len(profiles),
-                sum(v != f for (_, v), f in zip(replayed, full, strict=True)),
-                sum(layer for layer, _ in replayed) / len(replayed) if replayed else float("nan"),
-            )
-        )
+        out.append(ExitResult(min_layer, theta, eps, k, len(profiles), *replay_outcome(profiles, replayed)))
     return out
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sglang_rksc.bench.cgee_calibrate import add_rule_grid, first_missing, replay_exit
+from sglang_rksc.bench.cgee_calibrate import add_rule_grid, first_missing, replay_exit, replay_outcome
 from sglang_rksc.programs.verifier_check import VERDICTS, ranking_accuracy
 
 DESCRIPTION = "P(yes) ranking of right over wrong solutions, per layer and at CGEE's exit (verifier_check rows)."
@@ -41,7 +41,7 @@ def load_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
 
 def ranking_at_layer(rows: Sequence[Mapping[str, Any]], layer: int) -> float | None:
     """Ranking accuracy with P(yes) read after `layer` (1-based) on every call."""
-    return ranking_accuracy(rows, lambda r: [v["profile"][layer - 1][YES] for v in r["verifications"]])
+    return ranking_accuracy(rows, [[v["profile"][layer - 1][YES] for v in r["verifications"]] for r in rows])
 
 
 def ranking_at_exit(
@@ -49,17 +49,11 @@ def ranking_at_exit(
 ) -> tuple[float | None, int, float]:
     """(ranking accuracy with P(yes) at each call's exit layer, verdicts differing from full depth,
     mean layers run) under one exit rule, replayed as the server runs it."""
-    exits: dict[int, list[float]] = {}
-    disagreements, layers = 0, []
-    for i, row in enumerate(rows):
-        profiles = [v["profile"] for v in row["verifications"]]
-        replayed = replay_exit(profiles, min_layer, theta, eps, k)
-        exits[i] = [p[layer - 1][YES] for p, (layer, _) in zip(profiles, replayed, strict=True)]
-        full = [max(range(len(p[-1])), key=p[-1].__getitem__) for p in profiles]
-        disagreements += sum(v != f for (_, v), f in zip(replayed, full, strict=True))
-        layers += [layer for layer, _ in replayed]
-    ranked = ranking_accuracy([{**row, "_exit": exits[i]} for i, row in enumerate(rows)], lambda r: r["_exit"])
-    return ranked, disagreements, sum(layers) / len(layers) if layers else float("nan")
+    profiles = [v["profile"] for r in rows for v in r["verifications"]]
+    replayed = replay_exit(profiles, min_layer, theta, eps, k)
+    at_exit = iter([p[layer - 1][YES] for p, (layer, _) in zip(profiles, replayed, strict=True)])
+    per_row = [[next(at_exit) for _ in r["verifications"]] for r in rows]
+    return ranking_accuracy(rows, per_row), *replay_outcome(profiles, replayed)
 
 
 def build_parser() -> argparse.ArgumentParser:
