@@ -70,7 +70,9 @@ class HeadCompressionSettings:
     sink: int = setting(16, "first tokens a compressed head keeps", low=0)
     window: int = setting(64, "most recent tokens a compressed head keeps", low=1)
     head_mask: str = setting(
-        "", "head-scores file (python -m sglang_rksc.rlkv.calibrate); default: the one shipped for the model"
+        "",
+        "head-scores file (python -m sglang_rksc.rlkv.calibrate); default: the one shipped for the model; "
+        "random:SEED: the shipped scores dealt to the heads at random (a control)",
     )
     window_pool: float = setting(
         0.5,

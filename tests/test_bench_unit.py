@@ -43,8 +43,8 @@ def test_merge_threshold_in_the_mode_name():
 
 
 def test_head_compression_sparsity_in_the_mode_name():
-    (default, sparse, pooled, windowed) = modes.resolve(
-        ["rksc-heads", "rksc-heads@0.6", "rksc-heads@0.4/0.5", "rksc-heads@0.6/0.5/w256"]
+    (default, sparse, pooled, windowed, dealt) = modes.resolve(
+        ["rksc-heads", "rksc-heads@0.6", "rksc-heads@0.4/0.5", "rksc-heads@0.6/0.5/w256", "rksc-heads@0.4/w256/r3"]
     )
     assert default.server_args[-2:] == ("--rksc-head-compression", "0.4")
     assert sparse.name == "rksc-heads@0.6" and sparse.server_args[-2:] == ("--rksc-head-compression", "0.6")
@@ -52,10 +52,12 @@ def test_head_compression_sparsity_in_the_mode_name():
     assert windowed.server_args[-6:] == (
         "--rksc-head-compression", "0.6", "--rksc-window-pool", "0.5", "--rksc-window", "256",
     )  # fmt: skip
+    assert dealt.server_args[-4:] == ("--rksc-window", "256", "--rksc-head-mask", "random:3")
     cases = (("rksc-heads@0", "sparsity"), ("rksc-heads@1", "sparsity"), ("rksc-heads@x", "number"),
              ("rksc-heads@0.4/0", "window pool"), ("rksc-heads@0.4/y", "number"),
              ("rksc-heads@0.4/w0", "window"), ("rksc-heads@0.4/w1.5", "whole number"),
-             ("rksc-heads@0.4/wx", "number"))  # fmt: skip
+             ("rksc-heads@0.4/wx", "number"), ("rksc-heads@0.4/r1.5", "whole number"),
+             ("rksc-heads@0.4/rx", "number"))  # fmt: skip
     for bad, message in cases:
         with pytest.raises(ValueError, match=message):
             modes.resolve([bad])

@@ -157,6 +157,40 @@ def test_the_recomputation_after_a_cut_keeps_a_window_at_the_branch_point(compre
     assert_idle_and_clean(compressed_server)
 
 
+def test_short_of_window_slots_the_tree_gives_back_a_branch_points_window_before_any_token(compressed_server):
+    """Two long branches from a shared prompt make its end an interior node with a window of its own. When
+    the window pool runs short, that window goes first: no token is evicted, both branches are still reused
+    to their ends, and only a new branch diverging exactly there is cut back to the sinks."""
+    flush_cache(compressed_server)
+    rng = random.Random(18)
+    prompt = [rng.randrange(1000, 5000) for _ in range(120)]
+    first, second, third = ([rng.randrange(5000, 9000) for _ in range(80)] for _ in range(3))
+    second[0] = first[0] + 1  # the branches diverge right at the prompt's end
+    third[0] = first[0] + 2
+    generate(compressed_server, ids=prompt + first, n=1)
+    generate(compressed_server, ids=prompt + second, n=1)  # cut back, recomputed with a window at the branch point
+    before = requests.get(compressed_server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]
+    state = heads_state(compressed_server)
+    assert state["window_slots_used"] == SINK + 3 * (WINDOW + 8), state  # sinks, branch point, two ends
+    for _ in range(state["window_slots"] // 30 + 2):  # unrelated requests, each leaving 33 windowed tokens
+        generate(compressed_server, ids=[rng.randrange(10000, 40000) for _ in range(30)], n=4, ignore_eos=True)
+        if heads_state(compressed_server)["interior_windows_dropped"] > state["interior_windows_dropped"]:
+            break
+    after = requests.get(compressed_server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]
+    assert after["head_compression"]["interior_windows_dropped"] - state["interior_windows_dropped"] == WINDOW + 8
+    assert after["eviction"]["evicted_tokens"] == before["eviction"]["evicted_tokens"]
+    extra = [rng.randrange(10000, 40000) for _ in range(5)]
+    for branch in (first, second):  # both ends keep their windows: reused whole
+        assert generate(compressed_server, ids=prompt + branch + extra, n=1)["meta_info"]["cached_tokens"] == 200
+    cut = heads_state(compressed_server)["matches_cut"]
+    assert generate(compressed_server, ids=prompt + third, n=1)["meta_info"]["cached_tokens"] == SINK
+    assert heads_state(compressed_server)["matches_cut"] == cut + 1
+    state = heads_state(compressed_server)
+    assert state["window_slots_used"] == state["window_slots_in_tree"], state
+    flush_cache(compressed_server)
+    assert_idle_and_clean(compressed_server)
+
+
 def test_more_requests_than_the_window_pool_holds_wait_instead_of_stopping_the_server(compressed_server):
     """Each request owns up to sink + window + 1 window slots; ten at once need about twice what the pool
     has. Admission makes the rest wait (before the fix, the sixth prefill stopped the server)."""

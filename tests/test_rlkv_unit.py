@@ -20,7 +20,7 @@ from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool, WindowPoolExhausted
 from sglang_rksc.rlkv.launch_checks import resolve
 from sglang_rksc.rlkv.layout import HeadLayout
 from sglang_rksc.rlkv.sink_window import head_split_attention
-from sglang_rksc.rlkv.windows import complete_prefix
+from sglang_rksc.rlkv.windows import complete_prefix, windows_held_by
 
 LAYERS, KV_HEADS, Q_HEADS, DIM = 2, 2, 4, 8
 SINK, WINDOW = 2, 4
@@ -60,6 +60,67 @@ def test_window_slots_are_taken_moved_and_given_back_once(pool):
     assert pool.used_window_slots == 0 and pool.free_window_slots == pool.window_size
     pool.reset_windows()
     assert pool.free_window_slots == pool.window_size
+
+
+def test_window_slots_in_use_are_those_of_held_tokens_each_counted_once(pool):
+    """The benchmarks' KV in use counts the window slots of tokens requests hold, not those of evictable
+    cached tokens (a shared prefix once, however many requests hold it)."""
+    req_to_token = torch.zeros(4, 16, dtype=torch.long)
+    req_to_token[0, :6] = torch.tensor([1, 2, 3, 4, 5, 6])
+    req_to_token[1, :6] = torch.tensor([1, 2, 3, 4, 7, 8])  # shares 1-4 with row 0
+    pool.keep_windows(torch.tensor([1, 2, 4, 5, 7, 20, 21]))  # 20, 21: cached, held by no request
+
+    def req(row, allocated):
+        return SimpleNamespace(kv=SimpleNamespace(req_pool_idx=row, kv_allocated_len=allocated))
+
+    assert windows_held_by(pool, req_to_token, [req(0, 6), req(1, 6)]) == 5  # 1, 2, 4, 5, 7
+    assert windows_held_by(pool, req_to_token, [req(0, 3), req(None, 0)]) == 2
+    assert windows_held_by(pool, req_to_token, []) == 0 and pool.used_window_slots == 7
+
+
+@pytest.fixture
+def big(pool):
+    """A pool of 128 token slots, 64 window slots (the layout of `pool`: kept window 4 + 8)."""
+    return HeadSplitKVPool(
+        128, 1, torch.float32, head_num=KV_HEADS, head_dim=DIM, layer_num=LAYERS, device="cpu",
+        enable_memory_saver=False,
+    )  # fmt: skip
+
+
+def test_interior_nodes_give_back_windows_no_child_end_needs_least_recent_first(big):
+    """Short of window slots, the tree first drops the windows of unlocked interior nodes (a match ending
+    there is cut back); every leaf end stays complete and the sinks stay."""
+    from sglang_rksc.rlkv.tree_windows import drop_interior_windows
+
+    def node(first_slot, length, accessed, children=()):
+        return SimpleNamespace(
+            key=[0] * length, value=torch.arange(first_slot, first_slot + length), lock_ref=0,
+            last_access_time=accessed, children=dict(enumerate(children)),
+        )  # fmt: skip
+
+    f, g = node(56, 16, 3), node(72, 14, 3)  # positions [50, 66) and [50, 64)
+    b = node(31, 20, 1, (f, g))  # [30, 50): interior, least recently used
+    c = node(51, 5, 3)  # [30, 35): a short leaf, whose window reaches back into a
+    a = node(1, 30, 2, (b, c))  # [0, 30)
+    root = SimpleNamespace(key=[], value=None, lock_ref=1, last_access_time=0, children={0: a})
+    for leaf in (a, b, c, f, g):  # each inserted with its sinks and kept window
+        big.keep_windows(leaf.value[-12:])
+    big.keep_windows(a.value[:SINK])
+
+    def complete(*path):
+        slots = torch.cat([n.value for n in path])
+        return complete_prefix(big, slots) == slots.numel()
+
+    assert all(complete(*p) for p in ((a,), (a, b), (a, c), (a, b, f), (a, b, g)))
+    assert drop_interior_windows(root, big, 10) == 12  # b's whole window (both children are long)
+    assert not complete(a, b) and complete(a, b, f) and complete(a, b, g)
+    a.lock_ref = 1  # a running request holds a: nothing of it is given back
+    assert drop_interior_windows(root, big, 100) == 0
+    a.lock_ref = 0
+    # a keeps its sinks and the tail c's end window needs: positions [2, 23) go (18..22 held a window)
+    assert drop_interior_windows(root, big, 100) == 5 and big.interior_windows_dropped == 17
+    assert complete(a, c) and complete(a) and bool(big.has_window(a.value[:SINK]).all())
+    assert all(complete(*p) for p in ((a, b, f), (a, b, g)))
 
 
 def test_the_window_pool_refuses_more_than_it_holds(pool):
@@ -246,6 +307,26 @@ def test_the_launcher_resolves_and_refuses_in_one_line(tmp_path):
     for settings, folder, argv, message in cases:
         with pytest.raises(ValueError, match=message.replace("-", r"\-")):
             resolve(settings, folder, argv)
+
+
+def test_a_random_mask_deals_the_shipped_scores_to_the_heads_by_seed(tmp_path, monkeypatch):
+    from sglang_rksc.rlkv import launch_checks
+    from sglang_rksc.rlkv.head_mask import HeadScores
+
+    scores = HeadScores("m", 6, 2, 16, 64, [[float(2 * layer + head) for head in range(2)] for layer in range(6)])
+    first, again, other = scores.shuffled(0), scores.shuffled(0), scores.shuffled(1)
+    assert first == again and first.scores != other.scores and first.scores != scores.scores
+    assert sorted(x for row in first.scores for x in row) == list(range(12))  # a permutation of the scores
+    assert sum(map(sum, first.compressed_heads(0.5))) == 6 and first.command.startswith("random:0 of")
+    # the launcher deals the model's shipped file and hands the scheduler the dealt copy
+    path = tmp_path / "shipped.json"
+    scores.save(path)
+    monkeypatch.setattr(launch_checks, "shipped_for", lambda model_path, packaged: path)
+    folder = _model_folder(tmp_path, layers=6)
+    dealt = resolve(RkscConfig(heads=HeadCompressionSettings(sparsity=0.5, head_mask="random:1")), folder, [])
+    assert HeadScores.load(Path(dealt.heads.head_mask)) == other
+    with pytest.raises(ValueError, match="must be a whole number"):
+        resolve(RkscConfig(heads=HeadCompressionSettings(sparsity=0.5, head_mask="random:x")), folder, [])
 
 
 @pytest.mark.parametrize(

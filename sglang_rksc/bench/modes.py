@@ -91,7 +91,8 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "rksc-heads",
-            "RLKV head compression at sparsity 0.4 (sink 16 + window 64); `rksc-heads@S[/POOL][/wWINDOW]` sets them",
+            "RLKV head compression at sparsity 0.4 (sink 16 + window 64); `rksc-heads@S[/POOL][/wWINDOW][/rSEED]` "
+            "sets them (rSEED: a random mask of that size)",
             ("--radix-cache-backend", "rksc", "--rksc-head-compression", "0.4"),
         ),
         Mode(
@@ -137,7 +138,8 @@ def _with_merge_threshold(mode: Mode, spec: str) -> Mode:
 
 def _with_sparsity(mode: Mode, spec: str) -> Mode:
     """`rksc-heads@0.6`: that share of the KV heads compressed; then, after `/`, a window pool (window
-    slots per token slot, `rksc-heads@0.6/0.5`) and/or a window (`rksc-heads@0.4/w256`)."""
+    slots per token slot, `rksc-heads@0.6/0.5`), a window (`rksc-heads@0.4/w256`) and/or a random mask of
+    that size instead of the calibrated one (`rksc-heads@0.4/r0`, the seed)."""
     sparsity, *extras = spec.split("/")
     value = _number(mode, sparsity, "the sparsity")
     if not 0.0 < value <= 0.95:
@@ -146,7 +148,13 @@ def _with_sparsity(mode: Mode, spec: str) -> Mode:
     args[args.index("--rksc-head-compression") + 1] = sparsity
     description = f"RLKV head compression at sparsity {sparsity}"
     for extra in extras:
-        if extra.startswith("w"):
+        if extra.startswith("r"):
+            seed = _number(mode, extra[1:], "the random mask's seed")
+            if seed != int(seed) or seed < 0:
+                raise ValueError(f"mode {mode.name}@{spec}: the random mask's seed must be a whole number >= 0")
+            args += ["--rksc-head-mask", f"random:{int(seed)}"]
+            description += f", random mask (seed {int(seed)})"
+        elif extra.startswith("w"):
             window = _number(mode, extra[1:], "the window")
             if window < 1 or window != int(window):
                 raise ValueError(f"mode {mode.name}@{spec}: the window must be a whole number of tokens >= 1")

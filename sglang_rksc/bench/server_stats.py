@@ -60,9 +60,10 @@ def snapshot(url: str) -> dict[str, float]:
     out.update({k: float(v) for k, v in (state.get(Section.EVICTION) or {}).items()})
     # Decode-side reuse: requests replayed or coalesced, tokens they did not generate.
     out.update({k: float(v) for k, v in (state.get(Section.REUSE) or {}).items() if k != "on"})
-    # Head compression: window-slot admissions deferred and decode shortfalls (counters), slots (levels).
+    # Head compression: window-slot admissions deferred, decode shortfalls, interior windows dropped.
     heads = state.get(Section.HEADS) or {}
-    out.update({f"heads_{k}": float(heads[k]) for k in ("admissions_deferred", "decode_shortfalls") if k in heads})
+    counted = ("admissions_deferred", "decode_shortfalls", "interior_windows_dropped")
+    out.update({f"heads_{k}": float(heads[k]) for k in counted if k in heads})
     if "evictable_tokens" in state:
         out["tree_tokens"] = float(state["evictable_tokens"] + state["protected_tokens"])
     return out

@@ -8,10 +8,12 @@ command that made it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import random
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 MASK_DIR = Path(__file__).resolve().parent / "masks"
+RANDOM_PREFIX = "random:"  # --rksc-head-mask random:SEED: the shipped scores shuffled with that seed
 
 
 class HeadMaskError(ValueError):
@@ -57,6 +59,14 @@ class HeadScores:
             mask[layer][head] = True
         return mask
 
+    def shuffled(self, seed: int) -> HeadScores:
+        """The same scores dealt to the heads in a random order (a seeded permutation): cut at any sparsity,
+        a uniformly random mask of that size, the control for what the calibration buys."""
+        flat = [score for row in self.scores for score in row]
+        random.Random(seed).shuffle(flat)
+        rows = [flat[i : i + self.num_kv_heads] for i in range(0, len(flat), self.num_kv_heads)]
+        return replace(self, scores=rows, command=f"{RANDOM_PREFIX}{seed} of: {self.command}")
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1) + "\n")
 
@@ -69,6 +79,17 @@ class HeadScores:
             raise HeadMaskError(f"head mask file {path} does not exist") from None
         except (json.JSONDecodeError, TypeError) as exc:
             raise HeadMaskError(f"head mask file {path} is not a head-scores file: {exc}") from None
+
+
+def random_seed(head_mask: str) -> int | None:
+    """The seed of `random:SEED`, None for a file path."""
+    if not head_mask.startswith(RANDOM_PREFIX):
+        return None
+    try:
+        return int(head_mask[len(RANDOM_PREFIX) :])
+    except ValueError:
+        message = f"--rksc-head-mask {head_mask}: the seed after {RANDOM_PREFIX} must be a whole number"
+        raise HeadMaskError(message) from None
 
 
 def packaged(model_name: str) -> Path:

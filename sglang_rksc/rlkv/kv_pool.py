@@ -31,6 +31,7 @@ class HeadSplitKVPool(MHATokenToKVPool):
     window_fraction: float = HeadCompressionSettings().window_pool  # window slots per token slot
     admissions_deferred: int = 0  # prefill admissions stopped because the window pool was short
     decode_shortfalls: int = 0  # decode steps that retracted because the window pool was short
+    interior_windows_dropped: int = 0  # window slots given back by cached interior nodes (`tree_windows`)
 
     def __init__(self, size: int, page_size: int, *args, **kwargs) -> None:
         if self.layout is None:
@@ -178,6 +179,7 @@ class HeadSplitKVPool(MHATokenToKVPool):
             "window_slots_used": self.used_window_slots,
             "admissions_deferred": self.admissions_deferred,
             "decode_shortfalls": self.decode_shortfalls,
+            "interior_windows_dropped": self.interior_windows_dropped,
         }
 
 

@@ -18,6 +18,7 @@ import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
 from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool, WindowPoolExhausted
+from sglang_rksc.rlkv.tree_windows import drop_interior_windows
 
 
 def pool_of(allocator: Any) -> HeadSplitKVPool | None:
@@ -45,8 +46,25 @@ def complete_prefix(pool: HeadSplitKVPool, token_slots: torch.Tensor) -> int:
     return int(ends[ok].max())
 
 
+def windows_held_by(pool: HeadSplitKVPool, req_to_token: torch.Tensor, reqs: list[Any]) -> int:
+    """Window slots of the tokens these requests hold (their own and their locked prefixes, each counted
+    once): the window slots in use, as opposed to those of evictable cached tokens."""
+    rows = [
+        req_to_token[req.kv.req_pool_idx, : req.kv.kv_allocated_len]
+        for req in reqs
+        if req.kv.req_pool_idx is not None and req.kv.kv_allocated_len > 0
+    ]
+    if not rows:
+        return 0
+    return int(pool.has_window(torch.cat(rows).unique()).sum())
+
+
 def reclaim_windows(tree_cache: Any, pool: HeadSplitKVPool, need: int) -> bool:
-    """Evict cached nodes (which frees their window slots) until `need` window slots are free; whether they are."""
+    """Free `need` window slots: first those of cached interior nodes (`tree_windows`: no token is lost),
+    then by evicting cached nodes (which frees their window slots); whether they are free."""
+    root = getattr(tree_cache, "root_node", None)
+    if need > pool.free_window_slots and root is not None:
+        drop_interior_windows(root, pool, need - pool.free_window_slots)
     while need > pool.free_window_slots and tree_cache is not None and tree_cache.evictable_size() > 0:
         before = pool.free_window_slots
         tree_cache.evict(EvictParams(num_tokens=need - pool.free_window_slots))
@@ -147,6 +165,9 @@ def admit_with_windows(original: Any, adder: Any, req: Any, *args: Any, **kwargs
         return original(adder, req, *args, **kwargs)
     from sglang.srt.managers.schedule_policy import AddReqResult
 
+    if not _match_still_complete(adder.tree_cache, pool, req):
+        pool.admissions_deferred += 1  # re-matched next round
+        return AddReqResult.NO_TOKEN
     reserved = getattr(adder, "rksc_windows_reserved", None)
     if reserved is None:  # first request this round: a decode step of each running request, chunks added before
         running = len(getattr(adder.running_batch, "reqs", None) or [])
@@ -161,6 +182,20 @@ def admit_with_windows(original: Any, adder: Any, req: Any, *args: Any, **kwargs
     result = original(adder, req, *args, **kwargs)
     adder.rksc_windows_reserved = reserved + need * (len(adder.can_run_list) - admitted_before)
     return result
+
+
+def _match_still_complete(tree_cache: Any, pool: HeadSplitKVPool, req: Any) -> bool:
+    """Whether a new request's match, made before this round's admissions, is still whole: an earlier
+    admission of the round may have evicted its nodes or dropped the window at its end for window slots."""
+    last_node = getattr(req, "last_node", None)
+    if last_node is None or req.prefix_len == 0 or not hasattr(tree_cache, "root_node") or req.kv.holds_kv:
+        return True  # a chunk or retraction continuing, or nothing matched
+    from sglang_rksc.cache.tree_paths import attached
+
+    if not attached(tree_cache, last_node):
+        return False
+    prefix = tree_cache.path_device_indices(last_node)[: req.prefix_len]
+    return prefix.numel() == req.prefix_len and complete_prefix(pool, prefix) == req.prefix_len
 
 
 def _reclaim_keeping_match(tree_cache: Any, pool: HeadSplitKVPool, need: int, req: Any) -> bool:

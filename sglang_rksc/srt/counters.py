@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool
+from sglang_rksc.rlkv.windows import windows_held_by
 from sglang_rksc.wire import ForwardCounters
 
 # One scheduler per process: the counters of this process's scheduler.
@@ -37,10 +39,10 @@ def record_capture(decode: bool, seconds: float) -> None:
         COUNTERS.capture_prefill_seconds += seconds
 
 
-def record_memory(counters: ForwardCounters, scheduler: Any) -> None:
+def record_memory(counters: ForwardCounters, scheduler: Any, batch: Any = None) -> None:
     """KV held by running requests and locked paths (the pool minus what is free or evictable; in tokens, and
-    in bytes with the window slots taken under head compression), requests running and waiting for
-    admission, after a forward."""
+    in bytes with the window slots those requests hold under head compression, not those of evictable cached
+    tokens), requests running and waiting for admission, after a forward."""
     try:
         total = int(scheduler.max_total_num_tokens)
         free = int(scheduler.token_to_kv_pool_allocator.available_size())
@@ -52,7 +54,7 @@ def record_memory(counters: ForwardCounters, scheduler: Any) -> None:
     except (AttributeError, TypeError, KeyError):  # a scheduler shape we do not know: no sample
         return
     in_use = max(0, total - free - evictable)
-    in_use_bytes = in_use * per_token + getattr(pool, "used_window_slots", 0) * per_window_slot
+    in_use_bytes = in_use * per_token + _windows_in_use(scheduler, pool, batch) * per_window_slot
     counters.forwards_sampled += 1
     counters.kv_in_use_sum += in_use
     counters.kv_in_use_max = max(counters.kv_in_use_max, in_use)
@@ -62,6 +64,18 @@ def record_memory(counters: ForwardCounters, scheduler: Any) -> None:
     counters.running_max = max(counters.running_max, running)
     counters.waiting_sum += waiting
     counters.waiting_max = max(counters.waiting_max, waiting)
+
+
+def _windows_in_use(scheduler: Any, pool: Any, batch: Any) -> int:
+    """Window slots of the tokens held by the running requests and the batch just run (0 without head
+    compression): the window-slot counterpart of the tokens counted in use."""
+    if not isinstance(pool, HeadSplitKVPool):
+        return 0
+    reqs = {id(r): r for b in (scheduler.running_batch, batch) for r in (getattr(b, "reqs", None) or [])}
+    chunked = getattr(scheduler, "chunked_req", None)
+    if chunked is not None:
+        reqs[id(chunked)] = chunked
+    return windows_held_by(pool, scheduler.req_to_token_pool.req_to_token, list(reqs.values()))
 
 
 def _byte_costs(scheduler: Any, pool: Any) -> tuple[int, int]:
@@ -86,5 +100,5 @@ def time_batch(original: Any, scheduler: Any, batch: Any, *args: Any, **kwargs: 
     started = time.perf_counter()
     result = original(scheduler, batch, *args, **kwargs)
     record_batch(COUNTERS, batch, time.perf_counter() - started)
-    record_memory(COUNTERS, scheduler)
+    record_memory(COUNTERS, scheduler, batch)
     return result
