@@ -51,10 +51,11 @@ def record_memory(counters: ForwardCounters, scheduler: Any, batch: Any = None) 
         running = len(getattr(scheduler.running_batch, "reqs", None) or [])
         pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
         per_token, per_window_slot = _byte_costs(scheduler, pool)
+        windows = _windows_in_use(scheduler, pool, batch)
     except (AttributeError, TypeError, KeyError):  # a scheduler shape we do not know: no sample
         return
     in_use = max(0, total - free - evictable)
-    in_use_bytes = in_use * per_token + _windows_in_use(scheduler, pool, batch) * per_window_slot
+    in_use_bytes = in_use * per_token + windows * per_window_slot
     counters.forwards_sampled += 1
     counters.kv_in_use_sum += in_use
     counters.kv_in_use_max = max(counters.kv_in_use_max, in_use)
