@@ -193,6 +193,34 @@ def test_admission_reserves_a_prefills_windows_and_pins_its_match_while_it_evict
     assert pool.admissions_deferred == 1 and len(adder.can_run_list) == 1
 
 
+def test_an_admission_whose_match_lost_its_window_or_its_nodes_this_round_waits(pool):
+    """A waiting request's match is made before the round's admissions; an earlier admission may drop the
+    window at its end or evict its nodes (for window slots). Then it must not be admitted on that match."""
+    from array import array
+
+    from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    from sglang_rksc.rlkv.windows import _match_still_complete
+    from tests.pool_harness import PoolHarness
+
+    harness = PoolHarness(RkscConfig(), slots=64)
+    harness.run(list(range(1, 31)), [40, 41])  # cached: 31 tokens
+    tree = torch.tensor(harness.tree_slots())
+    pool.keep_windows(tree)  # every cached position keeps its window
+    waiting = Req("waiting", "", array("q", [*range(1, 21), 99]), SamplingParams(max_new_tokens=4))
+    waiting.init_next_round_input(harness.cache)
+    assert waiting.prefix_len == 20 and _match_still_complete(harness.cache, pool, waiting)
+    end_window = harness.cache.path_device_indices(waiting.last_node)[17:20]
+    pool.drop_windows(end_window)  # another admission took the window at the match's end
+    assert not _match_still_complete(harness.cache, pool, waiting)
+    pool.keep_windows(end_window)
+    assert _match_still_complete(harness.cache, pool, waiting)
+    harness.cache.evict(EvictParams(num_tokens=64))  # ... or evicted the matched nodes
+    assert not _match_still_complete(harness.cache, pool, waiting)
+
+
 def test_a_match_ends_where_sinks_and_window_are_complete(pool):
     slots = torch.arange(1, 13)  # positions 0..11
     pool.keep_windows(slots[[0, 1, 5, 6, 7]])  # sinks 0-1 and positions 5-7 (a node ending at 8)
