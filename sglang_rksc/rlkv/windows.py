@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
+from sglang_rksc.cache.tree_paths import attached
 from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool, WindowPoolExhausted
 from sglang_rksc.rlkv.tree_windows import drop_interior_windows
 
@@ -190,8 +191,6 @@ def _match_still_complete(tree_cache: Any, pool: HeadSplitKVPool, req: Any) -> b
     last_node = getattr(req, "last_node", None)
     if last_node is None or req.prefix_len == 0 or not hasattr(tree_cache, "root_node") or req.kv.holds_kv:
         return True  # a chunk or retraction continuing, or nothing matched
-    from sglang_rksc.cache.tree_paths import attached
-
     if not attached(tree_cache, last_node):
         return False
     prefix = tree_cache.path_device_indices(last_node)[: req.prefix_len]
