@@ -71,7 +71,7 @@ class HeadCompressionSettings:
     window: int = setting(64, "most recent tokens a compressed head keeps", low=1)
     head_mask: str = setting(
         "",
-        "head-scores file (python -m sglang_rksc.rlkv.calibrate); default: the one shipped for the model; "
+        "head-scores file (python -m sglang_rksc.tools.rlkv.calibrate); default: the one shipped for the model; "
         "random:SEED: the shipped scores dealt to the heads at random (a control)",
     )
     window_pool: float = setting(
@@ -106,7 +106,7 @@ class RkscConfig:
     packet_adapter: str = setting(
         "auto",
         "soft-token adapter around reused packets: 'auto' (the one shipped for the served model, else none), "
-        "'none' (plain reuse), or a file (python -m sglang_rksc.packets.train_adapter)",
+        "'none' (plain reuse), or a file (python -m sglang_rksc.tools.packets.train_adapter)",
     )
 
     def __post_init__(self) -> None:
@@ -114,6 +114,14 @@ class RkscConfig:
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def current(cls) -> RkscConfig:
+        """This process's settings (`SGLANG_RKSC_CONFIG`), parsed once per value of the variable."""
+        raw = os.environ.get(ENV_VAR, "")
+        if raw not in _PARSED:
+            _PARSED[raw] = cls.from_env({ENV_VAR: raw})
+        return _PARSED[raw]
 
     @classmethod
     def from_env(cls, environ: Any = os.environ) -> RkscConfig:
@@ -130,6 +138,9 @@ class RkscConfig:
         if unknown:
             raise ConfigError(f"{ENV_VAR} has unknown settings: {', '.join(unknown)}")
         return build(cls, values)
+
+
+_PARSED: dict[str, RkscConfig] = {}
 
 
 def _flatten(values: Any, path: tuple[str, ...] = ()) -> Any:

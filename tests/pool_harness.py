@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from array import array
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from sglang.srt.managers.schedule_batch import FINISH_LENGTH, Req
@@ -28,6 +29,8 @@ from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
 from sglang_rksc.cache.radix_cache import RkscRadixCache
 from sglang_rksc.config import RkscConfig, SemanticSettings
+from sglang_rksc.srt import seams
+from sglang_rksc.srt.features import ServedModel, feature_factories
 
 HIDDEN = 16
 VOCAB = 512
@@ -74,12 +77,24 @@ class PoolHarness:
         if stock:
             self.cache = RadixCache(params)
         else:
-            self.cache = RkscRadixCache(params, config or asks_config(), states=self.states, probe=probe)
+            if eviction_policy == "rsbcm":
+                seams.install_registrations()  # what the plugin does in a server process
+            model = ServedModel(states=self.states, probe=probe)
+            self.cache = RkscRadixCache(params, feature_factories(config or asks_config(), model))
         self.states_fn = states_fn
         self.slots = slots
         self._ids = itertools.count()
         self.running: list[Req] = []
         self.released: list[str] = []  # rids, in release order
+
+    @property
+    def asks(self) -> Any:
+        """The cache's ASKS feature (None when off)."""
+        return self.cache.features.get("asks")
+
+    @property
+    def marks(self) -> Any:
+        return self.cache.features.get("marks")
 
     def _alloc(self, n: int) -> torch.Tensor | None:
         """n slots, evicting from the tree first when the pool is short (as the scheduler does)."""

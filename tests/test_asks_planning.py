@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sglang_rksc.cache.asks.planning import (
+from sglang_rksc.asks.planning import (
     ANCHOR_TOKENS,
     Alias,
     SpanRules,

@@ -89,7 +89,7 @@ def test_dedupe_reports_the_blocks_it_frees_and_nothing_twice():
     live: set[int] = set()
     h.run(X, A)
     h.run(X, A2)  # deduplicated into A: its span's slots freed, its nodes deleted
-    assert h.cache.asks.stats.dedupes == 1
+    assert h.asks.stats.dedupes == 1
     _replay(h.cache.take_events(), live)
     assert len(live) == h.cache.total_size() == len(X) + len(A) - 1
     h.run(X, B)

@@ -175,7 +175,7 @@ def test_choices_sharing_a_start_are_told_apart_after_it():
 def test_offline_calibration_replays_the_servers_rule(tmp_path):
     import json
 
-    from sglang_rksc.bench import cgee_calibrate
+    from sglang_rksc.tools.cgee import calibrate as cgee_calibrate
 
     settled_no = [[0.5, 0.5]] * 3 + [[0.01, 0.99]] * 27  # settles on "no" at layer 4
     flips = [[0.001, 0.999]] * 20 + [[0.999, 0.001]] * 10  # confident "no" early, "yes" at full depth
@@ -202,9 +202,9 @@ def test_every_hook_target_exists_in_the_pinned_sglang():
     """A renamed SGLang function would silently leave a hook unapplied; resolve every target."""
     import importlib
 
-    from sglang_rksc.srt import plugin
+    from sglang_rksc.srt import seams
 
-    for target in [*plugin._HOOKS.values(), *plugin.EXIT_MODELS]:
+    for target in [seam.target for seam in seams.SEAMS if seam.kind != seams.EVICTION_TABLE]:
         parts = target.split(".")
         # The longest importable prefix is the module; the rest are attributes (a class and its method, or a function).
         cut = 1

@@ -37,9 +37,9 @@ COMMANDS = {
     ],
     "sglang_rksc.bench.decode_throughput": ["--max-new-tokens", "--repeats", "--url", "--model", "--cost-model"],
     "sglang_rksc.bench.serve": ["--modes", "--budgets", "--clients", "--rate", "--mix", "--cost-model", "--seed"],
-    "sglang_rksc.bench.cgee_calibrate": ["--min-layer", "--theta", "--eps", "--k", "--accept"],
-    "sglang_rksc.bench.verdict_ranking": ["--min-layer", "--theta", "--eps", "--k"],
-    "sglang_rksc.bench.merge_calibrate": ["--thresholds", "--bound"],
+    "sglang_rksc.tools.cgee.calibrate": ["--min-layer", "--theta", "--eps", "--k", "--accept"],
+    "sglang_rksc.tools.cgee.verdict_ranking": ["--min-layer", "--theta", "--eps", "--k"],
+    "sglang_rksc.tools.merge_calibrate": ["--thresholds", "--bound"],
     "sglang_rksc.bench.packets": ["--samples", "--num-problems", "--model", "--output"],
     "sglang_rksc.programs.tree_of_thought --merge": ["--merge-branches", "--rksc-span-embeddings on"],
 }
@@ -73,10 +73,10 @@ def test_help_names_every_flag(module):
         ("sglang_rksc.bench.compare", ["--program-args", "--branches x"], "invalid positive_int value"),
         ("sglang_rksc.bench.compare", ["--program", "game_of_24", "--modes", "rksc-cgee"], "needs program flags"),
         ("sglang_rksc.programs.self_consistency_verify", ["--verifier", "fast"], "invalid choice: 'fast'"),
-        ("sglang_rksc.bench.cgee_calibrate", ["/nonexistent.jsonl"], "no such file"),
+        ("sglang_rksc.tools.cgee.calibrate", ["/nonexistent.jsonl"], "no such file"),
         ("sglang_rksc.programs.game_of_24", ["--merge-branches", "1.5"], "must be a similarity within [-1, 1]"),
         ("sglang_rksc.bench.compare", ["--modes", "rksc-merge@2"], "similarity in [-1, 1]"),
-        ("sglang_rksc.bench.merge_calibrate", ["/nonexistent.json"], "No such file"),
+        ("sglang_rksc.tools.merge_calibrate", ["/nonexistent.json"], "No such file"),
     ],
 )
 def test_bad_flags_fail_clearly(module, args, message):

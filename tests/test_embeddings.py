@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from sglang_rksc.cache import capture
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
 from sglang_rksc.config import ConfigError, RkscConfig, split_args
 from sglang_rksc.kernels import similarity
+from sglang_rksc.srt import capture
 
 
 def test_layer_weights_follow_rksc():

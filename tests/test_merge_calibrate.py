@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglang_rksc.bench import merge_calibrate
 from sglang_rksc.cache import span_vector
+from sglang_rksc.tools import merge_calibrate
 
 
 def _span(*values: float) -> dict:

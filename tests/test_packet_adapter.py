@@ -14,7 +14,10 @@ import torch
 from sglang_rksc.config import RkscConfig
 from sglang_rksc.packets import soft_tokens
 from sglang_rksc.packets.adapter import SOFT_TOKENS, AdapterError, PacketAdapter, packaged, wrap
-from sglang_rksc.packets.distill import (
+from sglang_rksc.packets.launch_checks import resolve
+from sglang_rksc.packets.reuse import _drop_copied_positions
+from sglang_rksc.packets.spans import PromptSpan, locate
+from sglang_rksc.tools.packets.distill import (
     GatherExample,
     branch_kv,
     kl_per_token,
@@ -23,10 +26,7 @@ from sglang_rksc.packets.distill import (
     student_logprobs,
     teacher_logprobs,
 )
-from sglang_rksc.packets.launch_checks import resolve
-from sglang_rksc.packets.reuse import _drop_copied_positions
-from sglang_rksc.packets.spans import PromptSpan, locate
-from sglang_rksc.packets.train_adapter import Target, evaluate, prepare, train
+from sglang_rksc.tools.packets.train_adapter import Target, evaluate, prepare, train
 
 S = SOFT_TOKENS
 VOCAB, HIDDEN = 64, 32
@@ -152,7 +152,7 @@ def test_a_packet_copied_from_its_own_context_is_the_full_computation(tiny_llama
 
 
 def test_examples_are_kept_and_read_back_by_problem(tmp_path):
-    from sglang_rksc.packets.adapter_data import load_examples, save_example
+    from sglang_rksc.tools.packets.adapter_data import load_examples, save_example
 
     path = tmp_path / "examples.jsonl"
     assert load_examples(path) == {}

@@ -1,7 +1,7 @@
 """The Triton kernels of packets, run by Triton's interpreter on the CPU (on a GPU by
-`kernels/gpu_check_packet_extend.py`), compute what the CPU server's torch references compute: prefill attention
-with copied positions (`kernels/packet_extend.py`), reading no slot beyond a sequence, and the copy that turns K
-to new positions (`kernels/rope_copy.py`), writing only the target slots."""
+`sglang_rksc.tools.gpu.check_packet_extend`), compute what the CPU server's torch references compute: prefill
+attention with copied positions (`kernels/packet_extend.py`), reading no slot beyond a sequence, and the copy that
+turns K to new positions (`kernels/rope_copy.py`), writing only the target slots."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kernels.packet_extend import query_positions
+from sglang_rksc.kernels.packet_extend import query_positions
 from sglang_rksc.packets.attention import extend_with_copied_positions
 from sglang_rksc.packets.rope_shift import RopeShift, turn_keys
 
@@ -41,7 +41,7 @@ def _batch(seq_lens: list[int], computed: list[torch.Tensor | None], q_heads: in
 
 def compare_triton_with_reference(q_heads: int, kv_heads: int, block: int) -> None:
     """Run in a process started with TRITON_INTERPRET=1 (Triton reads it when it is imported)."""
-    from kernels.packet_extend import triton_extend_with_copied_positions
+    from sglang_rksc.kernels.packet_extend import triton_extend_with_copied_positions
 
     seq_lens = [9, 70, 1, 133]
     computed = [
@@ -79,7 +79,7 @@ def test_query_positions_are_given_ones_or_each_sequences_last():
 
 def compare_copy_with_reference(rotary_dim: int, neox: bool) -> None:
     """Run under TRITON_INTERPRET=1: the kernel's copy against `turn_keys` and indexing."""
-    from kernels.rope_copy import triton_copy_turned
+    from sglang_rksc.kernels.rope_copy import triton_copy_turned
 
     gen = torch.Generator().manual_seed(3)
     slots, heads, tokens = 300, 3, 70

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglang_rksc.rlkv import calibrate
+from sglang_rksc.kernels.sink_window import head_split_attention, sink_window_keep
 from sglang_rksc.rlkv.head_mask import HeadMaskError, HeadScores
-from sglang_rksc.rlkv.sink_window import head_split_attention, sink_window_keep
+from sglang_rksc.tools.rlkv import calibrate
 
 
 def _tiny_llama(seed: int = 0):
@@ -96,7 +96,7 @@ def test_cut_at_a_sparsity_and_round_trip(tmp_path):
 
 
 def test_a_whole_mask_is_scored_and_the_calibrated_one_beats_the_worst():
-    from sglang_rksc.rlkv import mask_eval
+    from sglang_rksc.tools.rlkv import mask_eval
 
     model = _tiny_llama(seed=3)
     head_dim = 64 // 4

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from sglang_rksc.config import HeadCompressionSettings, RkscConfig, SemanticSettings
+from sglang_rksc.kernels.sink_window import head_split_attention
 from sglang_rksc.rlkv.attention import KERNEL_ENV, HeadSplitAttnBackend, MissingWindowKV
 from sglang_rksc.rlkv.hooks import capacity_scale
 from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool, WindowPoolExhausted
 from sglang_rksc.rlkv.launch_checks import resolve
 from sglang_rksc.rlkv.layout import HeadLayout
-from sglang_rksc.rlkv.sink_window import head_split_attention
 from sglang_rksc.rlkv.windows import complete_prefix, windows_held_by
 
 LAYERS, KV_HEADS, Q_HEADS, DIM = 2, 2, 4, 8
@@ -27,14 +27,23 @@ SINK, WINDOW = 2, 4
 MASK = [[False, True], [True, False]]  # one compressed KV head per layer
 
 
+class _Weakable:
+    """A stand-in for SGLang's `Req` or `PrefillAdder`: the pool keys its per-request tables by them, weakly."""
+
+    def __init__(self, **fields) -> None:
+        self.__dict__.update(fields)
+
+
+def _pool_class() -> type[HeadSplitKVPool]:
+    """The pool class as SGLang receives it: configured with the layout, built with SGLang's own arguments."""
+    return HeadSplitKVPool.configured(HeadLayout.of(MASK, SINK, WINDOW), 0.5)
+
+
 @pytest.fixture
 def pool(sglang_context):
-    HeadSplitKVPool.layout = HeadLayout.of(MASK, SINK, WINDOW)
-    HeadSplitKVPool.window_fraction = 0.5
-    yield HeadSplitKVPool(
+    return _pool_class()(
         64, 1, torch.float32, head_num=KV_HEADS, head_dim=DIM, layer_num=LAYERS, device="cpu", enable_memory_saver=False
     )
-    HeadSplitKVPool.layout = None
 
 
 def test_the_pool_holds_only_full_heads_per_token(pool):
@@ -81,7 +90,7 @@ def test_window_slots_in_use_are_those_of_held_tokens_each_counted_once(pool):
 @pytest.fixture
 def big(pool):
     """A pool of 128 token slots, 64 window slots (the layout of `pool`: kept window 4 + 8)."""
-    return HeadSplitKVPool(
+    return _pool_class()(
         128, 1, torch.float32, head_num=KV_HEADS, head_dim=DIM, layer_num=LAYERS, device="cpu",
         enable_memory_saver=False,
     )  # fmt: skip
@@ -130,7 +139,7 @@ def test_the_window_pool_refuses_more_than_it_holds(pool):
 
 def test_a_window_pool_too_small_for_two_requests_is_refused_at_start(pool):
     with pytest.raises(ValueError, match="fewer than 30"):
-        HeadSplitKVPool(
+        _pool_class()(
             8,
             1,
             torch.float32,
@@ -174,21 +183,21 @@ def test_admission_reserves_a_prefills_windows_and_pins_its_match_while_it_evict
         adder.can_run_list.append(req)
         return AddReqResult.CONTINUE
 
-    adder = SimpleNamespace(
+    adder = _Weakable(
         token_to_kv_pool_allocator=SimpleNamespace(_kvcache=pool), running_batch=SimpleNamespace(reqs=[1, 2]),
         can_run_list=[], tree_cache=Tree(),
     )  # fmt: skip
-    req = SimpleNamespace(last_node="match", prefix_len=3, full_untruncated_fill_ids=list(range(12)))
+    req = _Weakable(last_node="match", prefix_len=3, full_untruncated_fill_ids=list(range(12)))
     # kept: the sinks (2) and the last WINDOW + KEEP_SLACK (12), and as many before a branch point
     assert windows.extend_need(pool, 3, 12) == 9 and windows.extend_need(pool, 0, 40) == 2 + 12
     assert windows.extend_need(pool, 3, 40, branch_point=20) == 12 + 12  # [8, 20) and [28, 40)
     # positions 3..11 all kept, + its first decode step, + one step of each of the 2 running requests
     assert windows.admit_with_windows(add_one_req, adder, req, False, None) == AddReqResult.CONTINUE
     assert events == [("lock", "match"), ("evict", 12), ("unlock", "match")]
-    assert adder.rksc_windows_reserved == 2 + 10 and pool.free_window_slots == 12
+    assert pool.reserved_by_round[adder] == 2 + 10 and pool.free_window_slots == 12
     # the next prefill of the round does not fit beside the first one and nothing is left to evict
     adder.tree_cache.evictable = False  # the rest of the tree is locked
-    second = SimpleNamespace(last_node=None, prefix_len=0, full_untruncated_fill_ids=list(range(40)))
+    second = _Weakable(last_node=None, prefix_len=0, full_untruncated_fill_ids=list(range(40)))
     assert windows.admit_with_windows(add_one_req, adder, second, False, None) == AddReqResult.NO_TOKEN
     assert pool.admissions_deferred == 1 and len(adder.can_run_list) == 1
 

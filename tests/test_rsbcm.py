@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
-from sglang_rksc.cache import eviction
-from sglang_rksc.cache.eviction import POLICY_NAME, RsbcmStrategy, check_policy_flags, reasoning_depth
-from sglang_rksc.cache.marks import FINISHED, OPEN, REJECTED, node_mark, set_mark
+from sglang_rksc.rsbcm.eviction import POLICY_NAME, RsbcmStrategy, check_policy_flags, reasoning_depth
+from sglang_rksc.rsbcm.marks import FINISHED, OPEN, REJECTED, node_mark, set_mark
+from sglang_rksc.srt import seams
 from sglang_rksc.wire import mark_request_args, parse_mark_request
 from tests.pool_harness import PoolHarness, asks_config
 
@@ -94,7 +94,7 @@ def test_the_policy_is_a_choice_and_a_strategy_of_sglang():
     from sglang.srt.arg_groups.choices import RADIX_EVICTION_POLICY_CHOICES
     from sglang.srt.mem_cache.utils import get_eviction_strategy
 
-    eviction.register_policy()
+    seams.install_registrations()
     assert POLICY_NAME in RADIX_EVICTION_POLICY_CHOICES
     assert isinstance(get_eviction_strategy(POLICY_NAME, {"half_life": 2.0}), RsbcmStrategy)
 
@@ -188,7 +188,7 @@ def test_a_request_can_mark_its_own_branch_and_unknown_or_evicted_rids_are_count
     assert h.cache.mark(["never-seen"], "rejected") == 0
     _freed_by_evict(h, 10_000)
     assert h.cache.mark([done.rid], "rejected") == 0
-    stats = h.cache.marks.stats
+    stats = h.marks.stats
     assert (stats.requests_unknown, stats.requests_gone) == (1, 1)
 
 
@@ -210,7 +210,7 @@ def test_aliases_go_with_their_donor():
     span = list(range(100, 121))
     h.run(PROMPT, span)
     h.run(PROMPT, span[:7] + [300] + span[8:])  # a near-duplicate: deduplicated into the first
-    assert h.cache.asks.stats.dedupes == 1 and len(h.cache.asks.aliases)
+    assert h.asks.stats.dedupes == 1 and len(h.asks.aliases)
     _freed_by_evict(h, 10_000)
-    assert not len(h.cache.asks.aliases)
+    assert not len(h.asks.aliases)
     h.check()

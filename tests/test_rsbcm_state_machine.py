@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 
-from sglang_rksc.cache.eviction import POLICY_NAME
-from sglang_rksc.cache.marks import MARKS, node_mark
+from sglang_rksc.rsbcm.eviction import POLICY_NAME
+from sglang_rksc.rsbcm.marks import MARKS, node_mark
 from tests.pool_harness import PoolHarness, asks_config
 from tests.test_semantic_state_machine import SemanticCacheMachine
 

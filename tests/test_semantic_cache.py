@@ -9,6 +9,7 @@ from sglang.srt.mem_cache.radix_cache import RadixCache
 
 from sglang_rksc.cache.radix_cache import RkscRadixCache
 from sglang_rksc.config import RkscConfig, SemanticSettings
+from sglang_rksc.srt.features import feature_factories
 from sglang_rksc.wire import Meta
 from tests.pool_harness import PoolHarness, asks_config
 from tests.test_tree_cache import _exercise
@@ -36,7 +37,7 @@ def config(**overrides) -> RkscConfig:
 
 
 def test_semantic_off_is_exactly_radix_cache():
-    ours = RkscRadixCache.create_simulated(config=asks_config(on=False))
+    ours = RkscRadixCache.create_simulated(features=feature_factories(asks_config(on=False)))
     assert _exercise(ours) == _exercise(RadixCache.create_simulated())
 
 
@@ -46,7 +47,7 @@ def test_semantic_off_keeps_requests_untouched():
     h.run(X, A2)
     req = h.admit(X + A2 + R)
     assert list(req.origin_input_ids) == X + A2 + R and req.customized_info is None
-    assert h.cache.asks is None  # no semantic component at all
+    assert h.asks is None  # no semantic component at all
     h.finish(req)
     h.check()
 
@@ -58,9 +59,9 @@ def test_near_duplicate_output_is_freed_into_an_alias():
     h.run(X, A2)
     # A2 shares A's first 7 tokens: its own span, from the branch point on, went back to the
     # allocator; the alias remembers where it went.
-    assert h.cache.asks.stats.dedupes == 1 and h.cache.asks.stats.slots_freed == len(A2) - 1 - 7
+    assert h.asks.stats.dedupes == 1 and h.asks.stats.slots_freed == len(A2) - 1 - 7
     assert h.allocator.available_size() == free_before
-    (alias,) = [a for aliases in h.cache.asks.aliases.by_parent.values() for a in aliases]
+    (alias,) = [a for aliases in h.asks.aliases.by_parent.values() for a in aliases]
     assert alias.tokens == tuple(A2[7:-1]) and alias.donor == tuple(A[7:-1]) and alias.similarity >= 0.8
     h.check()
 
@@ -76,7 +77,7 @@ def test_a_branch_reaching_an_alias_forks_from_its_donor():
     (info,) = req.customized_info[META_KEY]
     assert info["fork"] and info["source"] == "alias" and info["replaced_tokens"] == len(A) - 1 - 7
     assert info["reused_tokens"] == len(A) - 1 - 7 and info["fork_at"] == len(X) + 7
-    assert h.cache.asks.stats.forks_alias == 1
+    assert h.asks.stats.forks_alias == 1
     h.finish(req)
     h.check()
 
@@ -99,7 +100,7 @@ def test_unrelated_spans_neither_fork_nor_dedupe():
     h = PoolHarness(config())
     h.run(X, A)
     h.run(X, B)
-    assert h.cache.asks.stats.dedupes == 0
+    assert h.asks.stats.dedupes == 0
     req = h.admit(X + B[:-1] + R)
     assert list(req.origin_input_ids) == X + B[:-1] + R  # its own span, exactly cached
     assert req.customized_info[META_KEY] == [{"fork": False}]
@@ -120,9 +121,9 @@ def test_nothing_crosses_a_namespace(field):
         assert req.customized_info[META_KEY] == [{"fork": False}]
         h.finish(req)
     # A near-duplicate in another namespace is not deduplicated into the default one's spans.
-    dedupes = h.cache.asks.stats.dedupes
+    dedupes = h.asks.stats.dedupes
     h.run(X, A2, **{field: "tenant-2"})
-    assert h.cache.asks.stats.dedupes == dedupes
+    assert h.asks.stats.dedupes == dedupes
     h.check()
 
 
@@ -154,8 +155,8 @@ def test_a_locked_node_is_never_deduplicated():
     holder = h.admit(X + B[:-1] + R)  # locks the B node while it runs
     node = holder.last_node
     assert list(node.key.raw_token_ids()) == B[:-1] and node.lock_ref > 0
-    h.cache.asks.settings = settings(threshold=-1.0)  # anything would be similar enough
-    assert h.cache.asks.dedupe(node) is None
+    h.asks.settings = settings(threshold=-1.0)  # anything would be similar enough
+    assert h.asks.dedupe(node) is None
     h.finish(holder)
     h.check()
 
@@ -164,10 +165,10 @@ def test_eviction_frees_each_slot_once_and_drops_dead_aliases():
     h = PoolHarness(config(probe=False))
     h.run(X, A)
     h.run(X, A2)
-    assert len(h.cache.asks.aliases)
+    assert len(h.asks.aliases)
     evicted = h.cache.evict(EvictParams(num_tokens=10_000)).num_tokens_evicted
     assert evicted == len(X) + len(A) - 1 and h.cache.total_size() == 0
-    assert not len(h.cache.asks.aliases)  # the parent they hung on is gone
+    assert not len(h.asks.aliases)  # the parent they hung on is gone
     h.check()
     # With the donor gone, the alias cannot serve: the request computes its own span.
     req = h.admit(X + A2[:-1] + R)
@@ -182,12 +183,12 @@ def test_flush_resets_aliases_and_counts():
     h.run(X, A2)
     h.cache.evict(EvictParams(num_tokens=10_000))
     h.cache.reset()
-    assert len(h.cache.asks.aliases) == 0 and h.cache.total_size() == 0
+    assert len(h.asks.aliases) == 0 and h.cache.total_size() == 0
 
 
 def test_probe_embedding_of_a_paraphrase_is_closer_than_an_unrelated_span():
     h = PoolHarness(config())
-    probe = h.cache.asks.probe
+    probe = h.asks.probe
     a, a2, b = probe.embed(A), probe.embed(A2), probe.embed(B)
     assert float(a @ a2) > 0.9 > float(a @ b)
     assert torch.allclose(a.norm(), torch.tensor(1.0))
@@ -201,14 +202,14 @@ def test_a_forked_branch_later_requests_are_rewritten_the_same_way():
     branch = h.run(X + A[:-1] + R, [70, 71])  # forks: A's span rewritten into A2's
     (forked,) = branch.customized_info[META_KEY]
     assert forked["fork"] and forked["source"] == "probe"
-    probes = h.cache.asks.stats.forks_probe
+    probes = h.asks.stats.forks_probe
     follow = h.admit(X + A[:-1] + R + [70, 71, 80, 81])
     (info,) = follow.customized_info[META_KEY]
     assert info == {**info, "fork": False, "source": "followup"}
     assert list(follow.origin_input_ids) == X + A2[:-1] + R + [70, 71, 80, 81]
     # Cached: the prompt, the rewritten span, the branch's output but its last token (never forwarded).
     assert follow.prefix_len == len(X + A2[:-1] + R) + 1
-    stats = h.cache.asks.stats
+    stats = h.asks.stats
     assert (stats.followups_hit, stats.followups_missed, stats.forks_probe) == (1, 0, probes)
     h.finish(follow)
     h.check()
@@ -242,6 +243,6 @@ def test_a_follow_up_whose_donor_was_evicted_is_computed_in_full():
     h.cache.evict(EvictParams(num_tokens=10_000))
     follow = h.admit(X + A[:-1] + R + [70, 71, 80])
     assert list(follow.origin_input_ids) == X + A[:-1] + R + [70, 71, 80] and follow.prefix_len == 0
-    assert h.cache.asks.stats.followups_missed == 0  # the alias went with its donor: nothing to miss
+    assert h.asks.stats.followups_missed == 0  # the alias went with its donor: nothing to miss
     h.finish(follow)
     h.check()

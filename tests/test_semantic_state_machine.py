@@ -59,12 +59,12 @@ class SemanticCacheMachine(RuleBasedStateMachine):
             self.h.generate(req, output)
             self.h.finish(req)
 
-    @precondition(lambda self: len(self.h.cache.asks.aliases))
+    @precondition(lambda self: len(self.h.asks.aliases))
     @rule(data=st.data(), tail=st.sampled_from(TAILS))
     def reach_an_alias(self, data, tail):
         """A request that continues through a deduplicated span: it should fork from the donor."""
-        parent = data.draw(st.sampled_from(sorted(self.h.cache.asks.aliases.by_parent, key=lambda n: n.id)))
-        alias = data.draw(st.sampled_from(self.h.cache.asks.aliases.under(parent)))
+        parent = data.draw(st.sampled_from(sorted(self.h.asks.aliases.by_parent, key=lambda n: n.id)))
+        alias = data.draw(st.sampled_from(self.h.asks.aliases.under(parent)))
         path, node = [], parent
         while node is not self.h.cache.root_node:
             path[:0] = list(node.key.raw_token_ids())
@@ -153,7 +153,7 @@ class SemanticCacheMachine(RuleBasedStateMachine):
 
     def teardown(self):
         for key in ("dedupes", "forks_alias", "forks_probe"):
-            REACHED[key] += getattr(self.h.cache.asks.stats, key)
+            REACHED[key] += getattr(self.h.asks.stats, key)
 
 
 SemanticCacheMachine.TestCase.settings = settings(

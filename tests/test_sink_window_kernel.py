@@ -1,6 +1,6 @@
 """The decode kernel of the head-split pool (`kernels/sink_window_decode.py`): its torch reference agrees with
 the project's attention reference, and the Triton kernel (run by Triton's interpreter on the CPU; on a GPU by
-`kernels/gpu_check_sink_window.py`) agrees with the reference and never reads a dropped position."""
+`sglang_rksc/tools/gpu/check_sink_window.py`) agrees with the reference and never reads a dropped position."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import sink_window_decode as kernel
-from sglang_rksc.rlkv.sink_window import head_split_attention
+from sglang_rksc.kernels import sink_window_decode as kernel
+from sglang_rksc.kernels.sink_window import head_split_attention
 
 SINK, WINDOW, DIM = 2, 5, 16
 ROOT = Path(__file__).resolve().parent.parent

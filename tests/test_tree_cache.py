@@ -9,8 +9,10 @@ from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixPara
 from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey
 
 from sglang_rksc.cache.radix_cache import BACKEND_NAME, RkscRadixCache
-from sglang_rksc.srt import plugin
+from sglang_rksc.config import RkscConfig
+from sglang_rksc.srt import plugin, server_info
 from sglang_rksc.srt.backend import build_tree_cache
+from sglang_rksc.srt.features import feature_factories
 
 
 def _exercise(cache: RadixCache) -> list:
@@ -37,7 +39,7 @@ def test_behaves_like_sglang_radix_cache():
 
 
 def test_describe_reports_the_backend():
-    cache = RkscRadixCache.create_simulated()
+    cache = RkscRadixCache.create_simulated(features=feature_factories(RkscConfig()))
     _exercise(cache)
     described = cache.describe()
     eviction, reuse = described.pop("eviction"), described.pop("reuse")
@@ -65,4 +67,4 @@ def test_plugin_registers_the_backend_once():
 
 
 def test_describe_falls_back_for_other_caches():
-    assert plugin.describe_tree_cache(RadixCache.create_simulated()) == {"backend": None, "impl": "RadixCache"}
+    assert server_info.describe_tree_cache(RadixCache.create_simulated()) == {"backend": None, "impl": "RadixCache"}

@@ -119,7 +119,7 @@ def test_full_depth_ranking_reads_the_last_layer_of_each_audited_profile():
 def test_ranking_per_layer_and_at_the_exit_layer_of_each_rule(tmp_path):
     import json
 
-    from sglang_rksc.bench import verdict_ranking
+    from sglang_rksc.tools.cgee import verdict_ranking
 
     settled = [[0.5, 0.5]] * 2 + [[0.999, 0.001]] * 6  # confident "yes" from layer 3: the exit fires there
     ref = [*settled[:-1], [0.9, 0.1]]  # full depth: the reference is trusted more than its copy

@@ -29,8 +29,8 @@ import requests
 from sglang_rksc.bench import cost_model
 from sglang_rksc.bench.cost_model import CostModel
 from sglang_rksc.lang.gather import gather_prompt
-from sglang_rksc.packets.gather_cases import case_prompts
 from sglang_rksc.programs import gsm8k
+from sglang_rksc.tools.packets.gather_cases import case_prompts
 from sglang_rksc.wire import Meta, Option, meta_entry, with_options
 
 # adapter: packets with the server's adapter (soft tokens); plain: packets reused as they are (the request opts

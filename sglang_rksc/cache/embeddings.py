@@ -1,7 +1,7 @@
 """Embeddings of token spans for ASKS, from two sources.
 
 `SlotStates`: hidden states kept per KV slot, written by the forward that
-computed the slot's KV (see `sglang_rksc.cache.capture`), so a node's embedding
+computed the slot's KV (see `sglang_rksc.srt.capture`), so a node's embedding
 costs no extra forward: it is the pooled states of the node's slots. Node
 splits need nothing (slots carry their states), freed slots are overwritten
 when reused. States are centred by their running mean before the cosine:

@@ -9,22 +9,17 @@ request's `cgee` dict, so the scheduler reads only checked values.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 from sglang_rksc.exit.spec import ExitDefaults, parse, requested, resolve_choices
 from sglang_rksc.wire import CUSTOM_KEY, Option
 
 
-@cache
-def server_defaults() -> ExitDefaults:
-    from sglang_rksc.config import RkscConfig
-
-    return RkscConfig.from_env().cgee
-
-
-def resolve_request(sampling_params: dict[str, Any], input_ids: Any, tokenizer: Any, model_config: Any) -> None:
-    """Check and resolve a verification's `cgee` dict in place; no-op for other requests.
+def resolve_request(
+    sampling_params: dict[str, Any], input_ids: Any, tokenizer: Any, model_config: Any, defaults: ExitDefaults
+) -> None:
+    """Check and resolve a verification's `cgee` dict in place (unset parameters take the server's
+    `defaults`); no-op for other requests.
 
     Tokens all choices start with are appended to `input_ids` (the list SGLang goes on with).
     """
@@ -48,6 +43,6 @@ def resolve_request(sampling_params: dict[str, Any], input_ids: Any, tokenizer: 
         if not isinstance(input_ids, list):
             raise ValueError("cgee choices with a common start need a tokenized text prompt")
         input_ids.extend(common)
-    spec = parse(raw, ids, model_config.num_hidden_layers, server_defaults(), common)
+    spec = parse(raw, ids, model_config.num_hidden_layers, defaults, common)
     # A fresh dict: requests of one batch may share theirs.
     sampling_params["custom_params"] = {**custom, CUSTOM_KEY: {**custom[CUSTOM_KEY], Option.CGEE: spec.to_dict()}}

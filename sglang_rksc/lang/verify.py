@@ -35,8 +35,6 @@ from sglang_rksc.lang.gate import Confidence, Gate, confidence_of
 from sglang_rksc.lang.server_probe import ServerProbe
 from sglang_rksc.wire import Meta, Option, meta_entry, with_options
 
-SELECT_TARGET = "sglang.lang.backend.runtime_endpoint.RuntimeEndpoint.select"
-
 
 @dataclass(frozen=True)
 class VerifyMethod(ChoicesSamplingMethod):
@@ -218,15 +216,14 @@ _installed = False
 
 
 def install() -> None:
-    """Wrap `RuntimeEndpoint.select` in this process, through SGLang's hook registry (idempotent).
+    """Wrap `RuntimeEndpoint.select` in this process (`srt.seams`, a frontend seam; idempotent).
 
     Done when a program first writes a `verify`, not on import: a process that never verifies
     keeps SGLang's frontend as it is."""
     global _installed
     if _installed:
         return
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from sglang_rksc.srt import seams
 
-    HookRegistry.register(SELECT_TARGET, select_with_verify, HookType.AROUND)
-    HookRegistry.apply_hooks()
+    seams.install_frontend()
     _installed = True

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from sglang_rksc.cache.feature import feature_of
 from sglang_rksc.packets import attention
 from sglang_rksc.packets.adapter import placeholder_id
-from sglang_rksc.packets.reuse import PACKETS_ATTR, QUERY_ATTR
+from sglang_rksc.packets.reuse import PACKETS_ATTR, QUERY_ATTR, PacketReuse
 from sglang_rksc.wire import Option, request_options
 
 _TARGETS = {
@@ -35,7 +36,7 @@ def tokenise_packets(result: Any, scheduler: Any, req: Any, *args: Any, **kwargs
     tokenizer = getattr(scheduler, "tokenizer", None)
     if texts and tokenizer is not None and getattr(req, PACKETS_ATTR, None) is None:
         setattr(req, PACKETS_ATTR, [tuple(tokenizer.encode(t, add_special_tokens=False)) for t in texts])
-        reuse = getattr(getattr(scheduler, "tree_cache", None), "packets", None)
+        reuse = feature_of(getattr(scheduler, "tree_cache", None), PacketReuse.name)
         if reuse is not None:
             reuse.wrap_request(req, placeholder_id(tokenizer), scheduler.model_config.context_len)
     return result
@@ -43,7 +44,7 @@ def tokenise_packets(result: Any, scheduler: Any, req: Any, *args: Any, **kwargs
 
 def copy_packets(result: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
     """AFTER hook on `ScheduleBatch.prepare_for_extend`."""
-    reuse = getattr(batch.tree_cache, "packets", None)
+    reuse = feature_of(batch.tree_cache, PacketReuse.name)
     if reuse is not None and batch.forward_mode.is_extend() and not batch.forward_mode.is_dllm_extend():
         reuse.prepare(batch)
     return result
@@ -52,7 +53,7 @@ def copy_packets(result: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
 def computed_positions(original: Any, cls: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
     """AROUND hook on `ForwardBatch.init_new`: the batch's planned packet copies run (on the forward's stream,
     see `reuse`), and a batch that copied packets gets the positions it computes."""
-    reuse = getattr(getattr(batch, "tree_cache", None), "packets", None)
+    reuse = feature_of(getattr(batch, "tree_cache", None), PacketReuse.name)
     if reuse is not None:
         reuse.run_copies(batch)
     fb = original(cls, batch, *args, **kwargs)

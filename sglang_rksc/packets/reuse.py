@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from sglang_rksc.cache.feature import CacheFeature
 from sglang_rksc.cache.tree_paths import Namespace
 from sglang_rksc.kernels.rope_copy import triton_copy_turned
 from sglang_rksc.packets import soft_tokens
@@ -27,7 +28,7 @@ from sglang_rksc.packets.adapter import PacketAdapter
 from sglang_rksc.packets.attention import use_kernels
 from sglang_rksc.packets.rope_shift import RopeShift
 from sglang_rksc.packets.spans import MIN_PACKET_TOKENS, CachedSpan, PromptSpan, find_cached, locate
-from sglang_rksc.wire import Meta, Option, PacketEntry, PacketStats, put_meta, request_options
+from sglang_rksc.wire import Meta, Option, PacketEntry, PacketStats, Section, put_meta, request_options
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,11 @@ COPY_ATTR = "rksc_packet_copy"  # on a ScheduleBatch: the _KvCopy its forward ru
 FoundPacket = tuple[torch.Tensor, torch.Tensor, int]  # its cached slots, the request's slots, the shift between
 
 
-class PacketReuse:
-    """Copies cached packets into requests' slots; owned by the `rksc` tree cache (`cache.packets`)."""
+class PacketReuse(CacheFeature):
+    """Copies cached packets into requests' slots; a feature of the `rksc` cache (`--rksc-packets on`), which
+    the scheduler hooks (`hooks`) reach through the cache."""
+
+    name = "packets"
 
     def __init__(self, cache: Any, shift: RopeShift, adapter: PacketAdapter | None = None) -> None:
         self.cache = cache
@@ -48,6 +52,13 @@ class PacketReuse:
         self.adapter_rows = None if adapter is None else adapter.rows().float()
         self.adapter_name = "none" if adapter is None else adapter.info.get("model", "unnamed")
         self.stats = PacketStats()
+
+    def limit_match(self, req: Any) -> int | None:
+        """A request with soft tokens matches only before its first one (their KV is not its token ids')."""
+        return soft_tokens.match_limit(req)
+
+    def describe(self) -> dict[str, Any]:
+        return {Section.PACKETS: {"on": True, "adapter": self.adapter_name, **self.stats.as_dict()}}
 
     def wrap_request(self, req: Any, placeholder: int, context_len: int) -> None:
         """When the request is queued: its packets get the adapter's soft tokens, unless it opted out."""

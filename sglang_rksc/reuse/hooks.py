@@ -18,6 +18,7 @@ import logging
 from array import array
 from typing import Any
 
+from sglang_rksc.cache.feature import feature_of
 from sglang_rksc.reuse.signature import reuse_key
 from sglang_rksc.reuse.store import KEY_ATTR, Record, ReuseStore
 from sglang_rksc.wire import Meta, ReuseEntry
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def _store(scheduler: Any) -> ReuseStore | None:
-    return getattr(getattr(scheduler, "tree_cache", None), "reuse", None)
+    return feature_of(getattr(scheduler, "tree_cache", None), ReuseStore.name)
 
 
 def add_request_to_queue(original: Any, scheduler: Any, req: Any, is_retracted: bool = False, **kwargs: Any) -> Any:

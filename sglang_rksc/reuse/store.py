@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sglang_rksc.wire import NOT_REPLAYED, ReuseStats
+from sglang_rksc.cache.feature import CacheFeature
+from sglang_rksc.wire import NOT_REPLAYED, ReuseStats, Section
 
 REMEMBERED_RESULTS = 16384
 KEY_ATTR = "_rksc_reuse_key"  # on a request: its reuse key, once the scheduler hook computed it
@@ -32,7 +33,11 @@ class Record:
     rid: str  # the request that produced it
 
 
-class ReuseStore:
+class ReuseStore(CacheFeature):
+    """A feature of the `rksc` cache (`--rksc-reuse on`); the scheduler hooks (`hooks`) read and fill it."""
+
+    name = "reuse"
+
     def __init__(self, attached: Callable[[Any], bool]) -> None:
         self.attached = attached
         self.records: OrderedDict[tuple, Record] = OrderedDict()
@@ -44,6 +49,9 @@ class ReuseStore:
     def reset(self) -> None:
         """The tree was flushed: every record's path is gone (waiting followers stay)."""
         self.records.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {Section.REUSE: {"on": True, **self.stats.as_dict()}}
 
     def lookup(self, key: tuple) -> Record | None:
         record = self.records.get(key)

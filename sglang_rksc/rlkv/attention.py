@@ -15,9 +15,9 @@ import torch
 from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 from torch.nn.functional import scaled_dot_product_attention
 
+from sglang_rksc.kernels.sink_window import sink_window_keep, stored_window_positions
 from sglang_rksc.kernels.sink_window_decode import triton_decode
 from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool
-from sglang_rksc.rlkv.sink_window import sink_window_keep, stored_window_positions
 
 KERNEL_ENV = "RKSC_HEAD_SPLIT_DECODE_KERNEL"  # "1": the Triton decode path on any device (tests, interpreter)
 

@@ -10,10 +10,12 @@ leaves every window that needs it, or when its token slot is freed. The attentio
 
 from __future__ import annotations
 
+from typing import Any
+from weakref import WeakKeyDictionary
+
 import torch
 from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, unwrap_write_loc
 
-from sglang_rksc.config import HeadCompressionSettings
 from sglang_rksc.rlkv.layout import HeadLayout
 
 
@@ -24,30 +26,44 @@ class WindowPoolExhausted(RuntimeError):
 class HeadSplitKVPool(MHATokenToKVPool):
     """`MHATokenToKVPool` whose per-layer buffers hold only the full heads, plus the window pool.
 
-    Built by SGLang's configurator with the in-tree keyword arguments (through the platform's
-    `get_kv_pool_cls`); the layout and the window pool's size are set on the class beforehand."""
+    SGLang's configurator builds it with the in-tree keyword arguments, from the class the platform's
+    `get_kv_pool_cls` returns: `configured(layout, window_fraction)`, which hands both to this constructor.
+    The pool also keeps the per-request facts the window bookkeeping needs (`branch_points`, `window_floors`),
+    keyed by the request object, so that nothing of ours hangs on SGLang's `Req`."""
 
-    layout: HeadLayout | None = None
-    window_fraction: float = HeadCompressionSettings().window_pool  # window slots per token slot
-    admissions_deferred: int = 0  # prefill admissions stopped because the window pool was short
-    decode_shortfalls: int = 0  # decode steps that retracted because the window pool was short
-    interior_windows_dropped: int = 0  # window slots given back by cached interior nodes (`tree_windows`)
-
-    def __init__(self, size: int, page_size: int, *args, **kwargs) -> None:
-        if self.layout is None:
-            raise RuntimeError("HeadSplitKVPool.layout is not set: head compression was not configured")
+    def __init__(self, size: int, page_size: int, *args, layout: HeadLayout, window_fraction: float, **kwargs) -> None:
         if page_size != 1:
             raise ValueError("head compression needs --page-size 1")
         if kwargs.get("quant_method") is not None:
             raise ValueError("head compression does not support a quantized KV cache")
-        self.window_size = max(1, int(size * self.window_fraction))
-        smallest = 2 * self.layout.per_request_bound  # two requests' sinks, windows and new tokens
+        self.layout = layout
+        self.window_fraction = window_fraction  # window slots per token slot
+        self.window_size = max(1, int(size * window_fraction))
+        smallest = 2 * layout.per_request_bound  # two requests' sinks, windows and new tokens
         if self.window_size < smallest:
             raise ValueError(
                 f"the window pool would hold {self.window_size} slots, fewer than {smallest} (two requests): "
                 "raise --rksc-window-pool or --max-total-tokens, or lower --rksc-window"
             )
+        self.admissions_deferred = 0  # prefill admissions stopped because the window pool was short
+        self.decode_shortfalls = 0  # decode steps that retracted because the window pool was short
+        self.interior_windows_dropped = 0  # window slots given back by cached interior nodes (`tree_windows`)
+        # Where a request's match was cut back to a complete window, the position it first matched to (the
+        # recomputation keeps a window there, `HeadLayout.kept`); and how far its own windows have slid.
+        self.branch_points: WeakKeyDictionary[Any, int] = WeakKeyDictionary()
+        self.window_floors: WeakKeyDictionary[Any, int] = WeakKeyDictionary()
+        self.reserved_by_round: WeakKeyDictionary[Any, int] = WeakKeyDictionary()  # PrefillAdder -> slots
         super().__init__(size, page_size, *args, **kwargs)
+
+    @classmethod
+    def configured(cls, layout: HeadLayout, window_fraction: float) -> type[HeadSplitKVPool]:
+        """The pool class SGLang builds (it takes a class and its own arguments): ours, with this layout."""
+
+        class ConfiguredHeadSplitKVPool(cls):
+            def __init__(self, size: int, page_size: int, *args, **kwargs) -> None:
+                super().__init__(size, page_size, *args, layout=layout, window_fraction=window_fraction, **kwargs)
+
+        return ConfiguredHeadSplitKVPool
 
     def _create_buffers(self) -> None:
         layout = self.layout

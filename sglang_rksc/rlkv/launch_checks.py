@@ -34,7 +34,7 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
     mask = Path(heads.head_mask) if heads.head_mask and seed is None else shipped_for(model_path, packaged)
     if mask is None:
         raise ValueError(
-            "no head mask ships for this model: make one with python -m sglang_rksc.rlkv.calibrate "
+            "no head mask ships for this model: make one with python -m sglang_rksc.tools.rlkv.calibrate "
             "and pass it as --rksc-head-mask"
         )
     try:

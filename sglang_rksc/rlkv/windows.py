@@ -88,11 +88,11 @@ def _keep(tree_cache: Any, pool: HeadSplitKVPool, token_slots: torch.Tensor) -> 
 def _slide(pool: HeadSplitKVPool, req: Any, row_slots: torch.Tensor, seq_len: int) -> None:
     """Give back the window slots of the request's own tokens that left its kept window."""
     layout = pool.layout
-    lo = max(layout.sink, req.kv.cache_protected_len, getattr(req, "rksc_window_floor", 0))
+    lo = max(layout.sink, req.kv.cache_protected_len, pool.window_floors.get(req, 0))
     hi = seq_len - layout.kept_window
     if hi > lo:
         pool.drop_windows(row_slots[lo:hi])
-        req.rksc_window_floor = hi
+        pool.window_floors[req] = hi
 
 
 def after_alloc_for_extend(result: Any, batch: Any) -> Any:
@@ -105,11 +105,11 @@ def after_alloc_for_extend(result: Any, batch: Any) -> Any:
     for req, prefix_len, extend_len in zip(batch.reqs, batch.prefix_lens, batch.extend_lens, strict=True):
         seq_len = prefix_len + extend_len
         row = req_to_token[req.kv.req_pool_idx, :seq_len]
-        if getattr(req, "rksc_window_floor", 0) > prefix_len:  # recomputed after a retraction
-            req.rksc_window_floor = 0
+        if pool.window_floors.get(req, 0) > prefix_len:  # recomputed after a retraction
+            pool.window_floors[req] = 0
         _slide(pool, req, row, seq_len)
         new = torch.arange(prefix_len, seq_len)
-        kept = new[pool.layout.kept(new, seq_len, getattr(req, "rksc_branch_point", 0))]
+        kept = new[pool.layout.kept(new, seq_len, pool.branch_points.get(req, 0))]
         _keep(batch.tree_cache, pool, row[kept])
     return result
 
@@ -169,19 +169,19 @@ def admit_with_windows(original: Any, adder: Any, req: Any, *args: Any, **kwargs
     if not _match_still_complete(adder.tree_cache, pool, req):
         pool.admissions_deferred += 1  # re-matched next round
         return AddReqResult.NO_TOKEN
-    reserved = getattr(adder, "rksc_windows_reserved", None)
+    reserved = pool.reserved_by_round.get(adder)
     if reserved is None:  # first request this round: a decode step of each running request, chunks added before
         running = len(getattr(adder.running_batch, "reqs", None) or [])
         reserved = running + (pool.layout.per_request_bound + pool.layout.kept_window) * len(adder.can_run_list)
-    branch_point = getattr(req, "rksc_branch_point", 0)
+    branch_point = pool.branch_points.get(req, 0)
     need = extend_need(pool, req.prefix_len, len(req.full_untruncated_fill_ids), branch_point) + 1  # + a decode step
     if not _reclaim_keeping_match(adder.tree_cache, pool, reserved + need, req):
         pool.admissions_deferred += 1
-        adder.rksc_windows_reserved = reserved
+        pool.reserved_by_round[adder] = reserved
         return AddReqResult.NO_TOKEN
     admitted_before = len(adder.can_run_list)
     result = original(adder, req, *args, **kwargs)
-    adder.rksc_windows_reserved = reserved + need * (len(adder.can_run_list) - admitted_before)
+    pool.reserved_by_round[adder] = reserved + need * (len(adder.can_run_list) - admitted_before)
     return result
 
 

@@ -1,9 +1,10 @@
 """The `rksc` radix-cache backend factory: runs inside the scheduler process.
 
 Builds `RkscRadixCache` from SGLang's `TreeCacheBuildContext` and the
-`--rksc-*` settings (`SGLANG_RKSC_CONFIG`). With semantic sharing or span
-embeddings on it also creates the per-slot hidden-state store (and, for
-semantic sharing, the input-embedding probe), and points the capture hooks at it.
+`--rksc-*` settings (`SGLANG_RKSC_CONFIG`), with the features `features` lists.
+With semantic sharing or span embeddings on it also creates the per-slot
+hidden-state store (and, for semantic sharing, the input-embedding probe), and
+points the capture hooks at it.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from sglang_rksc.cache import capture
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
 from sglang_rksc.cache.radix_cache import RkscRadixCache
 from sglang_rksc.config import RkscConfig
+from sglang_rksc.srt import capture
+from sglang_rksc.srt.features import ServedModel, feature_factories
 
 if TYPE_CHECKING:
     from sglang.srt.mem_cache.registry import TreeCacheBuildContext
@@ -35,38 +37,13 @@ def _why_no_semantic(ctx: TreeCacheBuildContext) -> str | None:
     return None
 
 
-def _with_packets(cache: RkscRadixCache, ctx: TreeCacheBuildContext) -> RkscRadixCache:
-    """Give the cache its packet reuse (`--rksc-packets on`), turning keys with the served model's own RoPE."""
-    if not cache.config.packets or cache.disable:
-        return cache
-    from pathlib import Path
-
-    from sglang_rksc.packets.adapter import PacketAdapter
-    from sglang_rksc.packets.launch_checks import AUTO_ADAPTER, NO_ADAPTER
-    from sglang_rksc.packets.reuse import PacketReuse
-    from sglang_rksc.packets.rope_shift import RopeShift
-
-    model = ctx.tp_worker.model_runner.model
-    rotary = model.model.layers[0].self_attn.rotary_emb
-    choice = cache.config.packet_adapter
-    # The launcher resolved 'auto' to a file or 'none'; a stock launch that did not is plain reuse.
-    adapter = None if choice in (NO_ADAPTER, AUTO_ADAPTER) else PacketAdapter.load(Path(choice))
-    cache.packets = PacketReuse(cache, RopeShift.of_module(rotary), adapter)
-    logger.info(
-        "sglang-rksc: packets on (marked prompt spans reuse cached KV, keys turned by RoPE), adapter: %s",
-        choice if adapter is not None else "none (plain reuse)",
-    )
-    return cache
-
-
 def build_tree_cache(ctx: TreeCacheBuildContext) -> RkscRadixCache:
-    """Factory for `register_radix_cache_backend(BACKEND_NAME, ...)`."""
-    return _with_packets(_build(ctx), ctx)
-
-
-def _build(ctx: TreeCacheBuildContext) -> RkscRadixCache:
+    """Factory for `register_radix_cache_backend(BACKEND_NAME, ...)`: the cache with the features the
+    settings turn on (`features.FEATURES`)."""
     config = RkscConfig.from_env()
     capture.deactivate()
+    model = ctx.tp_worker.model_runner.model
+    rotary = model.model.layers[0].self_attn.rotary_emb if config.packets else None
     wants_states = config.semantic.on or config.span_embeddings
     if wants_states:
         why = _why_no_semantic(ctx)
@@ -75,9 +52,21 @@ def _build(ctx: TreeCacheBuildContext) -> RkscRadixCache:
             off = dataclasses.replace(config.semantic, on=False)
             config = dataclasses.replace(config, semantic=off, span_embeddings=False)
             wants_states = False
-    if not wants_states:
-        return _logged(RkscRadixCache(ctx.params, config))
+    served = _with_states(ctx, config) if wants_states else ServedModel(rotary=rotary)
+    served = dataclasses.replace(served, rotary=rotary)
+    cache = RkscRadixCache(ctx.params, feature_factories(config, served))
+    logger.info("sglang-rksc: rksc cache features: %s", ", ".join(cache.features.names()) or "none")
+    if cache.features.get("packets") is not None:
+        logger.info(
+            "sglang-rksc: packets on (marked prompt spans reuse cached KV, keys turned by RoPE), adapter: %s",
+            cache.features.get("packets").adapter_name,
+        )
+    return cache
 
+
+def _with_states(ctx: TreeCacheBuildContext, config: RkscConfig) -> ServedModel:
+    """The per-slot hidden-state store (and, for semantic sharing, the input-embedding probe), with the
+    capture hooks pointed at it."""
     settings = config.semantic
     model = ctx.tp_worker.model_runner.model
     device = next(model.parameters()).device
@@ -103,11 +92,4 @@ def _build(ctx: TreeCacheBuildContext) -> RkscRadixCache:
         f" {layers}" if layers else "",
         states.states.numel() * states.states.element_size() / 2**20,
     )
-    cache = RkscRadixCache(ctx.params, config, states=states, probe=probe, context_len=ctx.model_config.context_len)
-    return _logged(cache)
-
-
-def _logged(cache: RkscRadixCache) -> RkscRadixCache:
-    if cache.reuse is not None:
-        logger.info("sglang-rksc: decode-side reuse on (replay and coalescing of deterministic duplicates)")
-    return cache
+    return ServedModel(states=states, probe=probe, context_len=ctx.model_config.context_len)

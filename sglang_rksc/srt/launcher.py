@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import NoReturn
@@ -164,7 +165,8 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         raise LaunchError(
             f"--rksc-* flags need --radix-cache-backend {DEFAULT_BACKEND}, not {backend or STOCK_BACKEND}"
         )
-    from sglang_rksc.cache import eviction  # imports sglang.srt: after the CPU runtime is set up
+    from sglang_rksc.rsbcm import eviction  # imports sglang.srt: after the CPU runtime is set up
+    from sglang_rksc.srt import seams
 
     try:
         eviction.check_policy_flags(
@@ -189,12 +191,18 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
     else:
         out += packet_checks.gpu_backend_flags(settings, out)
 
-    eviction.add_policy_choice()
+    seams.install_registrations((seams.EVICTION_CHOICE,))
     parser = _sglang_parser()
     _, unknown = parser.parse_known_args(out)
     if unknown:
         raise LaunchError(f"unrecognized argument(s): {' '.join(unknown)} (see --help)")
 
+    with warnings.catch_warnings():  # SGLang's modules warn on import; the one line below is what matters
+        warnings.simplefilter("ignore")
+        try:
+            seams.check()  # before anything starts: the pinned SGLang, every seam where the table says
+        except seams.SeamError as exc:
+            raise LaunchError(str(exc)) from exc
     host = cpu.flag_value(out, "--host") or "127.0.0.1"
     port = cpu.flag_value(out, "--port") or "30000"
     return LaunchPlan(out, model_path, on_cpu, standin, backend, f"http://{host}:{port}", settings)

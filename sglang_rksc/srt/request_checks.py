@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from sglang_rksc.config import RkscConfig
 from sglang_rksc.exit.validate import resolve_request
 from sglang_rksc.wire import check_custom_params
 
@@ -148,7 +149,7 @@ def validate_request(original: Any, manager: Any, obj: Any, input_ids: Any, *arg
     vocab_size = manager.model_config.vocab_size
     params = getattr(obj, "sampling_params", None)
     if isinstance(params, dict):
-        resolve_request(params, input_ids, manager.tokenizer, manager.model_config)
+        resolve_request(params, input_ids, manager.tokenizer, manager.model_config, RkscConfig.current().cgee)
     if getattr(obj, "input_embeds", None) is None:
         error = prompt_error(input_ids, vocab_size)
         if error is not None:
