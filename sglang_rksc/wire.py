@@ -288,6 +288,7 @@ class SemanticStats:
     forks_probe: int = 0
     followups_hit: int = 0  # later requests of a forked branch, rewritten the same way (not new forks)
     followups_missed: int = 0  # ... whose donor path was gone: computed in full
+    forks_unreachable: int = 0  # planned forks not made: the request could not continue from the donor's end
     tokens_reused: int = 0  # prompt tokens served beyond the exact match thanks to a fork
     tokens_replaced: int = 0  # request tokens replaced by donor tokens
     dedupes: int = 0
@@ -358,6 +359,7 @@ class PacketStats:
     tokens_not_computed: int = 0
     soft_tokens: int = 0  # adapter tokens put into prompts
     failures: int = 0  # prefill rounds whose copy failed (computed in full), requests left without soft tokens
+    window_tokens_copied: int = 0  # under head compression: copied positions whose compressed heads came along
 
     PREFIX: ClassVar[str] = "packets_"
 

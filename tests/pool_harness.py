@@ -59,6 +59,7 @@ class PoolHarness:
         eviction_policy: str = "lru",
         kv_events: bool = False,
         stock: bool = False,  # SGLang's own RadixCache instead of ours (for comparisons)
+        extra_features: Sequence[Callable[[Any], Any]] = (),  # factories of more cache features, after the list's
     ) -> None:
         self.allocator = TokenToKVPoolAllocator(
             size=slots, dtype=torch.bfloat16, device="cpu", kvcache=None, need_sort=False
@@ -80,7 +81,8 @@ class PoolHarness:
             if eviction_policy == "rsbcm":
                 seams.install_registrations()  # what the plugin does in a server process
             model = ServedModel(states=self.states, probe=probe)
-            self.cache = RkscRadixCache(params, feature_factories(config or asks_config(), model))
+            factories = [*feature_factories(config or asks_config(), model), *extra_features]
+            self.cache = RkscRadixCache(params, factories)
         self.states_fn = states_fn
         self.slots = slots
         self._ids = itertools.count()

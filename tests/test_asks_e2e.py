@@ -11,8 +11,6 @@ import requests
 from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import LEAK_MARKERS, STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
-pytestmark = pytest.mark.server
-
 SYSTEM = "You are a helpful assistant. Answer every question briefly and precisely.\n"
 QUESTION = "Question: What is the capital city of France?\nAnswer:"
 PARAPHRASE = "Question: What is the capital of France?\nAnswer:"
@@ -23,9 +21,8 @@ ASKS_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def asks_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
-    log = tmp_path_factory.mktemp("asks") / "server.log"
-    with LaunchedServer(ASKS_ARGS, log_path=log, env=STRICT_MEMORY_ENV) as server:
+def asks_server(default_model_dir: Path, launch_module_server) -> Iterator[LaunchedServer]:
+    with launch_module_server(ASKS_ARGS, env=STRICT_MEMORY_ENV, log_name="asks") as server:
         yield server
 
 
@@ -157,10 +154,10 @@ def test_bad_semantic_flags_are_refused_in_one_line():
     assert done.stderr.strip() == "sglang-rksc: error: --rksc-threshold must be in [-1, 1], got 1.5"
 
 
-def test_layer_pooling_runs_on_the_real_server(default_model_dir: Path, tmp_path: Path):
+def test_layer_pooling_runs_on_the_real_server(default_model_dir: Path, launch_server):
     """--rksc-pooling layers: states of several decoder layers, captured by forward hooks."""
     args = [*ASKS_ARGS, "--rksc-pooling", "layers", "--rksc-pooling-layers", "3"]
-    with LaunchedServer(args, log_path=tmp_path / "layers.log", env=STRICT_MEMORY_ENV) as server:
+    with launch_server(args, env=STRICT_MEMORY_ENV, log_name="layers") as server:
         assert "pooling layers [15, 22, 29]" in server.log_text()
         generate(server, SYSTEM + QUESTION)
         generate(server, SYSTEM + PARAPHRASE, sampling={"custom_params": {"rksc": {"fork": False}}})

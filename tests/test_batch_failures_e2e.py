@@ -18,17 +18,14 @@ import requests
 from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
-pytestmark = pytest.mark.server
-
 FAULTS = "fault-p-:prefill,fault-d-:decode"
 ARGS = ["--rksc-reuse", "on", "--radix-eviction-policy", "rsbcm", "--chunked-prefill-size", "32"]
 
 
 @pytest.fixture(scope="module")
-def faulty_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
-    log = tmp_path_factory.mktemp("faults") / "server.log"
+def faulty_server(default_model_dir: Path, launch_module_server) -> Iterator[LaunchedServer]:
     env = {**STRICT_MEMORY_ENV, "SGLANG_RKSC_INJECT_FAULT": FAULTS}
-    with LaunchedServer(ARGS, log_path=log, env=env) as server:
+    with launch_module_server(ARGS, env=env, log_name="faults") as server:
         yield server
 
 

@@ -7,34 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-pytestmark = pytest.mark.server
-
-
-def test_compare_runs_modes_side_by_side(default_model_dir, tmp_path: Path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sglang_rksc.bench.compare",
-            "--program",
-            "game_of_24",
-            "--start",
-            "1",
-            "--num-problems",
-            "1",
-            "--modes",
-            "no-cache,radix",
-            "--repeats",
-            "1",
-            "--program-args",
-            "--breadth 1 --max-tokens 32",
-            "--output-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
+def test_compare_runs_modes_side_by_side(default_model_dir, server_subprocess, tmp_path: Path):
+    # No --url: the benchmark starts a server per mode.
+    done = server_subprocess(
+        "sglang_rksc.bench.compare",
+        "--program",
+        "game_of_24",
+        "--start",
+        "1",
+        "--num-problems",
+        "1",
+        "--modes",
+        "no-cache,radix",
+        "--repeats",
+        "1",
+        "--program-args",
+        "--breadth 1 --max-tokens 32",
+        "--output-dir",
+        str(tmp_path),
         timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]

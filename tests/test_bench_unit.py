@@ -16,9 +16,11 @@ def test_modes_resolve_in_order_and_refuse_unknown_names():
     merge, full = modes.MODES["rksc-merge"], modes.MODES["rksc-full"]
     assert merge.server_args[-2:] == ("--rksc-span-embeddings", "on")
     assert merge.program_args == ("--merge-branches", str(modes.MERGE_THRESHOLD))
-    # rksc-full holds every feature: ASKS, RSBCM, reuse, span embeddings, CGEE and merging.
+    # rksc-full holds every feature: ASKS, RSBCM, reuse, span embeddings, CGEE and merging, head compression
+    # and packets (which compose with ASKS since issue 32).
     for flag in ("--rksc-semantic", "--rksc-reuse", "--rksc-span-embeddings", "rsbcm"):
         assert flag in full.server_args
+    assert full.server_args[-4:] == ("--rksc-head-compression", "0.4", "--rksc-packets", "on")
     assert full.program_args == ("--verifier", "cgee", "--merge-branches", str(modes.MERGE_THRESHOLD))
     with pytest.raises(ValueError, match="unknown mode"):
         modes.resolve(["radix", "turbo"])

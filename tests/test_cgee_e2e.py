@@ -13,7 +13,6 @@ import sglang as sgl
 
 from sglang_rksc import Gate, verify
 from sglang_rksc.runtime import cpu
-from sglang_rksc.runtime.server_process import LaunchedServer
 
 CASES = [
     ("The capital of France is", [" Paris", " London", " Rome"]),
@@ -140,7 +139,7 @@ def test_a_skipped_verification_makes_no_server_call(rksc_server):
 
 
 def test_verify_falls_back_to_select_on_a_server_without_the_plugin(
-    default_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    default_model_dir: Path, launch_server, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(sys, "path", list(sys.path))  # the CPU runtime setup also edits this process's path
     env = dict(os.environ, SGLANG_PLUGINS="none")
@@ -148,7 +147,7 @@ def test_verify_falls_back_to_select_on_a_server_without_the_plugin(
     if not cpu.cuda_usable():
         cpu.activate_cpu_runtime(env, use_standin=cpu.standin_needed())
         args = cpu.apply_cpu_defaults(args)
-    with LaunchedServer(args, module="sglang.launch_server", env=env, log_path=tmp_path / "stock.log") as server:
+    with launch_server(args, module="sglang.launch_server", env=env, log_name="stock") as server:
         backend = sgl.RuntimeEndpoint(server.url)
         prompt, choices = CASES[0]
         ours = _by_verify.run(prompt=prompt, choices=choices, early_exit=True, backend=backend)

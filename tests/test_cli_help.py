@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+# Each test runs a fresh Python that imports SGLang (about 6 s): not in the fast tier.
+pytestmark = pytest.mark.slow
+
 COMMANDS = {
     "sglang_rksc.programs.tree_of_thought": [
         "--branches",

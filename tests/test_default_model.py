@@ -20,6 +20,7 @@ def fresh_conversion(tmp_path_factory: pytest.TempPathFactory) -> Path:
         yield prepare_default_model()
 
 
+@pytest.mark.slow  # converts the GGUF afresh (about 20 s)
 def test_converted_folder_is_a_bf16_safetensors_model(fresh_conversion: Path):
     from safetensors import safe_open
 
@@ -33,6 +34,7 @@ def test_converted_folder_is_a_bf16_safetensors_model(fresh_conversion: Path):
         assert {f.get_tensor(n).dtype for n in names[:20]} == {torch.bfloat16}
 
 
+@pytest.mark.slow  # converts the GGUF afresh (about 20 s)
 def test_conversion_is_reused(fresh_conversion: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SGLANG_RKSC_CACHE_DIR", str(fresh_conversion.parents[1]))
     before = (fresh_conversion / "model.safetensors").stat().st_mtime_ns
@@ -70,6 +72,7 @@ def test_missing_wheel_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch):
         find_gguf()
 
 
+@pytest.mark.slow  # converts the GGUF afresh (about 20 s)
 def test_converted_logits_match_transformers_on_the_gguf(fresh_conversion: Path):
     """Same next-token ranking and close logits as transformers' own load of the GGUF."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

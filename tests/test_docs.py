@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,3 +102,8 @@ def test_every_docs_page_is_in_the_nav():
     assert not missing, f"pages under docs/ that the nav in mkdocs.yml does not reach: {missing}"
     absent = sorted(in_nav - pages)
     assert not absent, f"nav entries in mkdocs.yml with no page under docs/: {absent}"
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/mechanisms/rlkv.md", "docs/architecture.md"])
+def test_the_docs_say_asks_heads_and_packets_compose(path):
+    assert "--rksc-semantic on --rksc-head-compression 0.4 --rksc-packets on" in (REPO / path).read_text()

@@ -32,8 +32,6 @@ from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 from tests.fuzz_payloads import generate_bodies, internal_state_bodies
 
-pytestmark = pytest.mark.server
-
 EVERY_FEATURE = [
     "--rksc-semantic",
     "on",
@@ -59,9 +57,8 @@ TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
-    log = tmp_path_factory.mktemp("fuzz") / "server.log"
-    with LaunchedServer(EVERY_FEATURE, log_path=log, env=STRICT_MEMORY_ENV) as server:
+def fuzz_server(default_model_dir: Path, launch_module_server) -> Iterator[LaunchedServer]:
+    with launch_module_server(EVERY_FEATURE, env=STRICT_MEMORY_ENV, log_name="fuzz") as server:
         yield server
 
 

@@ -74,6 +74,7 @@ def _launch(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # each run is a fresh Python that imports SGLang
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -96,6 +97,7 @@ def test_bad_input_gives_one_line_and_exit_2(args, message):
     assert "starting SGLang" not in done.stdout
 
 
+@pytest.mark.slow  # each run is a fresh Python that imports SGLang
 def test_help_explains_our_defaults_and_sglang_flags():
     done = _launch("--help")
     assert done.returncode == 0

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PATHS = ["sglang_rksc", "programs", "kernels", "tests"]
+PATHS = ["sglang_rksc", "tests"]
 
 
 def test_ruff_check():

@@ -16,8 +16,6 @@ from sglang_rksc.programs import common, gsm8k, self_consistency_verify, tree_of
 from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean
 
-pytestmark = pytest.mark.server
-
 CAT = "The cat sat on the warm mat by the door."
 CAT_PARAPHRASE = "A cat was sitting on the warm mat near the door."
 RATES = "Interest rates rose by two percent in March."
@@ -27,11 +25,9 @@ THRESHOLD = 0.85
 
 
 @pytest.fixture(scope="module")
-def span_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
-    log = tmp_path_factory.mktemp("merge") / "server.log"
-    with LaunchedServer(
-        ["--rksc-span-embeddings", "on", "--rksc-reuse", "on"], log_path=log, env=STRICT_MEMORY_ENV
-    ) as s:
+def span_server(default_model_dir: Path, launch_module_server) -> Iterator[LaunchedServer]:
+    args = ["--rksc-span-embeddings", "on", "--rksc-reuse", "on"]
+    with launch_module_server(args, env=STRICT_MEMORY_ENV, log_name="merge") as s:
         yield s
 
 

@@ -64,6 +64,7 @@ def compare_triton_with_reference(q_heads: int, kv_heads: int, block: int) -> No
                                extend_with_copied_positions(*args), rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
+@pytest.mark.slow  # a fresh Python under Triton's interpreter
 @pytest.mark.parametrize(("q_heads", "kv_heads", "block"), [(6, 2, 16), (4, 4, 32), (14, 2, 32)])
 def test_the_attention_kernel_matches_the_torch_reference(q_heads: int, kv_heads: int, block: int):
     pytest.importorskip("triton")
@@ -98,6 +99,7 @@ def compare_copy_with_reference(rotary_dim: int, neox: bool) -> None:
     torch.testing.assert_close(v, v_ref, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # a fresh Python under Triton's interpreter
 @pytest.mark.parametrize(("rotary_dim", "neox"), [(DIM, True), (DIM, False), (DIM // 2, True)])
 def test_the_copy_kernel_matches_the_torch_reference(rotary_dim: int, neox: bool):
     pytest.importorskip("triton")
@@ -160,6 +162,7 @@ def compare_server_paths() -> None:
     assert not torch.equal(by_torch[1][25:35], by_torch[1][3:13])  # the copy turned K
 
 
+@pytest.mark.slow  # a fresh Python under Triton's interpreter
 def test_the_server_path_gives_the_same_through_the_kernels_as_through_torch():
     pytest.importorskip("triton")
     _interpreted("compare_server_paths()")

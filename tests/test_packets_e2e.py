@@ -15,15 +15,12 @@ from sglang_rksc.packets.adapter import SOFT_TOKENS
 from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
-pytestmark = pytest.mark.server
-
 QUESTION = "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer step by step.\n"
 
 
 @pytest.fixture(scope="module")
-def packet_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
-    log = tmp_path_factory.mktemp("packets") / "server.log"
-    with LaunchedServer(["--rksc-packets", "on"], log_path=log, env=STRICT_MEMORY_ENV) as server:
+def packet_server(default_model_dir: Path, launch_module_server) -> Iterator[LaunchedServer]:
+    with launch_module_server(["--rksc-packets", "on"], env=STRICT_MEMORY_ENV, log_name="packets") as server:
         yield server
 
 

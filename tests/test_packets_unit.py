@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sglang_rksc.cache.radix_cache import RkscRadixCache
-from sglang_rksc.config import HeadCompressionSettings, RkscConfig
+from sglang_rksc.config import HeadCompressionSettings, RkscConfig, SemanticSettings
 from sglang_rksc.packets.attention import extend_with_copied_positions
 from sglang_rksc.packets.launch_checks import gpu_backend_flags
 from sglang_rksc.packets.launch_checks import resolve as check_launch
@@ -221,8 +221,9 @@ def test_the_launcher_refuses_what_packets_do_not_support(tmp_path):
     ):
         with pytest.raises(ValueError, match=message):
             check_launch(on, llama, argv)
-    with pytest.raises(ValueError, match="head compression"):
-        check_launch(RkscConfig(packets=True, heads=HeadCompressionSettings(sparsity=0.4)), llama, [])
+    # packets compose with head compression and with ASKS
+    check_launch(RkscConfig(packets=True, heads=HeadCompressionSettings(sparsity=0.4)), llama, [])
+    check_launch(RkscConfig(packets=True, semantic=SemanticSettings(on=True)), llama, [])
     with pytest.raises(ValueError, match="this model is GPT2LMHeadModel"):
         check_launch(on, folder("GPT2LMHeadModel"), [])
     with pytest.raises(ValueError, match="local model folder"):
@@ -231,6 +232,8 @@ def test_the_launcher_refuses_what_packets_do_not_support(tmp_path):
     assert gpu_backend_flags(on, []) == ["--attention-backend", "triton"]
     assert gpu_backend_flags(on, ["--attention-backend", "torch_native"]) == []
     assert gpu_backend_flags(RkscConfig(), []) == []
+    with_heads = RkscConfig(packets=True, heads=HeadCompressionSettings(sparsity=0.4))
+    assert gpu_backend_flags(with_heads, []) == ["--attention-backend", "torch_native"]  # head-split attention
 
 
 def test_the_gather_prompt_lists_each_branch_unchanged_and_marks_it():

@@ -20,8 +20,6 @@ from sglang_rksc.programs import (
     verifier_check,
 )
 
-pytestmark = pytest.mark.server
-
 
 @pytest.fixture(scope="module")
 def backend(rksc_server):

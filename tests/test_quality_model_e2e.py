@@ -13,13 +13,10 @@ from sglang_rksc.runtime.server_process import LaunchedServer
 from sglang_rksc.wire import Meta, meta_entry
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
-pytestmark = [
-    pytest.mark.server,
-    pytest.mark.skipif(
-        not models.is_prepared(models.model_dir(models.QUALITY_MODEL)),
-        reason=f"the quality model {models.QUALITY_MODEL} is not prepared (bash scripts/setup.sh --quality-model)",
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    not models.is_prepared(models.model_dir(models.QUALITY_MODEL)),
+    reason=f"the quality model {models.QUALITY_MODEL} is not prepared (bash scripts/setup.sh --quality-model)",
+)
 
 EVERY_FEATURE = [
     "--rksc-semantic", "on", "--rksc-reuse", "on", "--rksc-span-embeddings", "on", "--radix-eviction-policy", "rsbcm",
@@ -27,10 +24,9 @@ EVERY_FEATURE = [
 
 
 @pytest.fixture(scope="module")
-def quality_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
-    log = tmp_path_factory.mktemp("quality") / "server.log"
+def quality_server(launch_module_server) -> Iterator[LaunchedServer]:
     args = ["--model", models.QUALITY_MODEL, *EVERY_FEATURE]
-    with LaunchedServer(args, log_path=log, env=STRICT_MEMORY_ENV, startup_timeout_s=900) as server:
+    with launch_module_server(args, env=STRICT_MEMORY_ENV, log_name="quality", startup_timeout_s=900) as server:
         yield server
 
 
@@ -62,7 +58,7 @@ def test_nothing_leaked_on_the_quality_model(quality_server):
     assert_idle_and_clean(quality_server)
 
 
-def test_head_compression_finds_the_shipped_qwen_mask(tmp_path_factory):
+def test_head_compression_finds_the_shipped_qwen_mask(launch_server):
     # `--rksc-head-compression` on the named model uses the mask shipped for it (rlkv/masks/), whose heads are
     # Qwen's 28 x 2 KV heads of dimension 128; a prompt inside sink + window gets the uncompressed answer.
     from sglang_rksc.rlkv.head_mask import HeadScores, packaged
@@ -72,8 +68,7 @@ def test_head_compression_finds_the_shipped_qwen_mask(tmp_path_factory):
     assert (scores.num_layers, scores.num_kv_heads) == (28, 2)
     layout = HeadLayout.of(scores.compressed_heads(0.4), 16, 64)
     args = ["--model", models.QUALITY_MODEL, "--rksc-head-compression", "0.4"]
-    log = tmp_path_factory.mktemp("quality-heads") / "server.log"
-    with LaunchedServer(args, log_path=log, env=STRICT_MEMORY_ENV, startup_timeout_s=900) as server:
+    with launch_server(args, env=STRICT_MEMORY_ENV, log_name="quality-heads", startup_timeout_s=900) as server:
         info = requests.get(server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]
         state = info["head_compression"]
         assert state["heads_compressed"] == layout.compressed_count and 0 < layout.compressed_count < 56

@@ -16,8 +16,6 @@ from sglang_rksc.wire import Meta, mark_request_args, meta_entry
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 from tests.tiny_qwen2 import HIDDEN, LAYERS, build_tiny_qwen2
 
-pytestmark = pytest.mark.server
-
 EVERY_FEATURE = [
     "--rksc-semantic", "on", "--rksc-reuse", "on", "--rksc-span-embeddings", "on",
     "--radix-eviction-policy", "rsbcm", "--rksc-cgee-min-layer-fraction", "0.5",
@@ -25,10 +23,12 @@ EVERY_FEATURE = [
 
 
 @pytest.fixture(scope="module")
-def qwen2_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
+def qwen2_server(
+    default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, launch_module_server
+) -> Iterator[LaunchedServer]:
     folder = build_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"), default_model_dir)
-    log = tmp_path_factory.mktemp("qwen2") / "server.log"
-    with LaunchedServer(["--model-path", str(folder), *EVERY_FEATURE], log_path=log, env=STRICT_MEMORY_ENV) as server:
+    args = ["--model-path", str(folder), *EVERY_FEATURE]
+    with launch_module_server(args, env=STRICT_MEMORY_ENV, log_name="qwen2") as server:
         yield server
 
 

@@ -12,15 +12,12 @@ import requests
 from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
-pytestmark = pytest.mark.server
-
 PROMPT = "Write one short sentence about the sea.\n"
 
 
 @pytest.fixture(scope="module")
-def reuse_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
-    log = tmp_path_factory.mktemp("reuse") / "server.log"
-    with LaunchedServer(["--rksc-reuse", "on"], log_path=log, env=STRICT_MEMORY_ENV) as server:
+def reuse_server(default_model_dir: Path, launch_module_server) -> Iterator[LaunchedServer]:
+    with launch_module_server(["--rksc-reuse", "on"], env=STRICT_MEMORY_ENV, log_name="reuse") as server:
         yield server
 
 

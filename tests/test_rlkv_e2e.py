@@ -18,8 +18,6 @@ from sglang_rksc.rlkv.layout import HeadLayout
 from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
-pytestmark = pytest.mark.server
-
 SPARSITY = 0.4
 SINK, WINDOW = 4, 64
 POOL = 1024
@@ -39,18 +37,14 @@ def head_mask(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _server(args: list[str], tmp_path_factory: pytest.TempPathFactory, name: str) -> LaunchedServer:
-    return LaunchedServer(args, log_path=tmp_path_factory.mktemp(name) / "server.log", env=STRICT_MEMORY_ENV)
-
-
 @pytest.fixture(scope="module")
-def compressed_server(head_mask: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
+def compressed_server(head_mask: Path, launch_module_server) -> Iterator[LaunchedServer]:
     args = [
         "--rksc-head-compression", str(SPARSITY), "--rksc-head-mask", str(head_mask),
         "--rksc-sink", str(SINK), "--rksc-window", str(WINDOW), "--max-total-tokens", str(POOL),
         "--rksc-window-pool", "0.25",
     ]  # fmt: skip
-    with _server(args, tmp_path_factory, "compressed") as server:
+    with launch_module_server(args, env=STRICT_MEMORY_ENV, log_name="compressed") as server:
         yield server
 
 

@@ -334,16 +334,13 @@ def test_the_launcher_resolves_and_refuses_in_one_line(tmp_path):
         (on, _model_folder(tmp_path), ["--attention-backend", "triton"], "--attention-backend torch_native"),
         (on, _model_folder(tmp_path), ["--speculative-algorithm", "EAGLE"], "speculative"),
         (RkscConfig(heads=HeadCompressionSettings(sparsity=0.5)), _model_folder(tmp_path), [], "no head mask ships"),
-        (
-            RkscConfig(semantic=SemanticSettings(on=True), heads=on.heads),
-            _model_folder(tmp_path),
-            [],
-            "--rksc-semantic",
-        ),  # fmt: skip
     ]
     for settings, folder, argv, message in cases:
         with pytest.raises(ValueError, match=message.replace("-", r"\-")):
             resolve(settings, folder, argv)
+    # ASKS composes with head compression (its forks go only where the windows let a request continue)
+    both = RkscConfig(semantic=SemanticSettings(on=True), heads=on.heads)
+    assert resolve(both, _model_folder(tmp_path), []).semantic.on
 
 
 def test_a_random_mask_deals_the_shipped_scores_to_the_heads_by_seed(tmp_path, monkeypatch):

@@ -15,17 +15,14 @@ from sglang_rksc.lang import mark_branch
 from sglang_rksc.runtime.server_process import LaunchedServer
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
-pytestmark = pytest.mark.server
-
 POOL = 1024  # KV slots: small enough that two long prompts force eviction
 RSBCM_ARGS = ["--radix-eviction-policy", "rsbcm", "--max-total-tokens", str(POOL)]
 OPENINGS = ["First, ", "Second, ", "Third, "]
 
 
 @pytest.fixture(scope="module")
-def rsbcm_server(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedServer]:
-    log = tmp_path_factory.mktemp("rsbcm") / "server.log"
-    with LaunchedServer(RSBCM_ARGS, log_path=log, env=STRICT_MEMORY_ENV) as server:
+def rsbcm_server(default_model_dir: Path, launch_module_server) -> Iterator[LaunchedServer]:
+    with launch_module_server(RSBCM_ARGS, env=STRICT_MEMORY_ENV, log_name="rsbcm") as server:
         yield server
 
 
@@ -108,6 +105,7 @@ def test_marks_are_a_no_op_where_the_policy_is_not_rsbcm(rksc_server):
     assert state["eviction"]["marks_requests_marked"] == 0
 
 
+@pytest.mark.slow  # no server: the launcher refuses at once, but each run imports SGLang
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -98,3 +98,12 @@ def test_the_feature_list_builds_features_of_the_names_it_lists():
     everything = RkscConfig(reuse=True, span_embeddings=True, packets=True)
     assert len(features.feature_factories(everything)) == 4  # span report, marks, reuse, packets
     assert len(features.feature_factories(RkscConfig())) == 1  # the marks, always
+
+
+def test_the_architecture_page_lists_exactly_the_table():
+    rows = set()
+    for line in (REPO / "docs" / "architecture.md").read_text().splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[1].startswith("sglang."):
+            rows.add((cells[0], cells[1], cells[2], int(cells[3]), cells[4]))
+    assert rows == {(s.feature, s.target, s.kind, s.order, s.hook) for s in seams.SEAMS}

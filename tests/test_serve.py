@@ -121,7 +121,7 @@ def test_figures_and_comparisons_from_counters():
     assert "| 1,000 | rksc-full |" in serve.markdown_table([radix, ours])
 
 
-@pytest.mark.server
+@pytest.mark.server  # by hand: serve starts its server in this process (tests/conftest.py)
 def test_a_tiny_serving_run_on_the_real_server(default_model_dir: Path, tmp_path: Path):
     """2 clients, 3 jobs of two programs: each job completes once, the counters add up, and after
     /flush_cache SGLang's strict idle check finds the KV pool whole."""
@@ -142,11 +142,13 @@ def test_a_tiny_serving_run_on_the_real_server(default_model_dir: Path, tmp_path
     assert f["completed"] == 3 and f["failed"] == 0 and f["problems_per_min"] > 0
     assert sum(f["decode_batch_histogram"].values()) == f["decode_steps"] > 0
     assert f["generated_tokens"] > 0 and 0 < f["kv_in_use_peak"] <= 4096 and f["projected_s"] > 0
-    # SmolLM2's uncompressed KV: 30 layers x 3 KV heads x (64 + 64) x 2 bytes per token
-    assert f["kv_mb_in_use_peak"] * 2**20 == f["kv_in_use_peak"] * 30 * 3 * 128 * 2 and f["running_peak"] >= 1
+    # SmolLM2's uncompressed KV is 30 layers x 3 KV heads x (64 + 64) x 2 bytes per token; rksc-full compresses
+    # 40% of the heads to their windows, so the tokens in use hold less than that
+    uncompressed = f["kv_in_use_peak"] * 30 * 3 * 128 * 2
+    assert 0.6 * uncompressed <= f["kv_mb_in_use_peak"] * 2**20 < uncompressed and f["running_peak"] >= 1
 
 
-@pytest.mark.server
+@pytest.mark.server  # by hand: serve starts its server in this process (tests/conftest.py)
 def test_a_budget_too_small_for_one_request_is_a_clear_error(default_model_dir: Path, tmp_path: Path, capsys):
     code = serve.main(
         ["--modes", "rksc", "--budgets", "48", "--problems", "1", "--clients", "1", "--mix", "game_of_24:1",

@@ -6,15 +6,11 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 import requests
 import sglang as sgl
 
 from sglang_rksc.programs import common
 from sglang_rksc.runtime import cpu
-from sglang_rksc.runtime.server_process import LaunchedServer
-
-pytestmark = pytest.mark.server
 
 
 def _tree_cache_state(url: str) -> dict:
@@ -85,7 +81,7 @@ def test_bad_request_is_refused_and_the_server_keeps_serving(rksc_server):
     assert good.status_code == 200 and good.json()["meta_info"]["completion_tokens"] == 4
 
 
-def test_stock_sglang_launcher_picks_up_the_plugin(default_model_dir: Path, tmp_path: Path):
+def test_stock_sglang_launcher_picks_up_the_plugin(default_model_dir: Path, launch_server):
     """`python -m sglang.launch_server ... --radix-cache-backend rksc` finds our backend by its entry point."""
     env = dict(os.environ)
     on_cpu = not cpu.cuda_usable()
@@ -93,7 +89,7 @@ def test_stock_sglang_launcher_picks_up_the_plugin(default_model_dir: Path, tmp_
     if on_cpu:
         cpu.activate_cpu_runtime(env, use_standin=cpu.standin_needed())
         args = cpu.apply_cpu_defaults(args)
-    with LaunchedServer(args, module="sglang.launch_server", env=env, log_path=tmp_path / "stock.log") as server:
+    with launch_server(args, module="sglang.launch_server", env=env, log_name="stock") as server:
         state = _tree_cache_state(server.url)
         assert state["backend"] == "rksc" and state["impl"] == "RkscRadixCache"
         resp = requests.post(

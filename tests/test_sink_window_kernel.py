@@ -83,6 +83,7 @@ def compare_triton_with_reference(q_heads: int, kv_heads: int, compressed: bool)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # a fresh Python under Triton's interpreter
 @pytest.mark.parametrize(("q_heads", "kv_heads"), [(6, 2), (4, 4)])
 @pytest.mark.parametrize("compressed", [True, False])
 def test_the_triton_kernel_matches_the_reference(q_heads: int, kv_heads: int, compressed: bool):

@@ -18,6 +18,8 @@ def why_not_forked(req: Any) -> str | None:
         return "opted out"
     if options.get(Option.FORK) is False:
         return "fork opted out"
+    if options.get(Option.PACKETS):
+        return "packets"  # its prompt's spans are copied by position: a rewrite would move them
     if len(req.output_ids) > 0:
         return "resumed request"
     if getattr(req, "multimodal_inputs", None) is not None:

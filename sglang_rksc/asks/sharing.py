@@ -19,6 +19,7 @@ are never touched, and nothing crosses a namespace (`extra_key`,
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -77,7 +78,7 @@ class SemanticSharing(CacheFeature):
     def admit(self, params: MatchPrefixParams, exact_match: Callable[[MatchPrefixParams], MatchResult]):
         """The cache's `match_prefix` for a request being admitted for the first time."""
         req = params.req
-        exact = exact_match(MatchPrefixParams(key=params.key, cow_mamba=params.cow_mamba))
+        exact = exact_match(MatchPrefixParams(key=params.key, cow_mamba=params.cow_mamba, req=req))
         self.stats.admissions += 1
         self.stats.exact_hit_tokens += exact.device_prefix_len
         skipped = request_edit.why_not_forked(req)
@@ -85,6 +86,9 @@ class SemanticSharing(CacheFeature):
         logprobs_from = request_edit.input_logprobs_start(req)
         if plan is not None and logprobs_from is not None and logprobs_from < plan.prefix_len + plan.span_len:
             plan, skipped = None, "input logprobs requested"  # they would describe donor tokens
+        if plan is not None and not self._donor_reachable(plan, params, exact_match):
+            plan, skipped = None, "donor not reusable"
+            self.stats.forks_unreachable += 1
         if plan is None:
             entry: SemanticEntry = {"fork": False}
             if skipped:
@@ -125,6 +129,23 @@ class SemanticSharing(CacheFeature):
         }
         put_meta(req, Meta.SEMANTIC, fork)
         return result
+
+    def _donor_reachable(
+        self, plan: ForkPlan, params: MatchPrefixParams, exact_match: Callable[[MatchPrefixParams], MatchResult]
+    ) -> bool:
+        """Whether the request could continue from the end of the donor: a dry match (no request, so nothing
+        is recorded) of P + donor, under the cache's limits (head compression cuts a match back to the last
+        complete window, which a donor's end may have given back). A fork that would recompute its donor
+        would change the prompt and save nothing."""
+        reach = plan.prefix_len + len(plan.donor)
+        ids = params.key.token_ids
+        donor_path = plan.new_ids[:reach]
+        key = RadixKey(
+            array(ids.typecode, donor_path) if isinstance(ids, array) else donor_path,
+            params.key.extra_key,
+            cache_salt=params.key.cache_salt,
+        )
+        return exact_match(MatchPrefixParams(key=key)).device_prefix_len >= reach
 
     def _plan(self, req: Any, exact: MatchResult) -> ForkPlan | None:
         parent, prefix_len = exact.last_device_node, exact.device_prefix_len
@@ -168,6 +189,8 @@ class SemanticSharing(CacheFeature):
 
     def on_release(self, req: Any, checkpointed: bool) -> None:
         """Release observer (the last one: it may free the request's span)."""
+        if getattr(req, "skip_radix_cache_insert", False):
+            return  # nothing of it entered the tree (packets): its last node is a prefix others left
         if checkpointed and self.settings.dedupe and req.last_node is not None and not request_edit.opted_out(req):
             self.dedupe(req.last_node)
 

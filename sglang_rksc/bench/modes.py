@@ -97,7 +97,8 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "rksc-full",
-            "every RKSC feature: ASKS, CGEE, RSBCM with marks, reuse, merging",
+            "every RKSC feature: ASKS, CGEE, RSBCM with marks, reuse, merging, RLKV head compression at 0.4, "
+            "packets (gather prompts)",
             (
                 "--radix-cache-backend",
                 "rksc",
@@ -108,6 +109,10 @@ MODES: dict[str, Mode] = {
                 "--rksc-reuse",
                 "on",
                 "--rksc-span-embeddings",
+                "on",
+                "--rksc-head-compression",
+                "0.4",
+                "--rksc-packets",
                 "on",
             ),
             program_args=("--verifier", "cgee", "--merge-branches", MERGE_THRESHOLD),

@@ -25,10 +25,6 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
         return settings
     # keys are turned by the layers' rotary embedding
     model_config = supported_model_config(model_path, "--rksc-packets on")
-    if settings.heads.sparsity > 0:
-        raise ValueError("--rksc-packets on does not work with head compression yet (windows are not copied)")
-    if settings.semantic.on:
-        raise ValueError("--rksc-packets on does not work with --rksc-semantic on yet")
     page = flag_value(argv, "--page-size")
     if page is not None and page != "1":
         raise ValueError(f"--rksc-packets on needs --page-size 1 (packets are copied token by token), got {page}")
@@ -69,7 +65,8 @@ def gpu_backend_flags(settings: RkscConfig, argv: list[str]) -> list[str]:
     """On a GPU, the attention backend packets need when none was named (SGLang would pick flashinfer or fa3,
     whose prefill does not know copied positions); on a CPU the launcher's defaults name torch_native."""
     if settings.packets and flag_value(argv, "--attention-backend") is None:
-        return ["--attention-backend", "triton"]
+        # head compression's attention is torch_native's, which packets extend too
+        return ["--attention-backend", "torch_native" if settings.heads.sparsity > 0 else "triton"]
     return []
 
 

@@ -140,8 +140,12 @@ class PacketReuse(CacheFeature):
                 missed += 1
                 _record(req).missed.add(at)
                 continue
-            found.append((source.slots, row[span.start : span.end], span.start - source.position))
-            keep[span.start - start : span.end - start] = False
+            target = row[span.start : span.end]
+            copied = self._copyable(source.slots, target)
+            if bool(copied.any()):
+                on_source, on_target = copied.to(source.slots.device), copied.to(target.device)
+                found.append((source.slots[on_source], target[on_target], span.start - source.position))
+            keep[span.start - start : span.end - start] = ~copied
             reused.append((at, {"start": span.start, "end": span.end, "from": source.position}))
         if end > start:
             keep[-1] = True  # the last prompt token is computed: its logits give the first output token
@@ -167,6 +171,18 @@ class PacketReuse(CacheFeature):
         req.skip_radix_cache_insert = True
         return torch.nonzero(keep).flatten() + start
 
+    def _copyable(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Which positions of a found packet are copied. All of them, but under head compression a position
+        the request keeps a window for (its sinks and its recent window: its target slot holds a window slot)
+        is copied only if its source kept one too: that position's compressed-head KV must be there, and the
+        tree dropped it from the middle of cached text. Such a position is computed instead."""
+        allocator = getattr(self.cache, "token_to_kv_pool_allocator", None)
+        has_window = getattr(allocator.get_kvcache() if allocator is not None else None, "has_window", None)
+        if has_window is None:
+            return torch.ones(target.numel(), dtype=torch.bool)
+        source, target = source.to(torch.int64), target.to(torch.int64)
+        return (~has_window(target) | has_window(source)).cpu()
+
     def _find(self, span: PromptSpan, space: Namespace) -> tuple[PromptSpan, CachedSpan | None]:
         """The span as cached; else its inner tokens (the cached run was generated, and the tokens at its two
         ends may have been merged differently when its text was put into this prompt)."""
@@ -190,6 +206,9 @@ class PacketReuse(CacheFeature):
             else:
                 k_layer[target] = self.shift.turn(k_layer[source], cos, sin)
                 v_layer[target] = v_layer[source]
+        copy_windows = getattr(pool, "copy_window_heads", None)  # a head-split pool: the window heads too
+        if copy_windows is not None:
+            self.stats.window_tokens_copied += copy_windows(source, target, cos, sin, self.shift.turn)
 
 
 @dataclass(frozen=True)

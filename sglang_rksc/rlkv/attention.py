@@ -17,6 +17,8 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from sglang_rksc.kernels.sink_window import sink_window_keep, stored_window_positions
 from sglang_rksc.kernels.sink_window_decode import triton_decode
+from sglang_rksc.packets.attention import extend_with_copied_positions
+from sglang_rksc.packets.reuse import QUERY_ATTR
 from sglang_rksc.rlkv.kv_pool import HeadSplitKVPool
 
 KERNEL_ENV = "RKSC_HEAD_SPLIT_DECODE_KERNEL"  # "1": the Triton decode path on any device (tests, interpreter)
@@ -41,6 +43,9 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
         self.decode_kernel = pool.device != "cpu" or os.environ.get(KERNEL_ENV) == "1"
 
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True):
+        computed = getattr(getattr(forward_batch, "sampling_info", None), QUERY_ATTR, None)
+        if computed is not None:  # a prefill that copied packets: it computes only some of its positions
+            return self._forward_copied(q, k, v, layer, forward_batch, save_kv_cache, computed)
         return self._forward(q, k, v, layer, forward_batch, save_kv_cache, forward_batch.extend_prefix_lens, False)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
@@ -100,6 +105,87 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
                 )
             start = end
         return o.view(-1, heads_q * layer.v_head_dim)
+
+    def _forward_copied(self, q, k, v, layer, forward_batch, save_kv_cache, computed):
+        """Prefill where each request computes the positions `computed[row]` (None: the end of its sequence, as
+        usual) and the other positions after its prefix were copied from packets. Full heads: the packets'
+        attention over every position (`packets.attention`). Compressed heads: the sinks and window of each
+        computed query, read from this forward's own K and V or from window slots; a copied position whose
+        compressed-head KV did not come with the packet (the tree had dropped it) is left out, as the
+        packet's KV itself is an approximation; a missing position of the matched prefix is a bug and raises."""
+        if layer.is_cross_attention or layer.sliding_window_size not in (None, -1):
+            raise NotImplementedError("head compression supports causal self-attention without sliding windows")
+        if save_kv_cache:
+            self.pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
+        heads_q, heads_kv, dim = layer.tp_q_head_num, layer.tp_k_head_num, layer.qk_head_dim
+        q_ = q.reshape(-1, heads_q, dim)
+        k_ = k.reshape(-1, heads_kv, dim)
+        v_ = v.reshape(-1, heads_kv, layer.v_head_dim)
+        o = q.new_empty((q_.shape[0], heads_q, layer.v_head_dim))
+        i = layer.layer_id - self.pool.start_layer
+        group = heads_q // heads_kv
+        full_kv, window_kv = self.pool.full_heads[i], self.pool.window_heads[i]
+        full_q = self.pool.layout.query_heads(full_kv.tolist(), group)
+        window_q = self.pool.layout.query_heads(window_kv.tolist(), group)
+        req_to_token = self.req_to_token_pool.req_to_token
+        counts = forward_batch.extend_seq_lens_cpu
+        if full_q.numel():
+            k_full, v_full = self.pool.get_key_buffer(layer.layer_id), self.pool.get_value_buffer(layer.layer_id)
+            o[:, full_q] = extend_with_copied_positions(
+                q_[:, full_q].contiguous(), k_full, v_full, req_to_token, forward_batch.req_pool_indices,
+                forward_batch.seq_lens, counts, computed, layer.scaling,
+            )  # fmt: skip
+        if window_q.numel():
+            k_window, v_window = self.pool.get_window_buffers(layer.layer_id)
+            start = 0
+            rows = zip(
+                forward_batch.req_pool_indices.tolist(),
+                forward_batch.seq_lens.tolist(),
+                forward_batch.extend_prefix_lens.tolist(),
+                counts,
+                computed,
+                strict=True,
+            )
+            for pool_row, seq_len, prefix_len, count, where in rows:
+                where = torch.arange(seq_len - count, seq_len) if where is None else where.cpu()
+                end = start + count
+                o[start:end, window_q] = self._attend_window_at(
+                    q_[start:end, window_q], k_[start:end, window_kv], v_[start:end, window_kv],
+                    req_to_token[pool_row, :seq_len], k_window, v_window, where, prefix_len, layer,
+                )  # fmt: skip
+                start = end
+        return o.view(-1, heads_q * layer.v_head_dim)
+
+    def _attend_window_at(self, q, k_new, v_new, slots, k_window, v_window, where, prefix_len, layer):
+        """Compressed heads of queries at positions `where` (ascending) over a sequence of `len(slots)`."""
+        seq_len = slots.numel()
+        positions = torch.arange(seq_len)
+        window_slots = self.pool.window_slot[slots].cpu()
+        computed = torch.zeros(seq_len, dtype=torch.bool)
+        computed[where] = True
+        available = (window_slots > 0) | computed
+        keep = sink_window_keep(where, positions, self.sink, self.window)
+        missing = keep & ~available & (positions < prefix_len)[None, :]
+        if bool(missing.any()):
+            lost = positions[missing.any(0)][:8].tolist()
+            raise MissingWindowKV(f"compressed-head KV of positions {lost} was dropped but is needed")
+        device = q.device
+        k_all = k_window[window_slots.to(window_slots.device)].to(q.dtype)
+        v_all = v_window[window_slots.to(window_slots.device)].to(q.dtype)
+        at = where.to(device)
+        k_all[at], v_all[at] = k_new.to(q.dtype), v_new.to(q.dtype)
+        k_all[~available.to(device)] = 0  # never read (masked); no stale value can turn into NaN
+        v_all[~available.to(device)] = 0
+        mask = (keep & available[None, :]).to(device)
+        out = scaled_dot_product_attention(
+            q.movedim(0, 1)[None],
+            k_all.movedim(0, 1)[None],
+            v_all.movedim(0, 1)[None],
+            attn_mask=mask[None, None],
+            scale=layer.scaling,
+            enable_gqa=q.shape[1] != k_all.shape[1],
+        )[0]
+        return out.movedim(0, 1)
 
     @staticmethod
     def _attend_causal(q, k, v, prefix_len, layer, decode):

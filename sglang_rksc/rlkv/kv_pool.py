@@ -10,6 +10,7 @@ leaves every window that needs it, or when its token slot is freed. The attentio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -171,6 +172,28 @@ class HeadSplitKVPool(MHATokenToKVPool):
             kept = slots > 0
             self.window_k[i][slots[kept]] = cache_k[kept][:, self.window_heads[i]]
             self.window_v[i][slots[kept]] = cache_v[kept][:, self.window_heads[i]]
+
+    def copy_window_heads(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        turn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> int:
+        """Packets carry windows: where a target token slot holds a window slot and its source does too, every
+        layer's compressed-head K (turned by `turn(k, cos, sin)`, per token) and V are copied across; the
+        count copied. (The full heads are copied by the caller, through `k_buffer`/`v_buffer`.)"""
+        to, frm = self.window_slot[target], self.window_slot[source]
+        both = (to > 0) & (frm > 0)
+        if not bool(both.any()):
+            return 0
+        to, frm, cos, sin = to[both], frm[both], cos[both.to(cos.device)], sin[both.to(sin.device)]
+        for i in range(self.layer_num):
+            if self.window_heads[i].numel():
+                self.window_k[i][to] = turn(self.window_k[i][frm], cos, sin)
+                self.window_v[i][to] = self.window_v[i][frm]
+        return int(to.numel())
 
     def get_window_buffers(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = layer_id - self.start_layer

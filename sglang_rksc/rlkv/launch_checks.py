@@ -18,8 +18,6 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
     heads = settings.heads
     if heads.sparsity <= 0:
         return settings
-    if settings.semantic.on:
-        raise ValueError("head compression does not work with --rksc-semantic on yet (ASKS aliases bypass the windows)")
     model_config = supported_model_config(model_path, "head compression")
     for flag, allowed in (("--page-size", "1"), ("--attention-backend", "torch_native")):
         value = flag_value(argv, flag)

@@ -103,7 +103,7 @@ SEAMS: list[Seam] = [
     Seam("sglang.srt.layers.logits_processor.LogitsProcessor.forward", AROUND, "failures",
          "sglang_rksc.srt.batch_failures:injected_fault", order=1, when=fault_injected),  # tests only
     # hidden states for ASKS and span embeddings
-    Seam("sglang.srt.layers.logits_processor.LogitsProcessor.forward", AROUND, "asks",
+    Seam("sglang.srt.layers.logits_processor.LogitsProcessor.forward", AROUND, "states",
          "sglang_rksc.srt.capture:capture_final_hidden_states", order=0),
     Seam(f"{_STREAM}._GenerationStreamAccumulator.accept", AFTER, "asks",
          "sglang_rksc.asks.hooks:report_client_prompt_tokens"),
