@@ -68,3 +68,17 @@ def test_files_sit_where_they_are_imported_from():
     for name in ("kernels", "programs", "tools"):
         assert not (PACKAGE.parent / name).exists()
         assert (PACKAGE / name / "__init__.py").exists()
+
+
+def test_the_gpu_checks_import_no_sglang():
+    """They run on a lent GPU machine from the repository root, where SGLang cannot be carried."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sglang_rksc.tools.gpu.check_packet_extend, sglang_rksc.tools.gpu.check_sink_window\n"
+        "print(sorted(m for m in sys.modules if m == 'sglang' or m.startswith('sglang.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -1,1 +1,1 @@
-"""The radix tree that RKSC extends (semantic matching, eviction)."""
+"""The radix tree RKSC extends: SGLang's `RadixCache` running a list of cache features (`feature`)."""

@@ -51,7 +51,9 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
         return self._forward(q, k, v, layer, forward_batch, save_kv_cache, forward_batch.seq_lens - 1, True)
 
-    def _forward(self, q, k, v, layer, forward_batch, save_kv_cache, prefix_lens, decode: bool):
+    def _split(self, q, k, v, layer, forward_batch, save_kv_cache):
+        """Store this forward's K and V; the per-head views and the output buffer; the layer's full and
+        compressed KV heads and the query heads of each."""
         if layer.is_cross_attention or layer.sliding_window_size not in (None, -1):
             raise NotImplementedError("head compression supports causal self-attention without sliding windows")
         if save_kv_cache:
@@ -64,8 +66,12 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
         i = layer.layer_id - self.pool.start_layer
         group = heads_q // heads_kv
         full_kv, window_kv = self.pool.full_heads[i], self.pool.window_heads[i]
-        full_q = self.pool.layout.query_heads(full_kv.tolist(), group)
-        window_q = self.pool.layout.query_heads(window_kv.tolist(), group)
+        heads = (full_kv, window_kv, *(self.pool.layout.query_heads(h.tolist(), group) for h in (full_kv, window_kv)))
+        return q_, k_, v_, o, heads
+
+    def _forward(self, q, k, v, layer, forward_batch, save_kv_cache, prefix_lens, decode: bool):
+        q_, k_, v_, o, heads = self._split(q, k, v, layer, forward_batch, save_kv_cache)
+        full_kv, window_kv, full_q, window_q = heads
         k_full, v_full = self.pool.get_key_buffer(layer.layer_id), self.pool.get_value_buffer(layer.layer_id)
         k_window, v_window = self.pool.get_window_buffers(layer.layer_id)
         req_to_token = self.req_to_token_pool.req_to_token
@@ -80,7 +86,7 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
                         q_[:, heads].contiguous(), k_buf, v_buf, self.pool.window_slot, *batch, self.sink, window,
                         layer.scaling,
                     )  # fmt: skip
-            return o.view(-1, heads_q * layer.v_head_dim)
+            return o.view(-1, layer.tp_q_head_num * layer.v_head_dim)
         start = 0
         for row, seq_len, prefix_len in zip(
             forward_batch.req_pool_indices.tolist(), forward_batch.seq_lens.tolist(), prefix_lens.tolist(), strict=True
@@ -104,7 +110,7 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
                     decode,
                 )
             start = end
-        return o.view(-1, heads_q * layer.v_head_dim)
+        return o.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def _forward_copied(self, q, k, v, layer, forward_batch, save_kv_cache, computed):
         """Prefill where each request computes the positions `computed[row]` (None: the end of its sequence, as
@@ -113,20 +119,8 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
         computed query, read from this forward's own K and V or from window slots; a copied position whose
         compressed-head KV did not come with the packet (the tree had dropped it) is left out, as the
         packet's KV itself is an approximation; a missing position of the matched prefix is a bug and raises."""
-        if layer.is_cross_attention or layer.sliding_window_size not in (None, -1):
-            raise NotImplementedError("head compression supports causal self-attention without sliding windows")
-        if save_kv_cache:
-            self.pool.set_kv_buffer(layer, forward_batch.out_cache_loc, k, v)
-        heads_q, heads_kv, dim = layer.tp_q_head_num, layer.tp_k_head_num, layer.qk_head_dim
-        q_ = q.reshape(-1, heads_q, dim)
-        k_ = k.reshape(-1, heads_kv, dim)
-        v_ = v.reshape(-1, heads_kv, layer.v_head_dim)
-        o = q.new_empty((q_.shape[0], heads_q, layer.v_head_dim))
-        i = layer.layer_id - self.pool.start_layer
-        group = heads_q // heads_kv
-        full_kv, window_kv = self.pool.full_heads[i], self.pool.window_heads[i]
-        full_q = self.pool.layout.query_heads(full_kv.tolist(), group)
-        window_q = self.pool.layout.query_heads(window_kv.tolist(), group)
+        q_, k_, v_, o, heads = self._split(q, k, v, layer, forward_batch, save_kv_cache)
+        full_kv, window_kv, full_q, window_q = heads
         req_to_token = self.req_to_token_pool.req_to_token
         counts = forward_batch.extend_seq_lens_cpu
         if full_q.numel():
@@ -154,7 +148,7 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
                     req_to_token[pool_row, :seq_len], k_window, v_window, where, prefix_len, layer,
                 )  # fmt: skip
                 start = end
-        return o.view(-1, heads_q * layer.v_head_dim)
+        return o.view(-1, layer.tp_q_head_num * layer.v_head_dim)
 
     def _attend_window_at(self, q, k_new, v_new, slots, k_window, v_window, where, prefix_len, layer):
         """Compressed heads of queries at positions `where` (ascending) over a sequence of `len(slots)`."""
