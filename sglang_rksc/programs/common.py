@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from sglang_rksc.programs import aggregate, verification
 
@@ -498,28 +498,31 @@ def run_batch_rows(
     return values
 
 
-P = TypeVar("P")
+@dataclass(frozen=True)
+class ProgramRun:
+    """A program's `run(backend, problems, options, *, parallel, progress_bar)`: its `@sgl.function` (`function()`)
+    on every problem, with the problem's own arguments (`arguments(problem, options)`) and those of the shared
+    flags under the served model's budget; `row` scores what it returned for a problem. One row per problem, in
+    order."""
 
+    name: str
+    function: Callable[[], Any]
+    arguments: Callable[[Any, argparse.Namespace], dict[str, Any]]
+    row: Callable[[Any, Any], dict[str, Any]]
 
-def run_program(
-    function: Any,
-    name: str,
-    backend: Any,
-    problems: Sequence[P],
-    options: argparse.Namespace,
-    *,
-    arguments: Callable[[P], dict[str, Any]],
-    row: Callable[[P, Any], dict[str, Any]],
-    parallel: int,
-    progress_bar: bool,
-) -> list[dict[str, Any]]:
-    """What a program's `run` does: `function` (program `name`) on every problem, with the problem's own
-    arguments (`arguments`) and those of the shared flags under the served model's budget; `row` scores
-    what it returned for a problem. One row per problem, in order."""
-    shared = shared_arguments(options, resolve_for_model(backend, options, name))
-    batch = [{**arguments(p), **shared} for p in problems]
-    values = run_batch_rows(function, batch, backend, parallel=parallel, progress_bar=progress_bar)
-    return [row(p, v) for p, v in zip(problems, values, strict=True)]
+    def __call__(
+        self,
+        backend: Any,
+        problems: Sequence[Any],
+        options: argparse.Namespace,
+        *,
+        parallel: int,
+        progress_bar: bool = True,
+    ) -> list[dict[str, Any]]:
+        shared = shared_arguments(options, resolve_for_model(backend, options, self.name))
+        batch = [{**self.arguments(p, options), **shared} for p in problems]
+        values = run_batch_rows(self.function(), batch, backend, parallel=parallel, progress_bar=progress_bar)
+        return [self.row(p, v) for p, v in zip(problems, values, strict=True)]
 
 
 def count_calls(metas: Iterable[Mapping[str, Any] | None]) -> TokenCounts:

@@ -149,26 +149,12 @@ def load_problems(start: int, count: int) -> list[game24.Puzzle]:
     return game24.load_puzzles(start, count)
 
 
-def run(
-    backend: Any,
-    problems: Sequence[game24.Puzzle],
-    options: argparse.Namespace,
-    *,
-    parallel: int,
-    progress_bar: bool = True,
-) -> list[dict[str, Any]]:
-    """Run the search on `problems`; one result row per puzzle, in order."""
-    return common.run_program(
-        game_of_24,
-        NAME,
-        backend,
-        problems,
-        options,
-        arguments=lambda p: {"numbers": list(p.numbers), "breadth": options.breadth, "proposals": options.proposals},
-        row=score_puzzle,
-        parallel=parallel,
-        progress_bar=progress_bar,
-    )
+run = common.ProgramRun(
+    NAME,
+    lambda: game_of_24,  # looked up when it runs
+    arguments=lambda p, o: {"numbers": list(p.numbers), "breadth": o.breadth, "proposals": o.proposals},
+    row=lambda p, v: score_puzzle(p, v),
+)
 
 
 def describe_row(row: Mapping[str, Any]) -> str:

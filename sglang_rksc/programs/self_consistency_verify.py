@@ -130,26 +130,12 @@ def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
     return gsm8k.load_problems(start, count)
 
 
-def run(
-    backend: Any,
-    problems: Sequence[gsm8k.Problem],
-    options: argparse.Namespace,
-    *,
-    parallel: int,
-    progress_bar: bool = True,
-) -> list[dict[str, Any]]:
-    """Run the program on `problems`; one result row per problem, in order."""
-    return common.run_program(
-        self_consistency_verify,
-        NAME,
-        backend,
-        problems,
-        options,
-        arguments=lambda p: {"question": p.question, "samples": options.samples},
-        row=lambda p, v: score_problem(p, v["samples"], v["gather"]),
-        parallel=parallel,
-        progress_bar=progress_bar,
-    )
+run = common.ProgramRun(
+    NAME,
+    lambda: self_consistency_verify,  # looked up when it runs
+    arguments=lambda p, o: {"question": p.question, "samples": o.samples},
+    row=lambda p, v: score_problem(p, v["samples"], v["gather"]),
+)
 
 
 def describe_row(row: Mapping[str, Any]) -> str:

@@ -187,26 +187,12 @@ def load_problems(start: int, count: int) -> list[gsm8k.Problem]:
     return gsm8k.load_problems(start, count)
 
 
-def run(
-    backend: Any,
-    problems: Sequence[gsm8k.Problem],
-    options: argparse.Namespace,
-    *,
-    parallel: int,
-    progress_bar: bool = True,
-) -> list[dict[str, Any]]:
-    """Run the program on `problems`; one result row per problem, in order."""
-    return common.run_program(
-        tree_of_thought,
-        NAME,
-        backend,
-        problems,
-        options,
-        arguments=lambda p: {"question": p.question, "branches": options.branches, "depth": options.depth},
-        row=lambda p, v: score_problem(p, v["leaves"], v["gather"]),
-        parallel=parallel,
-        progress_bar=progress_bar,
-    )
+run = common.ProgramRun(
+    NAME,
+    lambda: tree_of_thought,  # looked up when it runs
+    arguments=lambda p, o: {"question": p.question, "branches": o.branches, "depth": o.depth},
+    row=lambda p, v: score_problem(p, v["leaves"], v["gather"]),
+)
 
 
 def describe_row(row: Mapping[str, Any]) -> str:

@@ -165,27 +165,13 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     common.add_branch_arguments(group, verifier=True)
 
 
-def run(
-    backend: Any,
-    problems: Sequence[CheckProblem],
-    options: argparse.Namespace,
-    *,
-    parallel: int,
-    progress_bar: bool = True,
-) -> list[dict[str, Any]]:
-    """Verify every problem's written solutions; one result row per problem, in order. The verifier gets
-    the served model's exit parameters (and gate, unused here), as self_consistency_verify's does."""
-    return common.run_program(
-        verifier_check,
-        NAME,
-        backend,
-        problems,
-        options,
-        arguments=lambda p: {"question": p.question, "solutions": [c.text for c in p.candidates]},
-        row=score_problem,
-        parallel=parallel,
-        progress_bar=progress_bar,
-    )
+# The verifier gets the served model's exit parameters (and gate, unused here), as self_consistency_verify's does.
+run = common.ProgramRun(
+    NAME,
+    lambda: verifier_check,  # looked up when it runs
+    arguments=lambda p, o: {"question": p.question, "solutions": [c.text for c in p.candidates]},
+    row=lambda p, v: score_problem(p, v),
+)
 
 
 def describe_row(row: Mapping[str, Any]) -> str:
