@@ -72,6 +72,7 @@ class FeatureList:
 
     def __init__(self, features: list[CacheFeature] | None = None) -> None:
         self._features: list[CacheFeature] = []
+        self._overriding: dict[str, list[CacheFeature]] = {}
         for feature in features or []:
             self.add(feature)
 
@@ -79,6 +80,15 @@ class FeatureList:
         if not feature.name or self.get(feature.name) is not None:
             raise ValueError(f"a cache feature needs a unique name, got {feature.name!r}")
         self._features.append(feature)
+        self._overriding.clear()
+
+    def overriding(self, point: str) -> list[CacheFeature]:
+        """The features that take part at `point` (override that method), in order; found once per point, so
+        that a hot path (every admission) loops only over them."""
+        if point not in self._overriding:
+            default = getattr(CacheFeature, point)
+            self._overriding[point] = [f for f in self._features if getattr(type(f), point) is not default]
+        return self._overriding[point]
 
     def get(self, name: str) -> Any:
         """The feature called `name`, or None when it is off."""

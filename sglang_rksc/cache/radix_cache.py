@@ -102,7 +102,7 @@ class RkscRadixCache(RadixCache):
         match = self.admission_match
         if not getattr(req, ADMITTED, False):
             setattr(req, ADMITTED, True)
-            for feature in reversed(list(self.features)):  # the first feature's `admit` is the outermost
+            for feature in reversed(self.features.overriding("admit")):  # the first one's is the outermost
                 match = _wrapped(feature, match)
         return match(params)
 
@@ -111,11 +111,12 @@ class RkscRadixCache(RadixCache):
         `limit_match`, then the match to the shortest `cut_match` of its slots. Without a request in
         `params` (a feature's dry run) it only reads the tree."""
         req = params.req
-        limits = [n for n in (f.limit_match(req) for f in self.features) if n is not None] if req is not None else []
+        limiters = self.features.overriding("limit_match") if req is not None else []
+        limits = [n for n in (f.limit_match(req) for f in limiters) if n is not None]
         if limits and len(params.key) > min(limits):
             params = dataclasses.replace(params, key=params.key[: min(limits)])
         result = super().match_prefix(params)
-        cutters = [f for f in self.features if type(f).cut_match is not CacheFeature.cut_match]
+        cutters = self.features.overriding("cut_match")
         if not cutters or result.device_prefix_len == 0:
             return result
         slots = self.path_device_indices(result.last_device_node)[: result.device_prefix_len]
@@ -128,7 +129,7 @@ class RkscRadixCache(RadixCache):
 
     def _insert_cache(self, req: Any, token_ids: Any, **kwargs: Any) -> Any:
         insert = lambda: super(RkscRadixCache, self)._insert_cache(req, token_ids, **kwargs)  # noqa: E731
-        for feature in self.features:
+        for feature in self.features.overriding("insert"):
             insert = _wrapped_insert(feature, req, token_ids, insert)
         return insert()
 

@@ -163,14 +163,13 @@ class HeadSplitAttnBackend(TorchNativeAttnBackend):
         if bool(missing.any()):
             lost = positions[missing.any(0)][:8].tolist()
             raise MissingWindowKV(f"compressed-head KV of positions {lost} was dropped but is needed")
-        device = q.device
-        k_all = k_window[window_slots.to(window_slots.device)].to(q.dtype)
-        v_all = v_window[window_slots.to(window_slots.device)].to(q.dtype)
-        at = where.to(device)
+        stored = window_slots.to(k_window.device)
+        k_all, v_all = k_window[stored].to(q.dtype), v_window[stored].to(q.dtype)
+        at, absent = where.to(q.device), (~available).to(q.device)
         k_all[at], v_all[at] = k_new.to(q.dtype), v_new.to(q.dtype)
-        k_all[~available.to(device)] = 0  # never read (masked); no stale value can turn into NaN
-        v_all[~available.to(device)] = 0
-        mask = (keep & available[None, :]).to(device)
+        k_all[absent] = 0  # never read (masked); no stale value can turn into NaN
+        v_all[absent] = 0
+        mask = (keep & available[None, :]).to(q.device)
         out = scaled_dot_product_attention(
             q.movedim(0, 1)[None],
             k_all.movedim(0, 1)[None],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sglang_rksc.cache.embeddings import SlotStates, TokenProbe
 from sglang_rksc.cache.radix_cache import RkscRadixCache
@@ -52,8 +52,7 @@ def build_tree_cache(ctx: TreeCacheBuildContext) -> RkscRadixCache:
             off = dataclasses.replace(config.semantic, on=False)
             config = dataclasses.replace(config, semantic=off, span_embeddings=False)
             wants_states = False
-    served = _with_states(ctx, config) if wants_states else ServedModel(rotary=rotary)
-    served = dataclasses.replace(served, rotary=rotary)
+    served = ServedModel(**(_with_states(ctx, config) if wants_states else {}), rotary=rotary)
     cache = RkscRadixCache(ctx.params, feature_factories(config, served))
     logger.info("sglang-rksc: rksc cache features: %s", ", ".join(cache.features.names()) or "none")
     if cache.features.get("packets") is not None:
@@ -64,9 +63,9 @@ def build_tree_cache(ctx: TreeCacheBuildContext) -> RkscRadixCache:
     return cache
 
 
-def _with_states(ctx: TreeCacheBuildContext, config: RkscConfig) -> ServedModel:
+def _with_states(ctx: TreeCacheBuildContext, config: RkscConfig) -> dict[str, Any]:
     """The per-slot hidden-state store (and, for semantic sharing, the input-embedding probe), with the
-    capture hooks pointed at it."""
+    capture hooks pointed at it: the `ServedModel` fields they fill."""
     settings = config.semantic
     model = ctx.tp_worker.model_runner.model
     device = next(model.parameters()).device
@@ -92,4 +91,4 @@ def _with_states(ctx: TreeCacheBuildContext, config: RkscConfig) -> ServedModel:
         f" {layers}" if layers else "",
         states.states.numel() * states.states.element_size() / 2**20,
     )
-    return ServedModel(states=states, probe=probe, context_len=ctx.model_config.context_len)
+    return {"states": states, "probe": probe, "context_len": ctx.model_config.context_len}
