@@ -82,11 +82,38 @@ class HeadCompressionSettings:
     )
 
 
+DRAFT_PROFILES = ("auto", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    """Drafts: several tokens per decode step, proposed from the program's own branches and checked in one forward."""
+
+    on: bool = setting(
+        False,
+        "draft tokens from the request's own tokens, its sibling branches and recent outputs of its namespace, and "
+        "check them in one verify forward per decode step (SGLang speculative decoding; outputs unchanged)",
+        flag="",
+    )
+    max_tokens: int = setting(8, "most drafted tokens a row carries in one verify step", low=1, high=16)
+    profile: str = setting(
+        "auto",
+        "the step cost that sets the draft length: 'cpu' (timed on this machine as it runs), 'gpu' (the measured "
+        "H100 step table of runtime/cost_models), 'auto' (cpu on a CPU, gpu on a GPU)",
+        choices=DRAFT_PROFILES,
+    )
+    store_tokens: int = setting(
+        200_000, "tokens of finished sequences kept as drafting material (oldest evicted first)", low=0
+    )
+    gram: int = setting(2, "tokens that must match before a draft is proposed", low=1, high=8)
+
+
 @dataclass(frozen=True)
 class RkscConfig:
     semantic: SemanticSettings = field(default_factory=SemanticSettings)
     cgee: ExitDefaults = field(default_factory=ExitDefaults)
     heads: HeadCompressionSettings = field(default_factory=HeadCompressionSettings)
+    drafts: DraftSettings = field(default_factory=DraftSettings)
     reuse: bool = setting(
         False,
         "answer deterministic duplicates (greedy or seeded, same prompt and sampling) from a finished or running "
@@ -152,8 +179,8 @@ def _flatten(values: Any, path: tuple[str, ...] = ()) -> Any:
 
 
 # Flags are `--rksc-<group prefix><field>`; a field's own `flag` replaces its name ("" keeps the prefix alone).
-_GROUP_PREFIX = {"semantic": "", "cgee": "cgee-", "rule": "", "heads": ""}
-_GROUP_OWN_FLAG = {"semantic": "semantic", "cgee": "cgee"}
+_GROUP_PREFIX = {"semantic": "", "cgee": "cgee-", "rule": "", "heads": "", "drafts": "draft-"}
+_GROUP_OWN_FLAG = {"semantic": "semantic", "cgee": "cgee", "drafts": "drafts"}
 
 
 def flag_name(path: tuple[str, ...], f: Field) -> str:

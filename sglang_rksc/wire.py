@@ -31,12 +31,13 @@ class Option:
     CGEE = "cgee"  # an object: this request is a verification (checked in depth by sglang_rksc.exit)
     PACKETS = "packets"  # texts: spans of the prompt whose cached KV may be reused (--rksc-packets on)
     ADAPTER = "adapter"  # false: reused packets get no adapter soft tokens (plain reuse)
+    DRAFTS = "drafts"  # false: no drafted tokens for this request (--rksc-drafts on)
 
 
-BOOL_OPTIONS = (Option.SEMANTIC, Option.FORK, Option.REUSE, Option.ADAPTER)
+BOOL_OPTIONS = (Option.SEMANTIC, Option.FORK, Option.REUSE, Option.ADAPTER, Option.DRAFTS)
 OPTIONS = (*BOOL_OPTIONS, Option.MARK, Option.CGEE, Option.PACKETS)
 # Options that change nothing about what is generated (decode-side reuse keys ignore them).
-NEUTRAL_OPTIONS = (Option.MARK, Option.REUSE)
+NEUTRAL_OPTIONS = (Option.MARK, Option.REUSE, Option.DRAFTS)
 MARKS = ("rejected", "finished")  # a branch mark, strongest first
 MAX_PACKETS = 64  # spans one request may mark
 MAX_PACKET_CHARS = 65536
@@ -107,10 +108,11 @@ class Meta:
     SPAN = "rksc_span"  # SpanEntry: the output's pooled hidden states
     REUSE = "rksc_reuse"  # ReuseEntry: the result was replayed or coalesced
     PACKETS = "rksc_packets"  # PacketEntry: which marked spans took cached KV instead of being computed
+    DRAFTS = "rksc_drafts"  # DraftEntry: verify steps, tokens drafted and accepted by source
 
 
 # Entries that say how the original request ran, not what it produced: a replay does not repeat them.
-NOT_REPLAYED = (Meta.REUSE, Meta.SEMANTIC, Meta.PACKETS)
+NOT_REPLAYED = (Meta.REUSE, Meta.SEMANTIC, Meta.PACKETS, Meta.DRAFTS)
 
 
 class SemanticEntry(TypedDict, total=False):
@@ -150,6 +152,12 @@ class SpanEntry(TypedDict):
     vector: str  # base64 of little-endian float16 values (sglang_rksc.cache.span_vector)
     dtype: str
     tokens: int
+
+
+class DraftEntry(TypedDict, total=False):
+    verify_steps: int  # decode steps the request took (each one verify forward)
+    drafted: dict[str, int]  # drafted tokens by source (self, branch, other)
+    accepted: dict[str, int]  # ... of which accepted
 
 
 class ReuseEntry(TypedDict, total=False):
@@ -222,6 +230,7 @@ class Section:
     REUSE = "reuse"  # replayed, coalesced, tokens not generated
     HEADS = "head_compression"  # RLKV: heads compressed, bytes per token, token and window slots
     PACKETS = "packets"  # KV Packet: requests with marked spans, spans reused and missed, tokens not computed
+    DRAFTS = "drafts"  # drafts: verify steps, tokens drafted and accepted by source, the draft length chosen
 
 
 def rksc_state(server_info: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -261,6 +270,28 @@ class ForwardCounters:
     running_max: int = 0
     waiting_sum: float = 0.0
     waiting_max: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DraftStats:
+    """Section.DRAFTS: what the drafts did (`--rksc-drafts on`)."""
+
+    verify_steps: int = 0  # decode steps (each a verify forward)
+    rows: int = 0  # request rows summed over them
+    rows_drafted: int = 0  # ... that carried at least one drafted token
+    tokens_emitted: int = 0  # tokens the rows produced: accepted drafts and one model token each
+    drafted: dict[str, int] = field(default_factory=dict)  # by source
+    accepted: dict[str, int] = field(default_factory=dict)
+    # accepted drafts per drafted row, by source: {source: {accepted: rows}}
+    accepted_histogram: dict[str, dict[int, int]] = field(default_factory=dict)
+    steps_by_shape: dict[str, int] = field(default_factory=dict)  # "ROWSxTOKENS" -> steps: the GPU projection
+    verify_seconds: float = 0.0
+    store_tokens: int = 0
+    store_evicted_tokens: int = 0
+    length: dict[str, Any] = field(default_factory=dict)  # the draft-length choice: profile, rates, widths
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

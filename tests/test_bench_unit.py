@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sglang_rksc.bench import modes, report, server_stats
 from sglang_rksc.bench.compare import check_slice, server_log_path
 from sglang_rksc.bench.report import Run
+from sglang_rksc.runtime import cost_model
 
 
 def test_modes_resolve_in_order_and_refuse_unknown_names():
@@ -192,3 +195,146 @@ def test_merged_branches_and_the_majority_baseline_are_reported():
         "rksc-merge", "", figures={**figures, "speedup_vs_radix": None, "speedup_vs_no_cache": None}
     )
     assert "| 3 | 0.50 | 0.00 |" in report.markdown_table([summary])
+
+
+def test_the_drafts_modes():
+    radix, full = modes.MODES["radix+drafts"], modes.MODES["rksc-full+drafts"]
+    assert radix.server_args == ("--radix-cache-backend", "default", "--rksc-drafts", "on") and not radix.program_args
+    # rksc-full's flags less head compression (drafts are refused with it at launch), plus drafts.
+    assert "--rksc-head-compression" not in full.server_args and "0.4" not in full.server_args
+    assert full.server_args[-2:] == ("--rksc-drafts", "on")
+    stock = [a for a in modes.MODES["rksc-full"].server_args if a not in ("--rksc-head-compression", "0.4")]
+    assert list(full.server_args[:-2]) == stock and full.program_args == modes.MODES["rksc-full"].program_args
+    assert "head compression" in full.description
+    # `+` in a name goes through resolution and the log file's name.
+    assert [m.name for m in modes.resolve(["radix", "radix+drafts", "rksc-full+drafts"])][1:] == [
+        "radix+drafts",
+        "rksc-full+drafts",
+    ]
+    with pytest.raises(ValueError, match="takes no thresholds"):
+        modes.resolve(["rksc-full+drafts@0.9"])
+    assert server_log_path(Path("out"), "rksc-full+drafts", 0) == Path("out/server-rksc-full+drafts-0.log")
+
+
+class _Response:
+    def __init__(self, payload: dict | None = None, text: str = "", status_code: int = 200):
+        self.payload, self.text, self.status_code = payload, text, status_code
+
+    def json(self) -> dict:
+        return self.payload
+
+
+def _server_info(drafts: dict | None, by_batch: dict) -> dict:
+    state = {"counters": {"decode_steps": float(sum(by_batch.values())), "decode_steps_by_batch": by_batch}}
+    if drafts is not None:
+        state["drafts"] = drafts
+    return {"internal_states": [{"rksc": state}]}
+
+
+def _drafts(steps: int, shapes: dict, drafted: dict, accepted: dict, rows: int, rows_drafted: int, emitted: int):
+    return {
+        "verify_steps": steps,
+        "rows": rows,
+        "rows_drafted": rows_drafted,
+        "tokens_emitted": emitted,
+        "drafted": drafted,
+        "accepted": accepted,
+        "accepted_histogram": {"self": {"0": 1, "2": 3}},
+        "steps_by_shape": shapes,
+        "verify_seconds": 0.5,
+        "store_tokens": 100,
+        "store_evicted_tokens": 0,
+        "length": {"profile": "cpu"},
+    }
+
+
+def test_drafts_counters_are_flattened_and_subtracted(monkeypatch):
+    payloads = iter(
+        [
+            _server_info(_drafts(3, {"4x8": 2, "1x1": 1}, {"self": 10}, {"self": 4}, 9, 8, 20), {"4": 2, "1": 1}),
+            _server_info(
+                _drafts(10, {"4x8": 5, "4x1": 1, "2x4": 4}, {"self": 30, "branch": 20}, {"self": 12, "branch": 15},
+                        35, 30, 90),
+                {"4": 9, "2": 4, "1": 1},
+            ),
+        ]
+    )  # fmt: skip
+
+    def get(url: str, timeout: float) -> _Response:
+        return _Response(text="") if url.endswith("/metrics") else _Response(next(payloads))
+
+    monkeypatch.setattr(server_stats.requests, "get", get)
+    before = server_stats.snapshot("http://x")
+    assert before["drafts_steps_by_shape/4x8"] == 2.0 and before["drafts_drafted/self"] == 10.0
+    assert before["drafts_verify_steps"] == 3.0 and before["drafts_tokens_emitted"] == 20.0
+    run = server_stats.difference(server_stats.snapshot("http://x"), before)
+    assert run["drafts_verify_steps"] == 7.0 and run["drafts_rows"] == 26.0 and run["drafts_rows_drafted"] == 22.0
+    assert run["drafts_drafted/self"] == 20.0 and run["drafts_drafted/branch"] == 20.0
+    assert run["drafts_accepted/self"] == 8.0 and run["drafts_accepted/branch"] == 15.0
+    assert server_stats.decode_steps_by_shape(run) == {(2, 4): 4, (4, 1): 1, (4, 8): 3}  # 1x1: none in the run
+    assert server_stats.decode_steps_by_batch(run) == {2: 4, 4: 7}
+    # Decode steps not in the drafts' shapes stay one-token steps: 7 at 4 rows, 4 of them drafts steps.
+    assert server_stats.decode_step_shapes(run) == {(2, 4): 4, (4, 1): 4, (4, 8): 3}
+    # Fewer decode steps by batch than drafts steps of those rows: never a negative count.
+    assert server_stats.decode_step_shapes({"decode_steps_by_batch/4": 1.0, "drafts_steps_by_shape/4x8": 2.0}) == {
+        (4, 8): 2
+    }
+    model = cost_model.load()
+    projected = report.projected_seconds(Run("radix+drafts", 0, 1.0, [], {**run, "prefill_tokens": 0.0}), model)
+    assert projected == pytest.approx((4 * model.step_ms(2, 4) + 4 * model.step_ms(4) + 3 * 7.644) / 1000)
+    figures = report.drafts_figures([run])
+    assert figures["accepted_per_verify_step"] == pytest.approx(23 / 22)
+    assert figures["tokens_per_row_step"] == pytest.approx(70 / 26)
+    assert figures["acceptance_by_source"] == {"branch": 0.75, "self": 0.4}
+    assert report.drafts_acceptance(figures) == "branch 0.75 · self 0.40"
+    assert report.drafts_tokens_per_step(figures) == "2.69 (1.05)"
+
+
+def test_a_run_without_drafts_projects_as_before():
+    model = cost_model.load()
+    server = {"decode_steps_by_batch/1": 4.0, "decode_steps_by_batch/16": 3.0, "prefill_tokens": 5000.0}
+    plain = Run("radix", 0, 1.0, [], server)
+    assert server_stats.decode_steps_by_shape(server) == {}
+    expected = model.project({1: 4.0, 16: 3.0}, 5000.0)["projected_s"]
+    assert report.projected_seconds(plain, model) == expected
+    assert expected == pytest.approx((4 * 6.614 + 3 * model.step_ms(16)) / 1000 + 5000 / model.prefill_tokens_per_s)
+    # Recorded before the histogram: priced at the mean batch, as before.
+    old = Run("radix", 0, 1.0, [], {"decode_steps": 50.0, "decode_rows": 200.0, "prefill_tokens": 0.0})
+    assert report.projected_seconds(old, model) == pytest.approx(50 * model.step_ms(4) / 1000)
+    figures = report.drafts_figures([server])
+    assert figures == {
+        "drafts_verify_steps": None,
+        "accepted_per_verify_step": None,
+        "tokens_per_row_step": None,
+        "acceptance_by_source": None,
+    }
+    assert report.drafts_tokens_per_step(figures) == "-" and report.drafts_acceptance(figures) == "-"
+
+
+def test_drafts_figures_and_decode_steps_against_radix_in_the_table():
+    radix = _run("radix", 0, 10.0, ["1", "2"])
+    drafted = _run("radix+drafts", 0, 8.0, ["1", "2"])
+    drafted.server.update(
+        {
+            "decode_steps": 20.0,
+            "drafts_verify_steps": 20.0,
+            "drafts_rows": 80.0,
+            "drafts_rows_drafted": 40.0,
+            "drafts_tokens_emitted": 200.0,
+            "drafts_drafted/self": 100.0,
+            "drafts_accepted/self": 41.0,
+            "drafts_drafted/branch": 100.0,
+            "drafts_accepted/branch": 63.0,
+        }
+    )
+    summaries = [
+        report.summarize_mode(modes.MODES["radix"], [radix], [radix]),
+        report.summarize_mode(modes.MODES["radix+drafts"], [drafted], [radix]),
+    ]
+    report.add_speedups(summaries)
+    plain, ours = (s.figures for s in summaries)
+    assert ours["decode_steps_vs_radix"] == pytest.approx(0.4) and plain["decode_steps_vs_radix"] == 1.0
+    assert ours["tokens_per_row_step"] == 2.5 and ours["accepted_per_verify_step"] == pytest.approx(104 / 40)
+    table = report.markdown_table(summaries)
+    assert "| 1.00x | - | - |" in table  # radix: no drafts
+    assert "| 0.40x | 2.50 (2.60) | branch 0.63 · self 0.41 |" in table

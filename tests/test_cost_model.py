@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sglang_rksc.bench import cost_model
-from sglang_rksc.bench.cost_model import CostModelError
+from sglang_rksc.runtime import cost_model
+from sglang_rksc.runtime.cost_model import CostModelError
 
 # A small table: 1 row 10 ms, 3 rows 16 ms, 5 rows 20 ms; 2 tokens per row at 1 row: 12 ms; prefill 1000 tok/s.
 SMALL = {
@@ -64,3 +64,17 @@ def test_a_missing_or_unreadable_file_is_a_clear_error(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CostModelError, match="not JSON"):
         cost_model.load(tmp_path / "bad.json")
+
+
+def test_drafts_steps_are_costed_at_their_shapes():
+    model = cost_model.load()
+    # A 4-row verify step checking 8 tokens a row costs the table's 4x8 step, not 4 rows of 1 token.
+    assert model.project_shapes({(4, 8): 1}, 0)["projected_decode_s"] == pytest.approx(7.644 / 1000)
+    assert model.project_shapes({(4, 8): 3, (1, 1): 2}, 0)["projected_decode_s"] == pytest.approx(
+        (3 * 7.644 + 2 * 6.614) / 1000
+    )
+    small = cost_model.parse(SMALL, "small")
+    # `project` is `project_shapes` at one token per row (or the width given).
+    steps = {1: 4, 2: 3, 3: 2, 7: 1}
+    assert small.project(steps, 2500) == small.project_shapes({(b, 1): n for b, n in steps.items()}, 2500)
+    assert small.project({1: 2}, 0, tokens_per_row=2)["projected_decode_s"] == pytest.approx(2 * 12.0 / 1000)

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sglang_rksc"
-FEATURES = {"asks", "rsbcm", "reuse", "spans", "rlkv", "packets", "exit"}
+FEATURES = {"asks", "rsbcm", "reuse", "spans", "rlkv", "packets", "exit", "drafts"}
 TOOLS = {"tools", "bench", "programs"}  # beside the server: never imported by what the server runs
 SERVER = {"cache", "srt", "config", "settings", "wire", "kernels", "runtime", "launch_server"} | FEATURES
 

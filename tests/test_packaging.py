@@ -25,7 +25,7 @@ DATA_FILES = (
     "sglang_rksc/programs/data/game24/24.csv",
     "sglang_rksc/programs/data/game24/LICENSE",
     "sglang_rksc/rlkv/masks/smollm2-135m.json",
-    "sglang_rksc/bench/cost_models/h100-7b.json",
+    "sglang_rksc/runtime/cost_models/h100-7b.json",
 )
 
 CHECK = r"""

@@ -306,7 +306,7 @@ def test_the_packet_benchmark_compares_the_modes_on_the_same_problems():
     assert summary["recovery_same_text"] == pytest.approx(2 / 3)
     assert (summary["adapter"]["accuracy"], summary["full"]["accuracy"]) == (2 / 3, 1.0)
     assert summary["full"]["ttft_median_s"] == 6.0
-    from sglang_rksc.bench.cost_model import load
+    from sglang_rksc.runtime.cost_model import load
 
     gpu, model = summary["gpu"], load()  # costed with the shipped GPU table
     assert gpu["full_prefill_ms_per_gather"] == pytest.approx(model.prefill_ms(1240 / 3))

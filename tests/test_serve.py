@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sglang_rksc.bench import cost_model, serve
 from sglang_rksc.bench import modes as modes_mod
+from sglang_rksc.bench import serve
+from sglang_rksc.runtime import cost_model
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 
 

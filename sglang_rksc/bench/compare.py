@@ -22,10 +22,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sglang_rksc.bench import cost_model, server_stats
 from sglang_rksc.bench import modes as modes_mod
+from sglang_rksc.bench import server_stats
 from sglang_rksc.bench.report import Run, add_speedups, markdown_table, summarize_mode, write_chart
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
+from sglang_rksc.runtime import cost_model
 from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
 
 PROGRAMS: dict[str, Any] = {p.NAME: p for p in (tree_of_thought, self_consistency_verify, game_of_24)}
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--modes",
         default=",".join(modes_mod.DEFAULT_MODES),
         help=f"comma-separated modes, from: {', '.join(modes_mod.MODES)} "
-        "(rksc-asks@T[/P] sets ASKS thresholds, rksc-merge@T the merge threshold)",
+        "(rksc-asks@T[/P] sets ASKS thresholds, rksc-merge@T the merge threshold; +drafts: with --rksc-drafts on)",
     )
     parser.add_argument(
         "--repeats",
@@ -219,8 +220,10 @@ def write_report(
     summaries = [summarize_mode(m, [r for r in runs if r.mode == m.name], reference, model) for m in modes]
     add_speedups(summaries)
     note = (
-        f"GPU-projected s: the same run's token accounting (decode steps by batch size, prompt tokens computed) "
-        f"costed with {model.name} ({model.source}); a projection, not a GPU run."
+        f"GPU-projected s: the same run's token accounting (decode steps by batch size, drafts' verify steps by "
+        f"rows x tokens per row, prompt tokens computed) costed with {model.name} ({model.source}); a projection, "
+        f"not a GPU run. Drafts: tokens emitted per row and step (accepted drafted tokens per drafted row), and "
+        f"the share of drafted tokens accepted by source; '-' for a mode without drafts."
     )
     markdown = f"`{record['command']}`\n\n{record['heading']}\n\n{markdown_table(summaries)}\n\n{note}\n"
     (out_dir / "bench.md").write_text(markdown)

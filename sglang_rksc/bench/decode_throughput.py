@@ -23,10 +23,10 @@ from pathlib import Path
 import requests
 import torch
 
-from sglang_rksc.bench import cost_model, server_stats
+from sglang_rksc.bench import server_stats
 from sglang_rksc.programs import gsm8k
 from sglang_rksc.programs.common import positive_int
-from sglang_rksc.runtime import models
+from sglang_rksc.runtime import cost_model, models
 from sglang_rksc.runtime.server_process import LaunchedServer
 
 NUM_PROMPTS = 8
@@ -107,7 +107,8 @@ def measure(args: argparse.Namespace, url: str, hf: HFRunner, prompts: list[str]
                 if name.startswith("server"):
                     # The same decode steps and prefill, costed on the GPU model: a projection.
                     done = server_stats.difference(server_stats.snapshot(url), before)
-                    price = model.project(server_stats.decode_steps_by_batch(done), done.get("prefill_tokens", 0.0))
+                    shapes = server_stats.decode_step_shapes(done)  # drafts steps at their widths
+                    price = model.project_shapes(shapes, done.get("prefill_tokens", 0.0))
                     projected[name].append(len(prompts) * n / price["projected_s"])
                 assert all(len(o) == n for o in out), f"{name}: not every request produced {n} tokens"
                 runs[name].append(len(prompts) * n / seconds)

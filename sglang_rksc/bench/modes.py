@@ -119,6 +119,39 @@ MODES: dict[str, Mode] = {
         ),
     )
 }
+DRAFTS_FLAGS = ("--rksc-drafts", "on")
+HEADS_FLAG = "--rksc-head-compression"
+
+
+def _without_flag(args: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    """`args` less `flag` and its value."""
+    if flag not in args:
+        return args
+    i = args.index(flag)
+    return args[:i] + args[i + 2 :]
+
+
+def _with_drafts(name: str, mode: Mode, description: str) -> Mode:
+    """`mode` plus drafts (`--rksc-drafts on`), less head compression, which drafts are refused with at launch."""
+    return Mode(name, description, (*_without_flag(mode.server_args, HEADS_FLAG), *DRAFTS_FLAGS), mode.program_args)
+
+
+MODES.update(
+    (m.name, m)
+    for m in (
+        _with_drafts(
+            "radix+drafts",
+            MODES["radix"],
+            "stock radix cache plus drafts (speculative decoding from the program's own branches)",
+        ),
+        _with_drafts(
+            "rksc-full+drafts",
+            MODES["rksc-full"],
+            "rksc-full plus drafts, without RLKV head compression (drafts are refused with it at launch): ASKS, "
+            "CGEE, RSBCM with marks, reuse, merging, packets, drafts",
+        ),
+    )
+)
 REFERENCE = "radix"
 DEFAULT_MODES = ("no-cache", "radix", "rksc")
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import requests
 
-from sglang_rksc.bench import cost_model
-from sglang_rksc.bench.cost_model import CostModel
 from sglang_rksc.lang.gather import gather_prompt
 from sglang_rksc.programs import gsm8k
+from sglang_rksc.runtime import cost_model
+from sglang_rksc.runtime.cost_model import CostModel
 from sglang_rksc.tools.packets.gather_cases import case_prompts
 from sglang_rksc.wire import Meta, Option, meta_entry, with_options
 

@@ -9,9 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sglang_rksc.bench import cost_model as costs
 from sglang_rksc.bench.modes import REFERENCE, Mode
-from sglang_rksc.bench.server_stats import decode_steps_by_batch
+from sglang_rksc.bench.server_stats import (
+    ACCEPTED,
+    DRAFTED,
+    DRAFTS,
+    decode_step_shapes,
+    decode_steps_by_batch,
+    decode_steps_by_shape,
+)
+from sglang_rksc.runtime import cost_model as costs
 from sglang_rksc.wire import EvictionStats, MarkStats, ReuseStats, SemanticStats, counter_names
 
 # Figures later features report through the server's counters; "n/a" until a mode has them.
@@ -79,14 +86,37 @@ def verification_figures(runs: Sequence[Run]) -> dict[str, Any]:
 
 
 def projected_seconds(run: Run, model: costs.CostModel) -> float | None:
-    """The run's token accounting costed on the GPU model. Runs recorded before the decode-step histogram
-    existed are priced at their mean decode batch."""
+    """The run's token accounting costed on the GPU model. With drafts, their verify steps are costed at their
+    shapes (rows x tokens per row) and the other decode steps at one token per row. Runs recorded before the
+    decode-step histogram existed are priced at their mean decode batch."""
+    if "prefill_tokens" not in run.server:
+        return None
+    if decode_steps_by_shape(run.server):
+        return model.project_shapes(decode_step_shapes(run.server), run.server["prefill_tokens"])["projected_s"]
     steps = decode_steps_by_batch(run.server)
     if not steps and run.server.get("decode_steps"):
         steps = {max(1, round(run.server["decode_rows"] / run.server["decode_steps"])): run.server["decode_steps"]}
-    if "prefill_tokens" not in run.server:
-        return None
     return model.project(steps, run.server["prefill_tokens"])["projected_s"]
+
+
+def drafts_figures(counters: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """What the drafts did, from runs' counters (`server_stats`' `drafts_*`), medians over the runs that ran
+    drafts; None where none did: accepted drafted tokens per drafted row, tokens emitted per row and step,
+    and the share of drafted tokens accepted, by source."""
+    ran = [c for c in counters if c.get(DRAFTS + "verify_steps")]
+
+    def share(numerator: str, denominator: str, runs: Sequence[dict[str, float]]) -> float | None:
+        return _median([c.get(numerator, 0.0) / c[denominator] for c in runs if c.get(denominator)])
+
+    accepted = [{**c, "accepted_total": sum(v for k, v in c.items() if k.startswith(ACCEPTED))} for c in ran]
+    sources = sorted({k[len(DRAFTED) :] for c in ran for k in c if k.startswith(DRAFTED)})
+    by_source = {s: share(ACCEPTED + s, DRAFTED + s, ran) for s in sources}
+    return {
+        "drafts_verify_steps": _median([c[DRAFTS + "verify_steps"] for c in ran]),
+        "accepted_per_verify_step": share("accepted_total", DRAFTS + "rows_drafted", accepted),
+        "tokens_per_row_step": share(DRAFTS + "tokens_emitted", DRAFTS + "rows", ran),
+        "acceptance_by_source": {s: v for s, v in by_source.items() if v is not None} if ran else None,
+    }
 
 
 def summarize_mode(
@@ -132,6 +162,8 @@ def summarize_mode(
         "cache_hit_rate": (cached / prompt) if prompt and cached is not None else None,
         **{k: _median(per_run(k)) for k in EVICTION_COUNTERS},
         **{k: _median(per_run(k)) for k in REUSE_COUNTERS},
+        # Drafts (`--rksc-drafts on`): None for a mode without them.
+        **drafts_figures([r.server for r in runs]),
         # Hidden-state capture for ASKS as a share of decode time (host timing; meaningful on a CPU).
         "capture_share_of_decode": _median(
             [
@@ -180,6 +212,7 @@ def add_speedups(summaries: Sequence[ModeSummary]) -> None:
     """Wall-time ratios against `radix` and `no-cache` from the same comparison (>1: faster)."""
     walls = {s.mode: s.figures.get("wall_s_median") for s in summaries if s.figures}
     projected = {s.mode: s.figures.get("projected_gpu_s") for s in summaries if s.figures}
+    steps = {s.mode: s.figures.get("decode_steps") for s in summaries if s.figures}
     for s in summaries:
         if not s.figures:
             continue
@@ -189,6 +222,11 @@ def add_speedups(summaries: Sequence[ModeSummary]) -> None:
         mine = s.figures.get("projected_gpu_s")
         s.figures["projected_speedup_vs_radix"] = (
             projected[REFERENCE] / mine if mine and projected.get(REFERENCE) else None
+        )
+        # Drafts emit several tokens a step: fewer decode steps for the same tokens (<1: fewer than radix).
+        own = s.figures.get("decode_steps")
+        s.figures["decode_steps_vs_radix"] = (
+            own / steps[REFERENCE] if own is not None and steps.get(REFERENCE) else None
         )
 
 
@@ -220,6 +258,21 @@ def _reused(f: dict[str, Any]) -> str:
     return f"{fmt(f['reuse_replayed'], 0)} / {fmt(f['reuse_coalesced'], 0)} ({fmt(f['reuse_tokens_not_generated'], 0)})"
 
 
+def drafts_tokens_per_step(f: dict[str, Any]) -> str:
+    """Tokens emitted per row and step (accepted drafted tokens per drafted row); a dash without drafts."""
+    if f.get("tokens_per_row_step") is None:
+        return "-"
+    return f"{fmt(f['tokens_per_row_step'], 2)} ({fmt(f.get('accepted_per_verify_step'), 2)})"
+
+
+def drafts_acceptance(f: dict[str, Any]) -> str:
+    """The share of drafted tokens accepted, by source (`self 0.41 · branch 0.63`); a dash without drafts."""
+    by_source = f.get("acceptance_by_source")
+    if by_source is None:
+        return "-"
+    return " · ".join(f"{source} {share:.2f}" for source, share in by_source.items()) or "none drafted"
+
+
 def _verify_calls(f: dict[str, Any]) -> str:
     if not f.get("verify_calls"):
         return "n/a"
@@ -237,6 +290,10 @@ def _disagreement(f: dict[str, Any]) -> str:
         return "n/a"
     share = f["verify_disagreements"] / f["verify_audited"]
     return f"{fmt(f['verify_disagreements'], 0)} of {fmt(f['verify_audited'], 0)} ({share:.1%})"
+
+
+def _times(value: float | None) -> str:
+    return f"{fmt(value, 2)}x" if value is not None else "n/a"
 
 
 COLUMNS = [
@@ -262,6 +319,9 @@ COLUMNS = [
     ("cache hit rate", lambda s, f: fmt(f["cache_hit_rate"], 2)),
     ("KV evicted, tokens (rejected/finished/open)", lambda s, f: _evicted(f)),
     ("decode steps (mean batch)", lambda s, f: f"{fmt(f['decode_steps'], 0)} ({fmt(f['mean_decode_batch'])})"),
+    ("decode steps vs radix", lambda s, f: _times(f.get("decode_steps_vs_radix"))),
+    ("drafts: tok/step (accepted/drafted row)", lambda s, f: drafts_tokens_per_step(f)),
+    ("accepted by source", lambda s, f: drafts_acceptance(f)),
     ("semantic hits (alias/probe)", lambda s, f: _semantic(f)),
     ("replayed / coalesced (tokens not generated)", lambda s, f: _reused(f)),
     ("KV held at end, tokens", lambda s, f: fmt(f["kv_tokens_held"], 0)),

@@ -17,7 +17,7 @@ forward), tokens evicted, prompt tokens computed and those recomputed beyond the
 largest budget, requests waiting for memory (mean and peak queue) and
 retractions, decode steps with their batch sizes, accuracy and agreement with
 `radix` under the same budget; and beside the CPU wall time, the GPU projection
-of the same token accounting (`sglang_rksc.bench.cost_model`: a projection, not
+of the same token accounting (`sglang_rksc.runtime.cost_model`: a projection, not
 a GPU run). Writes serve.json, serve.md and serve.png under --output-dir.
 """
 
@@ -35,10 +35,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sglang_rksc.bench import cost_model, server_stats
 from sglang_rksc.bench import modes as modes_mod
-from sglang_rksc.bench.report import fmt
+from sglang_rksc.bench import server_stats
+from sglang_rksc.bench.report import drafts_acceptance, drafts_figures, drafts_tokens_per_step, fmt
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
+from sglang_rksc.runtime import cost_model
 from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
 
 PROGRAMS: dict[str, Any] = {p.NAME: p for p in (tree_of_thought, self_consistency_verify, game_of_24)}
@@ -212,7 +213,10 @@ def figures(run: ServeRun, model: cost_model.CostModel) -> dict[str, Any]:
     ok = [d for d in run.done if d.row is not None]
     latencies = [d.finished_s - d.queued_s for d in ok]
     steps_by_batch = server_stats.decode_steps_by_batch(s)
-    projection = model.project(steps_by_batch, s.get("prefill_tokens", 0.0))
+    if server_stats.decode_steps_by_shape(s):  # drafts: verify steps at their shapes, the rest at one token
+        projection = model.project_shapes(server_stats.decode_step_shapes(s), s.get("prefill_tokens", 0.0))
+    else:
+        projection = model.project(steps_by_batch, s.get("prefill_tokens", 0.0))
     forwards = s.get("forwards_sampled", 0.0)
     return {
         "jobs": len(run.done),
@@ -239,6 +243,7 @@ def figures(run: ServeRun, model: cost_model.CostModel) -> dict[str, Any]:
         "mean_decode_batch": s.get("decode_rows", 0.0) / s["decode_steps"] if s.get("decode_steps") else None,
         "decode_batch_histogram": batch_histogram(steps_by_batch),
         "generated_tokens": s.get("generated_tokens", 0.0),
+        **drafts_figures([s]),
         "accuracy": sum(bool(d.row["correct"]) for d in ok) / len(ok) if ok else None,
         **projection,
         "projected_problems_per_min": 60.0 * len(ok) / projection["projected_s"] if projection["projected_s"] else None,
@@ -264,7 +269,7 @@ def add_comparisons(runs: list[ServeRun]) -> None:
             d.row.get("prediction") == answers[d.index] for d in run.done if d.row is not None and d.index in answers
         ]
         f["agreement_with_radix"] = sum(same) / len(same) if same else None
-        for key in ("problems_per_min", "projected_problems_per_min"):
+        for key in ("problems_per_min", "projected_problems_per_min", "decode_steps"):
             if f.get(key) and ref.figures.get(key):
                 f[f"{key}_vs_radix"] = f[key] / ref.figures[key]
 
@@ -300,6 +305,9 @@ COLUMNS = [
     ("retractions", lambda f: fmt(f["retractions"], 0)),
     ("window deferrals", lambda f: fmt(f.get("window_deferrals"), 0)),
     ("decode steps (mean batch)", lambda f: f"{fmt(f['decode_steps'], 0)} ({fmt(f['mean_decode_batch'])})"),
+    ("decode steps vs radix", lambda f: _ratio(f.get("decode_steps_vs_radix"))),
+    ("drafts: tok/step (accepted/drafted row)", drafts_tokens_per_step),
+    ("accepted by source", drafts_acceptance),
     ("batch histogram", lambda f: " ".join(f"{k}:{v}" for k, v in f["decode_batch_histogram"].items() if v)),
     ("accuracy", lambda f: fmt(f["accuracy"], 2)),
     ("agreement w/ radix", lambda f: fmt(f.get("agreement_with_radix"), 2)),

@@ -7,6 +7,7 @@ and earlier runs never count.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import requests
 
@@ -22,6 +23,13 @@ PROMETHEUS_COUNTERS = {
     "retracted_requests": "sglang:num_retracted_requests_total",
 }
 BY_BATCH = "decode_steps_by_batch/"  # our decode-step histogram, flattened: one key per batch size
+# The drafts' counters (`--rksc-drafts on`), flattened the same way: `drafts_steps_by_shape/ROWSxTOKENS`,
+# `drafts_drafted/<source>`, `drafts_accepted/<source>`, and the plain totals below.
+DRAFTS = "drafts_"
+BY_SHAPE = DRAFTS + "steps_by_shape/"
+DRAFTED = DRAFTS + "drafted/"
+ACCEPTED = DRAFTS + "accepted/"
+DRAFT_TOTALS = ("verify_steps", "rows", "rows_drafted", "tokens_emitted", "verify_seconds")
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -64,8 +72,17 @@ def snapshot(url: str) -> dict[str, float]:
     heads = state.get(Section.HEADS) or {}
     counted = ("admissions_deferred", "decode_shortfalls", "interior_windows_dropped")
     out.update({f"heads_{k}": float(heads[k]) for k in counted if k in heads})
+    out.update(drafts_counters(state.get(Section.DRAFTS) or {}))
     if "evictable_tokens" in state:
         out["tree_tokens"] = float(state["evictable_tokens"] + state["protected_tokens"])
+    return out
+
+
+def drafts_counters(drafts: dict[str, Any]) -> dict[str, float]:
+    """The drafts section (`wire.DraftStats`) as flat counters; nothing where the server runs no drafts."""
+    out = {f"{DRAFTS}{k}": float(drafts[k]) for k in DRAFT_TOTALS if isinstance(drafts.get(k), (int, float))}
+    for prefix, key in ((BY_SHAPE, "steps_by_shape"), (DRAFTED, "drafted"), (ACCEPTED, "accepted")):
+        out.update({f"{prefix}{name}": float(n) for name, n in (drafts.get(key) or {}).items()})
     return out
 
 
@@ -78,3 +95,30 @@ def decode_steps_by_batch(counters: dict[str, float]) -> dict[int, float]:
     """The run's decode steps by batch size (rows), from its counters; batch sizes with no step left out."""
     steps = {int(k[len(BY_BATCH) :]): v for k, v in counters.items() if k.startswith(BY_BATCH)}
     return {batch: n for batch, n in sorted(steps.items()) if n > 0}
+
+
+def decode_steps_by_shape(counters: dict[str, float]) -> dict[tuple[int, int], int]:
+    """The run's drafts verify steps by shape (rows, tokens per row), from its counters; empty without drafts."""
+    steps: dict[tuple[int, int], int] = {}
+    for key, n in counters.items():
+        if key.startswith(BY_SHAPE) and round(n) > 0:
+            rows, _, tokens = key[len(BY_SHAPE) :].partition("x")
+            steps[(int(rows), int(tokens or 1))] = round(n)
+    return dict(sorted(steps.items()))
+
+
+def decode_step_shapes(counters: dict[str, float]) -> dict[tuple[int, int], float]:
+    """Every decode step of the run by (rows, tokens per row): the drafts' verify steps at their shapes, the
+    other decode steps (the histogram by batch less the drafts steps of the same rows, never below 0) at one
+    token per row. Without drafts: the histogram by batch, one token per row."""
+    shaped = decode_steps_by_shape(counters)
+    drafted_rows: dict[int, int] = defaultdict(int)
+    for (rows, _), n in shaped.items():
+        drafted_rows[rows] += n
+    out: dict[tuple[int, int], float] = {}
+    for batch, n in decode_steps_by_batch(counters).items():
+        if n - drafted_rows.get(batch, 0) > 0:
+            out[(batch, 1)] = n - drafted_rows.get(batch, 0)
+    for shape, n in shaped.items():
+        out[shape] = out.get(shape, 0) + n
+    return dict(sorted(out.items()))

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from sglang_rksc.drafts import ALGORITHM_NAME as DRAFTS_ALGORITHM
 from sglang_rksc.wire import FailureStats
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ def why_not_contained(scheduler: Any, batch: Any) -> str | None:
         return "embedding model"
     if get_parallel().tp_size > 1 or get_parallel().pp_size > 1:
         return "tensor or pipeline parallelism"
-    if not batch.spec_algorithm.is_none():
-        return "speculative decoding"
+    if not batch.spec_algorithm.is_none() and getattr(batch.spec_algorithm, "name", None) != DRAFTS_ALGORITHM:
+        return "speculative decoding"  # ours runs synchronously and restores the batch when its step fails
     mode = batch.forward_mode
     if not (mode.is_decode() or mode.is_extend()) or batch.is_dllm():
         return f"forward mode {mode.name}"

@@ -119,7 +119,8 @@ def _check_plugin_installed() -> None:
 def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
     """Validate `argv` and work out the SGLang argv; sets up the CPU runtime and our settings."""
     _check_plugin_installed()
-    given_rksc = any(a.startswith("--rksc-") for a in argv)
+    # Drafts are a speculative algorithm, not a cache feature: they run with any cache backend.
+    given_rksc = any(a.startswith("--rksc-") and not a.startswith(("--rksc-draft", "--rksc-drafts")) for a in argv)
     try:
         argv, settings = rksc_config.split_args(argv)
     except rksc_config.ConfigError as exc:
@@ -163,7 +164,8 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         out = _drop_flag(out, "--radix-cache-backend")
     if given_rksc and backend != DEFAULT_BACKEND:
         raise LaunchError(
-            f"--rksc-* flags need --radix-cache-backend {DEFAULT_BACKEND}, not {backend or STOCK_BACKEND}"
+            f"--rksc-* flags other than --rksc-drafts need --radix-cache-backend {DEFAULT_BACKEND}, not "
+            f"{backend or STOCK_BACKEND}"
         )
     from sglang_rksc.rsbcm import eviction  # imports sglang.srt: after the CPU runtime is set up
     from sglang_rksc.srt import seams
@@ -176,6 +178,7 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         )
     except ValueError as exc:
         raise LaunchError(str(exc)) from exc
+    from sglang_rksc.drafts import hooks as draft_checks
     from sglang_rksc.packets import launch_checks as packet_checks
     from sglang_rksc.rlkv import launch_checks
 
@@ -184,6 +187,11 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         settings = packet_checks.resolve(settings, model_path, out)
     except ValueError as exc:
         raise LaunchError(str(exc)) from exc
+    refusal = draft_checks.launch_refusal(settings, out)
+    if refusal:
+        raise LaunchError(refusal)
+    if settings.drafts.on:
+        out += draft_checks.speculative_flags(settings)
     # The scheduler, a spawned child, reads them from its inherited environment.
     os.environ[rksc_config.ENV_VAR] = settings.to_env()
     if on_cpu:
@@ -191,7 +199,7 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
     else:
         out += packet_checks.gpu_backend_flags(settings, out)
 
-    seams.install_registrations((seams.EVICTION_CHOICE,))
+    seams.install_registrations((seams.EVICTION_CHOICE, seams.SPECULATIVE))
     parser = _sglang_parser()
     _, unknown = parser.parse_known_args(out)
     if unknown:

@@ -30,8 +30,9 @@ SGLANG_PIN = "0.5.23"  # pyproject.toml pins the same release (tested)
 AROUND, AFTER = "around", "after"
 RADIX_BACKEND, ATTENTION_BACKEND = "radix backend", "attention backend"
 EVICTION_CHOICE, EVICTION_TABLE = "eviction choice", "eviction table"
+SPECULATIVE = "speculative algorithm"
 FRONTEND = "frontend"  # an AROUND hook in a program's process
-KINDS = (AROUND, AFTER, RADIX_BACKEND, ATTENTION_BACKEND, EVICTION_CHOICE, EVICTION_TABLE, FRONTEND)
+KINDS = (AROUND, AFTER, RADIX_BACKEND, ATTENTION_BACKEND, EVICTION_CHOICE, EVICTION_TABLE, SPECULATIVE, FRONTEND)
 
 
 class SeamError(RuntimeError):
@@ -54,6 +55,10 @@ def packets_on_cuda(config: RkscConfig) -> bool:
     import torch
 
     return config.packets and torch.cuda.is_available()  # SGLang's Triton backend runs on GPUs only
+
+
+def drafts_on(config: RkscConfig) -> bool:
+    return config.drafts.on
 
 
 def fault_injected(config: RkscConfig) -> bool:
@@ -157,6 +162,15 @@ SEAMS: list[Seam] = [
          "packets", "sglang_rksc.packets.attention:forward_extend", when=packets_on),
     Seam("sglang.srt.layers.attention.triton_backend.TritonAttnBackend.forward_extend", AROUND, "packets",
          "sglang_rksc.packets.attention:forward_extend", when=packets_on_cuda),
+    # drafts: our speculative algorithm, its verify attention on the CPU path
+    Seam("sglang.srt.speculative.spec_info.SpeculativeAlgorithm.register", SPECULATIVE, "drafts",
+         "sglang_rksc.drafts.algorithm:DraftAlgorithm"),
+    Seam("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend", AROUND,
+         "drafts", "sglang_rksc.drafts.attention:forward_extend", order=1, when=drafts_on),
+    Seam("sglang.srt.mem_cache.allocation.assign_req_to_token_pool_func", AROUND, "drafts",
+         "sglang_rksc.drafts.hooks:assign_slots", when=drafts_on),
+    Seam("sglang.srt.mem_cache.memory_pool.MHATokenToKVPool._init_kv_copy_and_warmup", AROUND, "drafts",
+         "sglang_rksc.drafts.hooks:skip_kv_copy_warmup", when=drafts_on),
 ]  # fmt: skip
 
 
@@ -257,8 +271,15 @@ def _eviction_table(table: dict[str, Any], strategy: Any) -> None:
     table.setdefault(POLICY_NAME, strategy)
 
 
+def _speculative(register: Callable[..., Any], spec_class: Any) -> None:
+    from sglang_rksc.drafts.hooks import register_algorithm
+
+    register_algorithm(register, spec_class)
+
+
 _REGISTER: dict[str, Callable[[Any, Any], None]] = {
     RADIX_BACKEND: _radix_backend,
+    SPECULATIVE: _speculative,
     ATTENTION_BACKEND: _attention_backend,
     EVICTION_CHOICE: _eviction_choice,
     EVICTION_TABLE: _eviction_table,

@@ -17,6 +17,7 @@ def describe_tree_cache(tree_cache: Any) -> dict[str, Any]:
 
 def report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) -> Any:
     """AFTER hook: add the live tree cache and our counters to `/server_info`'s internal states."""
+    from sglang_rksc.drafts.stats import DRAFTS
     from sglang_rksc.srt.batch_failures import STATS as FAILURES
     from sglang_rksc.srt.counters import COUNTERS
 
@@ -30,6 +31,8 @@ def report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) -
         Section.COUNTERS: COUNTERS.as_dict(),
         Section.FAILURES: FAILURES.as_dict(),
     }
+    if DRAFTS.active:
+        result.internal_state[INTERNAL_STATE_KEY][Section.DRAFTS] = DRAFTS.as_dict()
     return result
 
 

@@ -7,6 +7,9 @@ and tokens per row, and prefill throughput. A run's projected time is
 
     sum over decode steps of step_ms(batch, tokens per row)  +  prompt tokens computed / prefill rate
 
+(a plain decode step checks one token per row; a drafts verify step, `--rksc-drafts on`, several: its
+counters give the steps by shape, `project_shapes`)
+
 with step times interpolated linearly between measured batch sizes (and tokens per
 row), and extrapolated linearly past the largest. The counters come from the run
 itself (`wire.ForwardCounters`: every decode step's batch size, prefill tokens).
@@ -61,7 +64,16 @@ class CostModel:
         self, decode_steps: Mapping[int, int], prefill_tokens: float, tokens_per_row: int = 1
     ) -> dict[str, float]:
         """Projected seconds of a run from its decode steps by batch size and its prefill tokens computed."""
-        decode_ms = sum(count * self.step_ms(int(batch), tokens_per_row) for batch, count in decode_steps.items())
+        return self.project_shapes({(batch, tokens_per_row): n for batch, n in decode_steps.items()}, prefill_tokens)
+
+    def project_shapes(
+        self, steps_by_shape: Mapping[tuple[int, int], float], prefill_tokens: float
+    ) -> dict[str, float]:
+        """Projected seconds of a run from its decode steps by (rows, tokens per row), each costed at its own
+        shape (drafts' verify steps check several tokens per row), and its prefill tokens computed."""
+        decode_ms = sum(
+            count * self.step_ms(int(rows), int(tokens)) for (rows, tokens), count in steps_by_shape.items()
+        )
         prefill_ms = self.prefill_ms(prefill_tokens)
         return {
             "projected_s": (decode_ms + prefill_ms) / 1000.0,
@@ -127,7 +139,7 @@ def parse(data: Any, name: str) -> CostModel:
 def load(path: str | Path | None = None) -> CostModel:
     """The default model (shipped in the package) or the one in `path`; CostModelError if unusable."""
     if path is None:
-        text = resources.files("sglang_rksc.bench.cost_models").joinpath(DEFAULT).read_text()
+        text = resources.files("sglang_rksc.runtime.cost_models").joinpath(DEFAULT).read_text()
         return parse(json.loads(text), DEFAULT)
     try:
         data = json.loads(Path(path).read_text())
