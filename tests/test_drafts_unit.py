@@ -232,3 +232,36 @@ def test_a_frequent_gram_of_the_request_itself_does_not_crowd_out_a_sibling():
     store.update(A, "r", [*prefix, *([5, 1, 2] * 20), 3, 4, 1, 2])  # "1 2" forty times of its own
     draft = store.propose(A, "r", 3)
     assert (draft.tokens, draft.source) == ((70, 71, 72), "branch")  # the sibling matches "1 2 3 4 1 2"
+
+
+def test_the_newest_tokens_of_a_request_draft_for_the_others():
+    store = DraftStore(1000)
+    store.update(A, "a", [1, 2, 3])
+    store.extend(A, "a", [4, 5, 6])  # its last verify step's tokens, before the scheduler commits them
+    store.extend(A, "unknown", [9])  # a request never seen is not invented
+    store.update(A, "b", [8, 3, 4])
+    assert store.propose(A, "b", 2).tokens == (5, 6) and store.tokens == 9
+
+
+def test_verify_attention_is_the_causal_attention_of_the_whole_sequence_at_the_drafted_positions():
+    """Against SDPA over every position (SGLang's torch-native extend computes that), taking the last rows."""
+    from torch.nn.functional import scaled_dot_product_attention
+
+    from sglang_rksc.drafts.attention import verify_attention
+
+    torch.manual_seed(0)
+    heads, kv_heads, dim, width = 4, 2, 8, 3
+    lengths = [5, 9]
+    k_cache, v_cache = torch.randn(32, kv_heads, dim), torch.randn(32, kv_heads, dim)
+    req_to_token = torch.stack([torch.arange(0, 16), torch.arange(16, 32)])
+    q = torch.randn(len(lengths) * width, heads, dim)
+    out = verify_attention(q, k_cache, v_cache, req_to_token, [0, 1], lengths, width, 0.3)
+    for row, length in enumerate(lengths):
+        slots = req_to_token[row, : length + width]
+        full_q = torch.randn(heads, length + width, dim)
+        full_q[:, length:] = q[row * width : (row + 1) * width].movedim(0, 1)
+        keys, values = k_cache[slots].movedim(0, 1), v_cache[slots].movedim(0, 1)
+        ref = scaled_dot_product_attention(
+            full_q[None], keys[None], values[None], is_causal=True, scale=0.3, enable_gqa=True
+        )[0, :, length:]
+        assert torch.allclose(out[row * width : (row + 1) * width], ref.movedim(0, 1), atol=1e-5)

@@ -84,6 +84,13 @@ class DraftStore:
                 holders.popitem(last=False)
         self._evict()
 
+    def extend(self, namespace: Hashable, key: Hashable, tokens: Sequence[int]) -> None:
+        """Append tokens to a known sequence (its newest output)."""
+        space = self._spaces.get(namespace)
+        seq = space.sequences.get(key) if space is not None else None
+        if seq is not None:
+            self.update(namespace, key, [*seq.tokens, *tokens])
+
     def finish(self, namespace: Hashable, key: Hashable) -> None:
         """The request is done: its sequence stays as drafting material until evicted."""
         space = self._spaces.get(namespace)

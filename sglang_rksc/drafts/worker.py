@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Tests only: "accept-all" replaces verification by accepting every draft, so that a test can show it would
 # notice a verification that does not keep the model's distribution.
 FAULT_ENV = "RKSC_DRAFTS_FAULT"
+MAX_RECORDS = 4096  # per-request counters kept for requests out of the batch (a retracted one comes back)
 
 
 def namespace_of(req: Any) -> Hashable:
@@ -91,7 +92,9 @@ class DraftWorker(BaseSpecWorker):
         super().alloc_memory_pool(**kwargs)  # NGRAM's (GPU) sizes its verify buffers here
 
     def note_request_finished(self, *, rid: str, natural_stop: bool) -> None:
-        self._finish(rid)
+        record = self.requests.pop(rid, None)
+        if record is not None:
+            self.store.finish(record.namespace, rid)
 
     # ------------------------------------------------------------------ drafting
 
@@ -109,15 +112,15 @@ class DraftWorker(BaseSpecWorker):
             space = namespace_of(req)
             self.store.update(space, req.rid, [*req.origin_input_ids_unpadded, *req.output_ids])
             drafts.append(self.store.propose(space, req.rid, limit) if drafts_allowed(req) else None)
-        for gone in self._prev_decode_rids - rids:
-            self._finish(gone)
+        for gone in self._prev_decode_rids - rids:  # finished, aborted or retracted: evictable from now on
+            record = self.requests.get(gone)
+            if record is not None:
+                self.store.finish(record.namespace, gone)
         self._prev_decode_rids = rids
+        if len(self.requests) > MAX_RECORDS:  # requests that left without finishing (aborted while waiting)
+            for rid in [r for r in self.requests if r not in rids][: len(self.requests) - MAX_RECORDS]:
+                del self.requests[rid]
         return drafts
-
-    def _finish(self, rid: str) -> None:
-        record = self.requests.pop(rid, None)
-        if record is not None:
-            self.store.finish(record.namespace, rid)
 
     def _prepare_draft_tokens(self, batch: ScheduleBatch) -> tuple[np.ndarray, np.ndarray]:
         """NGRAM's interface (GPU path): `draft_token_num` tokens per request, the last one first, and each
@@ -242,6 +245,8 @@ class DraftWorker(BaseSpecWorker):
         accept_lens = torch.tensor([len(t) for t in verdict.tokens], dtype=torch.int32)
         new_seq_lens = batch.seq_lens + accept_lens.to(batch.seq_lens.dtype)
         _free_rejected(batch, [s + int(a) for s, a in zip(seq_lens, accept_lens, strict=True)])
+        for req, tokens in zip(reqs, verdict.tokens, strict=True):  # a request's last tokens draft for others too
+            self.store.extend(namespace_of(req), req.rid, tokens)
         if batch.return_logprob:
             from sglang.srt.layers.logprob_processor import compute_spec_logprobs
 
