@@ -35,7 +35,8 @@ COUNTING = "1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,"
 
 # SGLang's own test switch: retract running requests every third forward, so every test below also runs
 # through retractions (a retracted request gives back its KV, drafts included, and is run again later).
-RETRACTING_ENV = {**STRICT_MEMORY_ENV, "SGLANG_TEST_RETRACT": "1"}
+# Requests whose rid starts with "drafts-fault-" fail in their decode (verify) step: the failure is contained.
+RETRACTING_ENV = {**STRICT_MEMORY_ENV, "SGLANG_TEST_RETRACT": "1", "SGLANG_RKSC_INJECT_FAULT": "drafts-fault-:decode"}
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +167,12 @@ def test_a_bad_per_request_option_is_a_400_and_the_server_serves_on(drafts_serve
     off = generate(drafts_server, REPEATING[0], 24, sampling={"custom_params": {"rksc": {"drafts": False}}})
     assert drafts_of(off)["drafted"] == {}
     assert drafts_of(off)["verify_steps"] == off["meta_info"]["completion_tokens"] - 1  # one token per step
+
+
+def test_a_failed_verify_step_aborts_its_batch_and_the_server_serves_on(drafts_server):
+    body = {"rid": "drafts-fault-1", "text": REPEATING[0], "sampling_params": {"max_new_tokens": 8, "temperature": 0}}
+    failed = requests.post(drafts_server.url + "/generate", json=body, timeout=120)
+    assert failed.status_code == 500 and "fault injected" in failed.text
+    assert generate(drafts_server, REPEATING[2], 12)["meta_info"]["completion_tokens"] == 12
+    flush_cache(drafts_server)
+    assert_idle_and_clean(drafts_server)

@@ -160,7 +160,9 @@ def injected_fault(original: Any, *args: Any, **kwargs: Any) -> Any:
     if batch is None:
         return result
     for prefix, mode in parse_fault(os.environ.get(FAULT_ENV)):
-        in_mode = batch.forward_mode.is_decode() if mode == "decode" else batch.forward_mode.is_extend()
+        forward_mode = batch.forward_mode
+        decode = forward_mode.is_decode() or forward_mode.is_target_verify()  # a drafts step is a decode step
+        in_mode = decode if mode == "decode" else forward_mode.is_extend() and not decode
         if in_mode and any(str(req.rid).startswith(prefix) for req in batch.reqs):
             raise RuntimeError(f"fault injected by {FAULT_ENV} in a {mode} batch")
     return result
