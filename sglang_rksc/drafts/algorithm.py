@@ -62,9 +62,9 @@ def worker_factory(server_args: Any) -> type:
     import torch
 
     if torch.cuda.is_available() and getattr(server_args, "device", "cuda") != "cpu":
-        from sglang_rksc.drafts.gpu_worker import GpuDraftWorker
+        from sglang_rksc.drafts.gpu_worker import gpu_worker_class
 
-        return GpuDraftWorker
+        return gpu_worker_class()
     from sglang_rksc.drafts.worker import DraftWorker
 
     return DraftWorker

@@ -54,7 +54,7 @@ def drafts_allowed(req: Any) -> bool:
 
 
 class DraftWorker(BaseSpecWorker):
-    """The CPU worker, and the drafting half of the GPU one (`gpu_worker.GpuDraftWorker` adds SGLang's NGRAM
+    """The CPU worker, and the drafting half of the GPU one (`gpu_worker.gpu_worker_class()` adds SGLang's NGRAM
     verify step, whose module imports GPU kernels)."""
 
     def __init__(self, server_args: Any, gpu_id: int, nccl_port: int, target_worker: Any) -> None:
