@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sglang_rksc.config import RkscConfig
+from sglang_rksc.runtime.cpu import has_flag
 
 
 def skip_kv_copy_warmup(original: Any, pool: Any, *args: Any, **kwargs: Any) -> Any:
@@ -58,7 +59,7 @@ def launch_refusal(settings: RkscConfig, argv: list[str]) -> str | None:
             "SGLang's one-token decode allocation, which speculative decoding replaces"
         )
     for flag in ("--speculative-algorithm", "--speculative-num-draft-tokens", "--enable-mixed-chunk"):
-        if any(a == flag or a.startswith(flag + "=") for a in argv):
+        if has_flag(argv, flag):
             return f"--rksc-drafts on sets SGLang's speculative settings itself; drop {flag}"
     return None
 

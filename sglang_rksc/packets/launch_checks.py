@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sglang_rksc.config import RkscConfig
 from sglang_rksc.packets.adapter import AdapterError, PacketAdapter, packaged
-from sglang_rksc.runtime.cpu import flag_value
+from sglang_rksc.runtime.cpu import flag_value, has_flag
 from sglang_rksc.runtime.model_path import supported_model_config
 from sglang_rksc.runtime.models import shipped_for
 
@@ -44,7 +44,7 @@ def resolve(settings: RkscConfig, model_path: str, argv: list[str]) -> RkscConfi
         "--disable-radix-cache",
         "--enable-piecewise-cuda-graph",
     ):
-        if flag in argv or flag_value(argv, flag) is not None:
+        if has_flag(argv, flag):
             raise ValueError(f"--rksc-packets on does not support {flag}")
     adapter = _adapter_file(settings.packet_adapter, model_path)
     if adapter is not None:

@@ -122,6 +122,11 @@ _GPU_ONLY_SWITCHES = {
 }
 
 
+def has_flag(argv: list[str], *flags: str) -> bool:
+    """Whether any of `flags` is given (a switch, `--flag v` or `--flag=v`)."""
+    return any(a in flags or a.split("=", 1)[0] in flags for a in argv if a.startswith("--"))
+
+
 def flag_value(argv: list[str], flag: str) -> str | None:
     """The value given for `flag` (`--flag v` or `--flag=v`), last one wins."""
     value = None

@@ -84,10 +84,6 @@ class LaunchPlan:
     rksc: rksc_config.RkscConfig
 
 
-def _has_flag(argv: list[str], *flags: str) -> bool:
-    return any(a in flags or a.split("=", 1)[0] in flags for a in argv if a.startswith("--"))
-
-
 def _drop_flag(argv: list[str], flag: str) -> list[str]:
     out, skip = [], False
     for arg in argv:
@@ -120,7 +116,7 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
     """Validate `argv` and work out the SGLang argv; sets up the CPU runtime and our settings."""
     _check_plugin_installed()
     # Drafts are a speculative algorithm, not a cache feature: they run with any cache backend.
-    given_rksc = any(a.startswith("--rksc-") and not a.startswith(("--rksc-draft", "--rksc-drafts")) for a in argv)
+    given_rksc = any(a.startswith("--rksc-") and not a.startswith("--rksc-draft") for a in argv)
     try:
         argv, settings = rksc_config.split_args(argv)
     except rksc_config.ConfigError as exc:
