@@ -15,8 +15,6 @@ from sglang_rksc.bench.server_stats import (
     DRAFTED,
     DRAFTS,
     decode_step_shapes,
-    decode_steps_by_batch,
-    decode_steps_by_shape,
 )
 from sglang_rksc.runtime import cost_model as costs
 from sglang_rksc.wire import EvictionStats, MarkStats, ReuseStats, SemanticStats, counter_names
@@ -91,12 +89,11 @@ def projected_seconds(run: Run, model: costs.CostModel) -> float | None:
     decode-step histogram existed are priced at their mean decode batch."""
     if "prefill_tokens" not in run.server:
         return None
-    if decode_steps_by_shape(run.server):
-        return model.project_shapes(decode_step_shapes(run.server), run.server["prefill_tokens"])["projected_s"]
-    steps = decode_steps_by_batch(run.server)
+    steps = decode_step_shapes(run.server)
     if not steps and run.server.get("decode_steps"):
-        steps = {max(1, round(run.server["decode_rows"] / run.server["decode_steps"])): run.server["decode_steps"]}
-    return model.project(steps, run.server["prefill_tokens"])["projected_s"]
+        mean_batch = max(1, round(run.server["decode_rows"] / run.server["decode_steps"]))
+        steps = {(mean_batch, 1): run.server["decode_steps"]}
+    return model.project_shapes(steps, run.server["prefill_tokens"])["projected_s"]
 
 
 def drafts_figures(counters: Sequence[dict[str, float]]) -> dict[str, Any]:

@@ -213,10 +213,8 @@ def figures(run: ServeRun, model: cost_model.CostModel) -> dict[str, Any]:
     ok = [d for d in run.done if d.row is not None]
     latencies = [d.finished_s - d.queued_s for d in ok]
     steps_by_batch = server_stats.decode_steps_by_batch(s)
-    if server_stats.decode_steps_by_shape(s):  # drafts: verify steps at their shapes, the rest at one token
-        projection = model.project_shapes(server_stats.decode_step_shapes(s), s.get("prefill_tokens", 0.0))
-    else:
-        projection = model.project(steps_by_batch, s.get("prefill_tokens", 0.0))
+    # Every decode step at its rows and tokens per row (drafts' verify steps at theirs, the others at one).
+    projection = model.project_shapes(server_stats.decode_step_shapes(s), s.get("prefill_tokens", 0.0))
     forwards = s.get("forwards_sampled", 0.0)
     return {
         "jobs": len(run.done),
