@@ -99,7 +99,6 @@ class DraftLength:
     gpu: CostModel | None = None
     cpu: CpuCost = field(default_factory=CpuCost)
     sources: dict[str, Acceptance] = field(default_factory=dict)
-    chosen: dict[int, int] = field(default_factory=dict)  # width -> steps
 
     @classmethod
     def for_profile(cls, profile: str, max_drafts: int, *, on_gpu: bool) -> DraftLength:
@@ -145,7 +144,6 @@ class DraftLength:
             "profile": self.profile,
             "max_drafts": self.max_drafts,
             "acceptance": {s: round(a.rate, 4) for s, a in sorted(self.sources.items())},
-            "widths_chosen": {str(w): n for w, n in sorted(self.chosen.items())},
             "cpu_step_line": None
             if self.gpu is not None
             else {"base": round(base, 6), "per_token": round(per_token, 6)},

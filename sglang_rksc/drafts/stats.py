@@ -71,7 +71,12 @@ class DraftCounters:
         if self._worker is not None:
             self.stats.store_tokens = self._worker.store.tokens
             self.stats.store_evicted_tokens = self._worker.store.evicted_tokens
-            self.stats.length = self._worker.length.describe()
+            widths: dict[int, int] = {}  # the width chosen, step by step: from the steps by shape
+            for shape, steps in self.stats.steps_by_shape.items():
+                width = int(shape.split("x")[1])
+                widths[width] = widths.get(width, 0) + steps
+            chosen = {str(w): n for w, n in sorted(widths.items())}
+            self.stats.length = {**self._worker.length.describe(), "widths_chosen": chosen}
         return self.stats.as_dict()
 
 

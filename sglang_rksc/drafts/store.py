@@ -59,21 +59,38 @@ class DraftStore:
     def tokens(self) -> int:
         return sum(space.tokens for space in self._spaces.values())
 
+    def length(self, namespace: Hashable, key: Hashable) -> int | None:
+        """Tokens held for request `key` (None: not held)."""
+        space = self._spaces.get(namespace)
+        seq = space.sequences.get(key) if space is not None else None
+        return None if seq is None else len(seq.tokens)
+
     def update(self, namespace: Hashable, key: Hashable, tokens: Sequence[int]) -> None:
         """The request `key` now holds `tokens` (its prompt and output so far): index what is new."""
         space = self._spaces.setdefault(namespace, _Space())
+        seq = space.sequences.get(key)
+        old = 0 if seq is None else len(seq.tokens)
+        if seq is not None and (len(tokens) < old or list(tokens[: min(old, 8)]) != seq.tokens[: min(old, 8)]):
+            self._drop(space, key)  # retracted or rewritten: index it afresh
+            old = 0
+        self._append(space, key, tokens[old:])
+
+    def extend(self, namespace: Hashable, key: Hashable, tokens: Sequence[int]) -> None:
+        """Append tokens to a known sequence (its newest output)."""
+        space = self._spaces.get(namespace)
+        if space is not None and key in space.sequences:
+            self._append(space, key, tokens)
+
+    def _append(self, space: _Space, key: Hashable, tokens: Sequence[int]) -> None:
+        """Add tokens at the end of `key`'s sequence (created if new), index the n-grams they end, evict."""
         seq = space.sequences.get(key)
         if seq is None:
             seq = space.sequences[key] = _Sequence([])
         else:
             space.sequences.move_to_end(key)
         old = len(seq.tokens)
-        if len(tokens) < old or list(tokens[: min(old, 8)]) != seq.tokens[: min(old, 8)]:
-            self._drop(space, key)  # retracted or rewritten: index it afresh
-            seq = space.sequences[key] = _Sequence([])
-            old = 0
-        seq.tokens.extend(tokens[old:])
-        space.tokens += len(tokens) - old
+        seq.tokens.extend(tokens)
+        space.tokens += len(tokens)
         for end in range(max(old, self.gram), len(seq.tokens) + 1):
             holders = space.index.setdefault(tuple(seq.tokens[end - self.gram : end]), OrderedDict())
             ends = holders.setdefault(key, [])
@@ -83,13 +100,6 @@ class DraftStore:
             if len(holders) > SEQUENCES_PER_GRAM:
                 holders.popitem(last=False)
         self._evict()
-
-    def extend(self, namespace: Hashable, key: Hashable, tokens: Sequence[int]) -> None:
-        """Append tokens to a known sequence (its newest output)."""
-        space = self._spaces.get(namespace)
-        seq = space.sequences.get(key) if space is not None else None
-        if seq is not None:
-            self.update(namespace, key, [*seq.tokens, *tokens])
 
     def finish(self, namespace: Hashable, key: Hashable) -> None:
         """The request is done: its sequence stays as drafting material until evicted."""

@@ -110,7 +110,10 @@ class DraftWorker(BaseSpecWorker):
         for req in batch.reqs:
             rids.add(req.rid)
             space = namespace_of(req)
-            self.store.update(space, req.rid, [*req.origin_input_ids_unpadded, *req.output_ids])
+            # The store already holds what the last verify step accepted; a request seen afresh (new,
+            # retracted, or run on the GPU path) is recorded whole.
+            if self.store.length(space, req.rid) != len(req.origin_input_ids_unpadded) + len(req.output_ids):
+                self.store.update(space, req.rid, [*req.origin_input_ids_unpadded, *req.output_ids])
             drafts.append(self.store.propose(space, req.rid, limit) if drafts_allowed(req) else None)
         for gone in self._prev_decode_rids - rids:  # finished, aborted or retracted: evictable from now on
             record = self.requests.get(gone)
@@ -164,18 +167,37 @@ class DraftWorker(BaseSpecWorker):
     def _prefill(self, batch: ScheduleBatch, on_publish: Any) -> GenerationBatchResult:
         """A prefill is a plain target forward; its sampled token is each row's whole accepted run."""
         forward = self.target_worker.forward_batch_generation(batch)
-        bs = len(batch.reqs)
-        width = self.draft_token_num
-        accept_tokens = torch.zeros((bs, width), dtype=torch.int64)
+        accept_tokens = torch.zeros((len(batch.reqs), self.draft_token_num), dtype=torch.int64)
         accept_tokens[:, 0] = forward.next_token_ids
-        accept_lens = torch.ones(bs, dtype=torch.int32)
+        accept_lens = torch.ones(len(batch.reqs), dtype=torch.int32)
         new_seq_lens = batch.seq_lens.clone()
         if on_publish is not None:
             on_publish(new_seq_lens)
-        return GenerationBatchResult(
-            logits_output=forward.logits_output,
-            next_token_ids=forward.next_token_ids,
+        return self._result(
+            forward.logits_output,
+            forward.next_token_ids,
+            accept_tokens,
+            accept_lens,
+            new_seq_lens,
             can_run_cuda_graph=forward.can_run_cuda_graph,
+        )
+
+    def _result(
+        self,
+        logits_output: Any,
+        next_token_ids: torch.Tensor,
+        accept_tokens: torch.Tensor,
+        accept_lens: torch.Tensor,
+        new_seq_lens: torch.Tensor,
+        can_run_cuda_graph: bool = False,
+    ) -> GenerationBatchResult:
+        """What the scheduler takes from a step. Rows keep the launch width (`accept_tokens` [rows, width])
+        whatever the step's: the scheduler merges and filters the results of steps of different widths by it."""
+        width = self.draft_token_num
+        return GenerationBatchResult(
+            logits_output=logits_output,
+            next_token_ids=next_token_ids,
+            can_run_cuda_graph=can_run_cuda_graph,
             accept_lens=accept_lens,
             new_seq_lens=new_seq_lens,
             next_draft_input=NgramVerifyInput(
@@ -236,10 +258,7 @@ class DraftWorker(BaseSpecWorker):
             verdict = _verify(batch, draft_tokens, lengths, logits)
         self.length.cpu.observe_step(bs, width, time.perf_counter() - started)
 
-        # Rows keep the launch width, whatever this step's: the scheduler merges and filters the results of
-        # steps of different widths by that stride.
-        stride = self.draft_token_num
-        emitted = torch.zeros((bs, stride), dtype=torch.int64)
+        emitted = torch.zeros((bs, self.draft_token_num), dtype=torch.int64)
         for i, tokens in enumerate(verdict.tokens):
             emitted[i, : len(tokens)] = torch.tensor(tokens)
         accept_lens = torch.tensor([len(t) for t in verdict.tokens], dtype=torch.int32)
@@ -255,18 +274,7 @@ class DraftWorker(BaseSpecWorker):
             on_publish(new_seq_lens)
         self._account(batch, accept_lens.tolist(), width, time.perf_counter() - started)
         batch.forward_mode = ForwardMode.DECODE
-        next_token_ids = emitted.reshape(-1)
-        return GenerationBatchResult(
-            logits_output=logits_output,
-            next_token_ids=next_token_ids,
-            can_run_cuda_graph=False,
-            accept_lens=accept_lens,
-            new_seq_lens=new_seq_lens,
-            next_draft_input=NgramVerifyInput(
-                draft_token_num=stride, new_seq_lens=new_seq_lens, accept_tokens=next_token_ids, accept_lens=accept_lens
-            ),
-            speculative_num_draft_tokens=stride,
-        )
+        return self._result(logits_output, emitted.reshape(-1), emitted, accept_lens, new_seq_lens)
 
     def _account(self, batch: ScheduleBatch, accept_lens: list[int], width: int, seconds: float | None) -> None:
         outcomes = []
@@ -279,7 +287,6 @@ class DraftWorker(BaseSpecWorker):
             record.attach_to(req)
             self.length.observe(source, drafted, accepted)
             outcomes.append((source, drafted, accepted, length))
-        self.length.chosen[width] = self.length.chosen.get(width, 0) + 1
         DRAFTS.record_step(len(batch.reqs), width, outcomes, seconds)
 
 
