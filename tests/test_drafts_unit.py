@@ -265,3 +265,23 @@ def test_verify_attention_is_the_causal_attention_of_the_whole_sequence_at_the_d
             full_q[None], keys[None], values[None], is_causal=True, scale=0.3, enable_gqa=True
         )[0, :, length:]
         assert torch.allclose(out[row * width : (row + 1) * width], ref.movedim(0, 1), atol=1e-5)
+
+
+def test_growing_a_sequence_indexes_each_occurrence_once():
+    """An n-gram ending where a sequence stopped is not indexed again when it grows: the occurrences kept
+    per sequence are real ones."""
+    store = DraftStore(1000)
+    store.update(A, "r", [1, 2, 3, 1, 2])
+    store.extend(A, "r", [4])  # "1 2" at the old end must keep its earlier occurrence (followed by 3)
+    assert store._spaces[A].index[(1, 2)]["r"] == [2, 5]  # not [5, 5]: the occurrence at 2 still drafts
+    store.extend(A, "r", [5, 1, 2])
+    assert store.propose(A, "r", 1).tokens == (4,)  # of two equal matches, the more recent
+
+
+def test_a_request_that_runs_again_is_not_evicted():
+    store = DraftStore(8)
+    store.update(A, "r", [1, 2, 3, 4])
+    store.finish(A, "r")  # left the batch (retracted)
+    store.update(A, "r", [1, 2, 3, 4, 5])  # back
+    store.update(A, "other", [9, 9, 9, 9])  # over budget: only finished sequences may go
+    assert store.length(A, "r") == 5

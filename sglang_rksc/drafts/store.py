@@ -88,10 +88,12 @@ class DraftStore:
             seq = space.sequences[key] = _Sequence([])
         else:
             space.sequences.move_to_end(key)
+            seq.running = True  # a retracted request that runs again is not evictable
         old = len(seq.tokens)
         seq.tokens.extend(tokens)
         space.tokens += len(tokens)
-        for end in range(max(old, self.gram), len(seq.tokens) + 1):
+        # the n-grams ending after the old end (the one ending there was indexed with it)
+        for end in range(max(old + 1, self.gram), len(seq.tokens) + 1):
             holders = space.index.setdefault(tuple(seq.tokens[end - self.gram : end]), OrderedDict())
             ends = holders.setdefault(key, [])
             holders.move_to_end(key)
