@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,42 @@ def test_figures_and_comparisons_from_counters():
     assert ours.figures["projected_problems_per_min_vs_radix"] > 1.0  # fewer prompt tokens to compute
     assert ours.figures["prompt_tokens_recomputed"] == 150.0  # beyond the largest budget's run
     assert "| 1,000 | rksc-full |" in serve.markdown_table([radix, ours])
+
+
+def test_resume_runs_only_the_jobs_the_journal_lacks(tmp_path: Path, monkeypatch, capsys):
+    """The bookkeeping of `--resume` (the kill itself is tested on `bench.compare`, which shares the journal):
+    a run stopped after some jobs continues with the others, under every mode, and reports all of them."""
+    ran: list[tuple[str, int]] = []
+    stop_after: list[int] = [3]
+
+    def fake_run(mode, budget, jobs, args, out, *, segment=None, **_):
+        for done, job in enumerate(jobs, 1):
+            if len(ran) == stop_after[0]:
+                raise KeyboardInterrupt  # killed midway
+            ran.append((mode.name, job.index))
+            row = {"index": job.index, "prediction": str(job.index), "correct": False}
+            segment.row(job.index, dict(index=job.index, program=job.program, queued_s=0.0, started_s=0.0,
+                                        finished_s=1.0, row=row), 1.0, {"generated_tokens": 10.0 * done})  # fmt: skip
+        segment.end(2.0, {"generated_tokens": 10.0 * len(jobs)})
+
+    monkeypatch.setattr(serve, "run_one_config", fake_run)
+    argv = ["--modes", "radix,rksc", "--problems", "4", "--quiet", "--output-dir", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        serve.main(argv)
+    assert ran == [("radix", 0), ("radix", 1), ("radix", 2)]
+    stop_after[0] = 100
+    assert serve.main([*argv, "--resume"]) == 0
+    assert ran[3:] == [("radix", 3), ("rksc", 0), ("rksc", 1), ("rksc", 2), ("rksc", 3)]
+    record = json.loads((tmp_path / "serve.json").read_text())
+    by_mode = {r["mode"]: r for r in record["runs"]}
+    assert [d["index"] for d in by_mode["radix"]["done"]] == [0, 1, 2, 3]
+    assert by_mode["radix"]["figures"]["server_segments"] == 2 and by_mode["rksc"]["figures"]["server_segments"] == 1
+    # The killed segment counts to its last job; the resumed one to its end.
+    assert by_mode["radix"]["server"]["generated_tokens"] == 30.0 + 10.0
+    assert by_mode["rksc"]["figures"]["agreement_with_radix"] == 1.0
+    with pytest.raises(SystemExit):
+        serve.main([*argv, "--resume", "--seed", "1"])
+    assert "other settings (seed)" in capsys.readouterr().err
 
 
 @pytest.mark.server  # by hand: serve starts its server in this process (tests/conftest.py)

@@ -8,7 +8,10 @@ as spread rather than as a difference between modes. Ratios are taken against
 
     python -m sglang_rksc.bench.compare --program tree_of_thought --start 300 --num-problems 20
 
-Writes bench.json, bench.md and bench.png under --output-dir.
+Writes bench.json, bench.md and bench.png under --output-dir, and journal.jsonl as it goes: every finished
+problem is appended there, so that `--resume` continues a killed run without repeating or losing one. Long
+answer runs go by `--chunk`: all modes on the first K problems, then on the next K, so that a run stopped
+after any chunk compares every mode on the same problems.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from typing import Any
 
 from sglang_rksc.bench import modes as modes_mod
 from sglang_rksc.bench import server_stats
+from sglang_rksc.bench.journal import FILE_NAME, Journal, JournalError, by_index
 from sglang_rksc.bench.report import Run, add_speedups, markdown_table, summarize_mode, write_chart
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
 from sglang_rksc.runtime import cost_model
-from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
+from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError, exit_on_sigterm
 
 PROGRAMS: dict[str, Any] = {p.NAME: p for p in (tree_of_thought, self_consistency_verify, game_of_24)}
 GSM8K_CALIBRATION_END = 300  # problems 0-299 tune thresholds; 300+ are reported
@@ -98,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU cost model for the projection (JSON written by gpu_costmodel.py); default: H100, Qwen2.5-7B shapes",
     )
     parser.add_argument(
+        "--chunk",
+        type=common.positive_int,
+        help="run every mode on this many problems before the next ones (a fresh server per mode and chunk); "
+        "default: all at once",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run whose journal.jsonl is in --output-dir (the same settings): only the problems "
+        "it has not recorded run",
+    )
+    parser.add_argument(
         "--rerender",
         type=Path,
         metavar="BENCH_JSON",
@@ -121,6 +137,11 @@ def mode_program_options(program: Any, args: argparse.Namespace, mode: modes_mod
     return options
 
 
+def run_key(mode_name: str, repeat: int) -> str:
+    """A run's key in the journal."""
+    return f"{mode_name}#{repeat}"
+
+
 def run_mode(
     mode: modes_mod.Mode,
     program: Any,
@@ -129,19 +150,53 @@ def run_mode(
     args: argparse.Namespace,
     repeat: int,
     log_dir: Path,
-) -> Run:
-    """A fresh server for this mode, the program once, and the server's counters during it."""
+    journal: Journal,
+) -> None:
+    """A fresh server for this mode, the program once over `problems`, each finished problem journaled
+    with the server's time and counters so far."""
     model = ["--model", args.model] if args.model else []
     server_args = [*mode.server_args, *model, "--enable-metrics", *shlex.split(args.server_args)]
     log_path = server_log_path(log_dir, mode.name, repeat)
+    segment = journal.segment(run_key(mode.name, repeat))
     with LaunchedServer(server_args, log_path=log_path) as server:
         backend = common.make_backend(server.url, args.chat_template)
         before = server_stats.snapshot(server.url)
         started = time.perf_counter()
-        rows = program.run(backend, problems, options, parallel=args.parallel, progress_bar=True)
-        seconds = time.perf_counter() - started
-        counters = server_stats.difference(server_stats.snapshot(server.url), before)
-    return Run(mode.name, repeat, seconds, rows, counters, str(log_path))
+
+        def so_far() -> tuple[float, dict[str, float]]:
+            return time.perf_counter() - started, server_stats.difference(server_stats.snapshot(server.url), before)
+
+        def record(row: dict[str, Any]) -> None:
+            segment.row(row["index"], row, *so_far())
+
+        program.run(backend, problems, options, parallel=args.parallel, progress_bar=True, on_row=record)
+        segment.end(*so_far())
+
+
+def journal_config(args: argparse.Namespace, modes: list[modes_mod.Mode]) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (not --resume, --output-dir or --cost-model)."""
+    kept = ("program", "start", "num_problems", "repeats", "temperature", "program_args", "parallel")
+    return {
+        **{k: getattr(args, k) for k in kept},
+        "modes": [(m.name, list(m.server_args), list(m.program_args)) for m in modes],
+        "server_args": args.server_args,
+        "model": args.model,
+        "chat_template": args.chat_template,
+        "chunk": args.chunk,
+    }
+
+
+def collect_runs(
+    journal: Journal, modes: list[modes_mod.Mode], repeats: int, order: list[int], log_dir: Path
+) -> list[Run]:
+    """The journal's runs, one per mode and repeat, rows in the problems' order."""
+    runs = []
+    for repeat in range(repeats):
+        for mode in modes:
+            totals = journal.totals(run_key(mode.name, repeat))
+            log = str(server_log_path(log_dir, mode.name, repeat))
+            runs.append(Run(mode.name, repeat, totals.seconds, by_index(totals.rows, order), totals.server, log))
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,35 +221,50 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.output_dir or f"results/bench/{args.program}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    runs: list[Run] = []
-    total = len(modes) * args.repeats
-    for repeat in range(args.repeats):
-        order = modes if repeat % 2 == 0 else list(reversed(modes))
-        for mode in order:
-            print(
-                f"[{len(runs) + 1}/{total}] repeat {repeat + 1}, mode {mode.name}: {mode.description}",
-                file=sys.stderr,
-                flush=True,
-            )
-            try:
-                run = run_mode(mode, program, problems, mode_options[mode.name], args, repeat, out_dir)
-            except ServerStartError as exc:
-                print(f"error: mode {mode.name}: {exc}", file=sys.stderr)
-                return 1
-            runs.append(run)
-            print(
-                f"    {run.seconds:.1f} s, {run.server.get('generated_tokens', 0):.0f} tokens generated, "
-                f"{run.server.get('cached_tokens', 0):.0f}/{run.server.get('prompt_tokens', 0):.0f} prompt tokens "
-                f"from cache",
-                file=sys.stderr,
-                flush=True,
-            )
+    try:
+        journal = Journal(out_dir / FILE_NAME, journal_config(args, modes), resume=args.resume)
+    except JournalError as exc:
+        parser.error(str(exc))
+    chunk = args.chunk or len(problems)
+    chunks = [problems[i : i + chunk] for i in range(0, len(problems), chunk)]
+    total, step = len(chunks) * len(modes) * args.repeats, 0
+    for part in chunks:
+        for repeat in range(args.repeats):
+            order = modes if repeat % 2 == 0 else list(reversed(modes))
+            for mode in order:
+                step += 1
+                done = journal.done(run_key(mode.name, repeat))
+                todo = [p for p in part if p.index not in done]
+                if not todo:
+                    continue
+                print(
+                    f"[{step}/{total}] repeat {repeat + 1}, mode {mode.name}, problems {todo[0].index}-"
+                    f"{todo[-1].index} ({len(todo)}): {mode.description}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                try:
+                    run_mode(mode, program, todo, mode_options[mode.name], args, repeat, out_dir, journal)
+                except ServerStartError as exc:
+                    print(f"error: mode {mode.name}: {exc}", file=sys.stderr)
+                    return 1
+                totals = journal.totals(run_key(mode.name, repeat))
+                print(
+                    f"    {len(totals.rows)} problems so far in {totals.seconds:.1f} s, "
+                    f"{totals.server.get('generated_tokens', 0):.0f} tokens generated, "
+                    f"{totals.server.get('cached_tokens', 0):.0f}/{totals.server.get('prompt_tokens', 0):.0f} "
+                    "prompt tokens from cache",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    runs = collect_runs(journal, modes, args.repeats, [p.index for p in problems], out_dir)
 
     command = "python -m sglang_rksc.bench.compare " + shlex.join(argv if argv is not None else sys.argv[1:])
     option_text = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(options).items()))
     heading = (
         f"{args.program} on {args.num_problems} problems from {args.start} ({slice_name} slice), "
         f"{args.repeats} interleaved repeats, program options: {option_text}, parallel {args.parallel}"
+        + (f", all modes on {args.chunk} problems at a time (a fresh server per mode and chunk)" if args.chunk else "")
     )
     record = {
         "command": command,
@@ -255,4 +325,5 @@ def rerender(path: Path, model: cost_model.CostModel) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()  # a killed run stops its server and can be resumed
     sys.exit(main())

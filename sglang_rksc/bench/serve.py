@@ -18,7 +18,9 @@ largest budget, requests waiting for memory (mean and peak queue) and
 retractions, decode steps with their batch sizes, accuracy and agreement with
 `radix` under the same budget; and beside the CPU wall time, the GPU projection
 of the same token accounting (`sglang_rksc.runtime.cost_model`: a projection, not
-a GPU run). Writes serve.json, serve.md and serve.png under --output-dir.
+a GPU run). Writes serve.json, serve.md and serve.png under --output-dir, and journal.jsonl as jobs
+finish: `--resume` continues a killed run with the jobs it lacks (its time then spans several servers,
+so its rates are those of a resumed run; its answers are whole).
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ from typing import Any
 
 from sglang_rksc.bench import modes as modes_mod
 from sglang_rksc.bench import server_stats
+from sglang_rksc.bench.journal import FILE_NAME, Journal, JournalError, Segment
 from sglang_rksc.bench.report import drafts_acceptance, drafts_figures, drafts_tokens_per_step, fmt
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
 from sglang_rksc.runtime import cost_model
-from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError
+from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError, exit_on_sigterm
 
 PROGRAMS: dict[str, Any] = {p.NAME: p for p in (tree_of_thought, self_consistency_verify, game_of_24)}
 DEFAULT_MIX = "tree_of_thought:2,self_consistency_verify:1,game_of_24:1"
@@ -143,9 +146,14 @@ def program_flags(program: Any, flags: Sequence[str]) -> list[str]:
 
 
 def run_jobs(
-    run_one: Callable[[Job], dict[str, Any]], jobs: Sequence[Job], clients: int | None, progress: Any = None
+    run_one: Callable[[Job], dict[str, Any]],
+    jobs: Sequence[Job],
+    clients: int | None,
+    progress: Any = None,
+    on_done: Callable[[Done], None] | None = None,
 ) -> list[Done]:
-    """Closed loop with `clients` workers, or (None) open loop: each job at its arrival time."""
+    """Closed loop with `clients` workers, or (None) open loop: each job at its arrival time. `on_done` sees
+    each finished job at once (under a lock)."""
     t0 = time.perf_counter()
     done: list[Done] = []
     lock = threading.Lock()
@@ -159,6 +167,8 @@ def run_jobs(
             error = f"{type(exc).__name__}: {exc}"
         with lock:
             done.append(Done(job.index, job.program, queued, started, time.perf_counter() - t0, row, error))
+            if on_done is not None:
+                on_done(done[-1])
             if progress is not None:
                 progress.update(1)
 
@@ -384,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chat-template", default="auto", help="SGLang frontend chat template ('auto': see programs)")
     parser.add_argument("--output-dir", default="results/serve", help="where serve.json, serve.md, serve.png go")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run whose journal.jsonl is in --output-dir (the same settings): only the jobs it has "
+        "not recorded run",
+    )
     return parser
 
 
@@ -408,9 +424,11 @@ def run_one_config(
     *,
     env: dict[str, str] | None = None,
     before_stop: Callable[[LaunchedServer], None] | None = None,
+    segment: Segment | None = None,
 ) -> ServeRun:
     """A fresh server for this mode and budget, the jobs, and the server's counters during them
-    (`before_stop` sees the server once the jobs are done; tests check its memory there)."""
+    (`before_stop` sees the server once the jobs are done; tests check its memory there). With a journal
+    `segment`, every finished job is recorded there with the time and counters so far."""
     server_args = [
         *mode.server_args,
         *(["--model", args.model] if args.model else []),
@@ -436,9 +454,18 @@ def run_one_config(
 
         before = server_stats.snapshot(server.url)
         started = time.perf_counter()
-        done = run_jobs(run_one, jobs, None if args.rate else args.clients, progress)
-        seconds = time.perf_counter() - started
-        counters = server_stats.difference(server_stats.snapshot(server.url), before)
+
+        def so_far() -> tuple[float, dict[str, float]]:
+            return time.perf_counter() - started, server_stats.difference(server_stats.snapshot(server.url), before)
+
+        def record(job: Done) -> None:
+            if segment is not None:
+                segment.row(job.index, asdict(job), *so_far())
+
+        done = run_jobs(run_one, jobs, None if args.rate else args.clients, progress, on_done=record)
+        seconds, counters = so_far()
+        if segment is not None:
+            segment.end(seconds, counters)
         if before_stop is not None:
             before_stop(server)
     if progress is not None:
@@ -471,19 +498,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        journal = Journal(out / FILE_NAME, journal_config(args, modes, budgets), resume=args.resume)
+    except JournalError as exc:
+        parser.error(str(exc))
     runs: list[ServeRun] = []
     for budget in budgets:
         for mode in modes:
-            print(f"[{len(runs) + 1}/{len(budgets) * len(modes)}] budget {budget}, mode {mode.name}", file=sys.stderr)
+            key = f"{mode.name}@{budget}"
+            todo = [job for job in jobs if job.index not in journal.done(key)]
+            print(
+                f"[{len(runs) + 1}/{len(budgets) * len(modes)}] budget {budget}, mode {mode.name}"
+                + (f": {len(todo)} of {len(jobs)} jobs left" if len(todo) < len(jobs) else ""),
+                file=sys.stderr,
+            )
             try:
-                run = run_one_config(mode, budget, jobs, args, out)
+                if todo:
+                    run_one_config(mode, budget, todo, args, out, segment=journal.segment(key))
             except ServerStartError as exc:
                 print(f"error: mode {mode.name} at budget {budget}: {exc}", file=sys.stderr)
                 return 1
             except BudgetTooSmall as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            run.figures = figures(run, model)
+            totals = journal.totals(key)
+            done = [Done(**totals.rows[job.index]) for job in jobs if job.index in totals.rows]
+            log = str(out / f"server-{mode.name.replace('/', '_')}-{budget}.log")
+            run = ServeRun(mode.name, budget, totals.seconds, done, totals.server, log)
+            run.figures = {**figures(run, model), "server_segments": totals.segments}
             runs.append(run)
     add_comparisons(runs)
     command = "python -m sglang_rksc.bench.serve " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -494,6 +536,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     write_report(out, command, heading, runs, model)
     return 0
+
+
+def journal_config(args: argparse.Namespace, modes: list[modes_mod.Mode], budgets: list[int]) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (not --resume, --output-dir, --quiet, --cost-model)."""
+    kept = ("mix", "problems", "clients", "rate", "seed", "temperature", "program_args", "server_args", "model")
+    return {
+        **{k: getattr(args, k) for k in kept},
+        "chat_template": args.chat_template,
+        "modes": [(m.name, list(m.server_args), list(m.program_args)) for m in modes],
+        "budgets": budgets,
+    }
 
 
 def write_report(out: Path, command: str, heading: str, runs: list[ServeRun], model: cost_model.CostModel) -> None:
@@ -508,4 +561,5 @@ def write_report(out: Path, command: str, heading: str, runs: list[ServeRun], mo
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()  # a killed run stops its server and can be resumed
     sys.exit(main())

@@ -12,10 +12,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from tqdm import tqdm
 
 from sglang_rksc.programs import aggregate, verification
 
@@ -32,9 +35,17 @@ class Program(Protocol):
     def load_problems(self, start: int, count: int) -> Sequence[Any]: ...
 
     def run(
-        self, backend: Any, problems: Sequence[Any], options: argparse.Namespace, *, parallel: int, progress_bar: bool
+        self,
+        backend: Any,
+        problems: Sequence[Any],
+        options: argparse.Namespace,
+        *,
+        parallel: int,
+        progress_bar: bool,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """One row per problem, in order, each with index, gold, prediction, correct and tokens."""
+        """One row per problem, in order, each with index, gold, prediction, correct and tokens; each row
+        also goes to `on_row` as soon as its problem and those before it are done."""
 
     def describe_row(self, row: Mapping[str, Any]) -> str: ...
 
@@ -484,17 +495,49 @@ def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
 
 
 def run_batch_rows(
-    function: Any, arguments: list[dict[str, Any]], backend: Any, *, parallel: int, progress_bar: bool
+    function: Any,
+    arguments: list[dict[str, Any]],
+    backend: Any,
+    *,
+    parallel: int,
+    progress_bar: bool,
+    on_value: Callable[[int, Any], None] | None = None,
 ) -> list[Any]:
-    """`function.run_batch`, raising if a program failed instead of returning a silent None."""
-    states = function.run_batch(arguments, backend=backend, num_threads=parallel, progress_bar=progress_bar)
+    """`function.run_batch`, raising if a program failed instead of returning a silent None, and handing
+    each value to `on_value(position, value)` as soon as it and those before it are done, so that a caller
+    can record every problem before the batch ends. As `run_batch` does: the traced common prefix cached
+    first, then `parallel` programs at a time. Unlike it, an interrupted batch (Ctrl-C, SIGTERM) starts no
+    further program and does not wait for those in flight (they fail once their server is stopped)."""
+    from sglang.lang.global_config import global_config
+    from sglang.lang.interpreter import cache_program
+
+    if global_config.enable_precache_with_tracing and len(arguments) > 1:
+        cache_program(function, backend.endpoint if hasattr(backend, "endpoint") else backend)
+
+    def one(item: dict[str, Any]) -> Any:
+        (state,) = function.run_batch([item], backend=backend, num_threads=1, progress_bar=False)
+        return state
+
+    pool = ThreadPoolExecutor(max(1, min(parallel, len(arguments))))
     values = []
-    for i, state in enumerate(states):
-        if state.ret_value is None:
-            error = state.error() if hasattr(state, "error") else None
-            detail = f"{type(error).__name__}: {error}" if error is not None else "no error reported"
-            raise RuntimeError(f"program {function.func.__name__} failed on item {i}: {detail}")
-        values.append(state.ret_value)
+    try:
+        futures = [pool.submit(one, item) for item in arguments]
+        bar = tqdm(total=len(futures)) if progress_bar else None
+        for i, future in enumerate(futures):
+            state = future.result()
+            if bar is not None:
+                bar.update(sum(f.done() for f in futures) - bar.n)
+            if state.ret_value is None:
+                error = state.error() if hasattr(state, "error") else None
+                detail = f"{type(error).__name__}: {error}" if error is not None else "no error reported"
+                raise RuntimeError(f"program {function.func.__name__} failed on item {i}: {detail}")
+            values.append(state.ret_value)
+            if on_value is not None:
+                on_value(i, state.ret_value)
+        if bar is not None:
+            bar.close()
+    finally:
+        pool.shutdown(wait=len(values) == len(arguments), cancel_futures=True)
     return values
 
 
@@ -518,11 +561,19 @@ class ProgramRun:
         *,
         parallel: int,
         progress_bar: bool = True,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         shared = shared_arguments(options, resolve_for_model(backend, options, self.name))
         batch = [{**self.arguments(p, options), **shared} for p in problems]
-        values = run_batch_rows(self.function(), batch, backend, parallel=parallel, progress_bar=progress_bar)
-        return [self.row(p, v) for p, v in zip(problems, values, strict=True)]
+        rows: list[dict[str, Any]] = []
+
+        def keep(position: int, value: Any) -> None:
+            rows.append(self.row(problems[position], value))
+            if on_row is not None:
+                on_row(rows[-1])
+
+        run_batch_rows(self.function(), batch, backend, parallel=parallel, progress_bar=progress_bar, on_value=keep)
+        return rows
 
 
 def count_calls(metas: Iterable[Mapping[str, Any] | None]) -> TokenCounts:

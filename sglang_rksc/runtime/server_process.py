@@ -40,6 +40,17 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end this process as Ctrl-C does, through its `with` blocks, so that the servers it
+    launched (in sessions of their own, which a signal to this process does not reach) are stopped too.
+    For the benchmarks: a killed run leaves no server behind and continues with `--resume`."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 class LaunchedServer:
     """The sglang-rksc server as a child process; a context manager."""
 
