@@ -41,6 +41,11 @@ MODES: dict[str, Mode] = {
             ("--radix-cache-backend", "default"),
         ),
         Mode(
+            "radix-rerun",
+            "radix again, a run of its own: radix's drift between runs, the noise an answer change is judged against",
+            ("--radix-cache-backend", "default"),
+        ),
+        Mode(
             "rksc",
             "the rksc backend with every RKSC feature off (the plugin's own cost)",
             ("--radix-cache-backend", "rksc"),
@@ -94,6 +99,13 @@ MODES: dict[str, Mode] = {
             "RLKV head compression at sparsity 0.4 (sink 16 + window 64); `rksc-heads@S[/POOL][/wWINDOW][/rSEED]` "
             "sets them (rSEED: a random mask of that size)",
             ("--radix-cache-backend", "rksc", "--rksc-head-compression", "0.4"),
+        ),
+        Mode(
+            "rksc-packets",
+            "KV packets for the gather step: each problem's gather prompt asked with packets, then in full "
+            "(the programs' --aggregate usc --packets both), so the two answers are paired",
+            ("--radix-cache-backend", "rksc", "--rksc-packets", "on"),
+            program_args=("--aggregate", "usc", "--packets", "both"),
         ),
         Mode(
             "rksc-full",
