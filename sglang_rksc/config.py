@@ -109,11 +109,30 @@ class DraftSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """Audits: for a sampled share of requests, the next-token distributions the server computed, kept (off the
+    serving path) for a replay against the exact computation (`python -m sglang_rksc.tools.audits.replay`)."""
+
+    rate: float = setting(
+        0.0,
+        "share of generation requests whose next-token distributions are recorded for an audit: those an "
+        "approximate mechanism touched (ASKS, head compression, packets) and, as controls, those none did",
+        low=0.0,
+        high=1.0,
+    )
+    log: str = setting("", "JSON-lines file the audit records are appended to ('': a temporary file, shown in "
+                       "/server_info)")  # fmt: skip
+    top_k: int = setting(16, "most probable tokens kept per audited position", low=1, high=256)
+    positions: int = setting(32, "generated positions kept per audited request (evenly spread)", low=1, high=4096)
+
+
+@dataclass(frozen=True)
 class RkscConfig:
     semantic: SemanticSettings = field(default_factory=SemanticSettings)
     cgee: ExitDefaults = field(default_factory=ExitDefaults)
     heads: HeadCompressionSettings = field(default_factory=HeadCompressionSettings)
     drafts: DraftSettings = field(default_factory=DraftSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     reuse: bool = setting(
         False,
         "answer deterministic duplicates (greedy or seeded, same prompt and sampling) from a finished or running "
@@ -179,7 +198,7 @@ def _flatten(values: Any, path: tuple[str, ...] = ()) -> Any:
 
 
 # Flags are `--rksc-<group prefix><field>`; a field's own `flag` replaces its name ("" keeps the prefix alone).
-_GROUP_PREFIX = {"semantic": "", "cgee": "cgee-", "rule": "", "heads": "", "drafts": "draft-"}
+_GROUP_PREFIX = {"semantic": "", "cgee": "cgee-", "rule": "", "heads": "", "drafts": "draft-", "audit": "audit-"}
 _GROUP_OWN_FLAG = {"semantic": "semantic", "cgee": "cgee", "drafts": "drafts"}
 
 

@@ -231,6 +231,7 @@ class Section:
     HEADS = "head_compression"  # RLKV: heads compressed, bytes per token, token and window slots
     PACKETS = "packets"  # KV Packet: requests with marked spans, spans reused and missed, tokens not computed
     DRAFTS = "drafts"  # drafts: verify steps, tokens drafted and accepted by source, the draft length chosen
+    AUDITS = "audits"  # audits: requests seen and audited, records and positions written, the log's path
 
 
 def rksc_state(server_info: Mapping[str, Any]) -> dict[str, Any] | None:

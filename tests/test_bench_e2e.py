@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 def test_compare_runs_modes_side_by_side(default_model_dir, server_subprocess, tmp_path: Path):
     # No --url: the benchmark starts a server per mode.
@@ -59,6 +61,7 @@ def _journal_rows(path: Path) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "row"]
 
 
+@pytest.mark.server  # by hand: the benchmark it kills starts the server
 def test_a_killed_comparison_resumes_without_repeating_or_losing_a_problem(default_model_dir, tmp_path: Path):
     import psutil
 

@@ -161,3 +161,29 @@ def test_verify_falls_back_to_select_on_a_server_without_the_plugin(
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+@sgl.function
+def _thresholded(s, prompt, threshold, audit):
+    s += prompt
+    s += verify("v", choices=[" yes", " no"], gate=False, early_exit=False, audit=audit, threshold=threshold)
+
+
+def test_a_verdict_threshold_is_applied_to_the_servers_probability(rksc_server):
+    backend = sgl.RuntimeEndpoint(rksc_server.url)
+    prompt = "Is the sky blue? Answer yes or no.\nAnswer:"
+    plain = _thresholded.run(prompt=prompt, threshold=None, audit=False, backend=backend)
+    p_yes = plain.get_meta_info("v")["score"]
+    assert 0.0 < p_yes < 1.0 and plain["v"] == (" yes" if p_yes >= 0.5 else " no")
+    # Below the server's P(yes) the verdict is "yes", above it "no".
+    for threshold, verdict in ((p_yes * 0.5, " yes"), (p_yes + (1 - p_yes) / 2, " no")):
+        state = _thresholded.run(prompt=prompt, threshold=threshold, audit=False, backend=backend)
+        meta = state.get_meta_info("v")
+        assert state["v"] == verdict and meta["threshold"] == threshold
+        assert meta["score"] == pytest.approx(p_yes, abs=1e-3)
+    # Audited, the full-depth verdict follows the same rule.
+    for threshold, verdict in ((0.0, " yes"), (1.0, " no")):
+        state = _thresholded.run(prompt=prompt, threshold=threshold, audit=True, backend=backend)
+        assert state["v"] == state.get_meta_info("v")["full_verdict"] == verdict
+    with pytest.raises(ValueError, match="threshold must be a probability"):
+        verify("v", choices=[" yes", " no"], threshold=1.5)

@@ -117,6 +117,7 @@ def test_self_consistency_weights_by_the_verifier():
         "verifications": 3,
         "verdict_yes_rate": pytest.approx(1 / 3),
         "verdict_accuracy": 1.0,
+        "always_majority_verdict_accuracy": pytest.approx(2 / 3),  # "no" to all: two of the three are wrong
         "verify_calls": 3,
         "verify_skipped": 1,
         "verify_mean_layers_run": 30,

@@ -9,6 +9,7 @@ from typing import Any
 from sglang_rksc.wire import Option, request_options
 
 CLIENT_PROMPT_LEN = "_rksc_client_prompt_len"  # set on a rewritten request: its prompt length as sent
+CLIENT_PROMPT_IDS = "_rksc_client_prompt_ids"  # ... and its prompt as sent (what an audit computes exactly)
 
 
 def why_not_forked(req: Any) -> str | None:
@@ -55,6 +56,8 @@ def rewrite_prompt(req: Any, new_ids: Sequence[int]) -> None:
     # The response keeps reporting the client's own prompt length: SGLang's frontend places
     # the logprobs of a `select` after a prefix commit by it (see CLIENT_PROMPT_LEN).
     setattr(req, CLIENT_PROMPT_LEN, len(old))
+    if not hasattr(req, CLIENT_PROMPT_IDS):
+        setattr(req, CLIENT_PROMPT_IDS, old)
     new = array("q", new_ids) if isinstance(old, array) else list(new_ids)
     req.origin_input_ids = new
     if req.origin_input_ids_unpadded is old:

@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         "default: all at once",
     )
     parser.add_argument(
+        "--audit-rate",
+        type=float,
+        default=0.0,
+        help="audit this share of each mode's generations (--rksc-audit-rate; the log per mode and repeat goes to "
+        "--output-dir as audits-<mode>-<repeat>.jsonl, for sglang_rksc.tools.audits.replay); changes no output, "
+        "so a resumed run may add it",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run whose journal.jsonl is in --output-dir (the same settings): only the problems "
@@ -156,6 +164,14 @@ def run_mode(
     with the server's time and counters so far."""
     model = ["--model", args.model] if args.model else []
     server_args = [*mode.server_args, *model, "--enable-metrics", *shlex.split(args.server_args)]
+    if args.audit_rate > 0:
+        audit_log = log_dir / server_log_path(log_dir, mode.name, repeat).name.replace("server-", "audits-")
+        server_args += [
+            "--rksc-audit-rate",
+            str(args.audit_rate),
+            "--rksc-audit-log",
+            str(audit_log.with_suffix(".jsonl")),
+        ]
     log_path = server_log_path(log_dir, mode.name, repeat)
     segment = journal.segment(run_key(mode.name, repeat))
     with LaunchedServer(server_args, log_path=log_path) as server:
@@ -202,6 +218,8 @@ def collect_runs(
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not 0.0 <= args.audit_rate <= 1.0:
+        parser.error(f"--audit-rate must be a share in [0, 1], got {args.audit_rate}")
     try:
         model = cost_model.load(args.cost_model)
     except cost_model.CostModelError as exc:

@@ -19,11 +19,16 @@ info (`state.get_meta_info(name)`) holds `skipped`, `confidence`, `score` (the
 probability of the accepting choice), `exit_layer`, `layers_run`, `num_layers`.
 With `audit=True` nothing is skipped or cut short in effect: the server runs every
 layer and reports the full-depth verdict (`full_verdict`) beside the CGEE one.
+With `threshold=t` the verdict is the accepting choice when its probability (`score`)
+is at least t, else the most probable other choice (`thresholded`): a model whose
+verifier always prefers "yes" still ranks right answers above wrong ones by P(yes),
+and a threshold calibrated per model keeps that signal in the verdict.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +51,13 @@ class VerifyMethod(ChoicesSamplingMethod):
     accept: int
     audit: bool
     exit_params: dict[str, Any] = field(default_factory=dict)  # theta, eps, k, min_layer overrides
+    threshold: float | None = None  # on the accepting choice's probability; None: the most probable choice
 
     def __call__(self, **kwargs: Any) -> ChoicesDecision:
         decision = token_length_normalized(**kwargs)
         meta = dict(decision.meta_info or {})
         meta.update(_plain_meta(kwargs["choices"], meta, self.accept, note="backend without CGEE: full select"))
-        return ChoicesDecision(decision.decision, meta)
+        return ChoicesDecision(_plain_verdict(kwargs["choices"], decision.decision, meta, self), meta)
 
     def __hash__(self) -> int:
         return id(self)
@@ -66,6 +72,7 @@ def verify(
     early_exit: bool = True,
     accept: int = 0,
     audit: bool = False,
+    threshold: float | None = None,
     **exit_params: float,
 ) -> SglSelect:
     """A verification of the variable `candidate` (see the module docs).
@@ -98,6 +105,10 @@ def verify(
         gate = None
     elif gate is not None and not isinstance(gate, Gate):
         raise ValueError(f"verify: gate must be a Gate, True or False, got {gate!r}")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0
+    ):
+        raise ValueError(f"verify: threshold must be a probability in [0, 1], got {threshold!r:.80}")
     if gate is not None and candidate is None:
         raise ValueError("verify: a gate needs the candidate's variable name (candidate=...)")
     unknown = sorted(set(exit_params) - set(CALL_PARAMS))
@@ -113,17 +124,42 @@ def verify(
         accept=accept,
         audit=audit,
         exit_params=overrides,
+        threshold=None if threshold is None else float(threshold),
     )
     return SglSelect(name, choices, 0.0, method)
 
 
-def _plain_meta(choices: list[str], select_meta: dict[str, Any], accept: int, note: str) -> dict[str, Any]:
+def thresholded(probs: Sequence[float], accept: int, threshold: float | None) -> int:
+    """The verdict's index: `accept` when its probability reaches `threshold`, else the most probable
+    other choice; without a threshold, the most probable choice."""
+    if threshold is None:
+        return max(range(len(probs)), key=probs.__getitem__)
+    if probs[accept] >= threshold:
+        return accept
+    return max((i for i in range(len(probs)) if i != accept), key=probs.__getitem__)
+
+
+def _plain_verdict(choices: list[str], decision: str, meta: dict[str, Any], method: VerifyMethod) -> str:
+    """A full select's verdict, thresholded on its choice probabilities when the call has a threshold."""
+    probs = _select_probs(meta, len(choices))
+    if method.threshold is None or probs is None:
+        return decision
+    return choices[thresholded(probs, method.accept, method.threshold)]
+
+
+def _select_probs(select_meta: dict[str, Any], count: int) -> list[float] | None:
+    """A select's choice distribution, from its length-normalised logprobs."""
     logprobs = select_meta.get("normalized_prompt_logprobs") or []
-    score = None
-    if len(logprobs) == len(choices):
-        top = max(logprobs)
-        weights = [math.exp(lp - top) for lp in logprobs]
-        score = weights[accept] / sum(weights)
+    if len(logprobs) != count:
+        return None
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    return [w / sum(weights) for w in weights]
+
+
+def _plain_meta(choices: list[str], select_meta: dict[str, Any], accept: int, note: str) -> dict[str, Any]:
+    probs = _select_probs(select_meta, len(choices))
+    score = None if probs is None else probs[accept]
     return {
         "cgee": False,
         "skipped": False,
@@ -189,10 +225,12 @@ def select_with_verify(
         meta = dict(decision.meta_info or {})
         meta.update(_plain_meta(choices, meta, method.accept, note="server without the sglang-rksc plugin"))
         meta["confidence"] = conf
-        return ChoicesDecision(decision.decision, meta)
+        return ChoicesDecision(_plain_verdict(choices, decision.decision, meta, method), meta)
     meta: dict[str, Any] = {"cgee": True, "skipped": skip, "confidence": conf, "note": None}
     info, tokens = _verify_on_server(endpoint, s, choices, method)
     verdict = info["verdict_index"]
+    if method.threshold is not None:
+        verdict = thresholded(info["probs"], method.accept, method.threshold)
     meta.update(
         **tokens,
         score=info["probs"][method.accept],
@@ -202,11 +240,15 @@ def select_with_verify(
         num_layers=info["num_layers"],
         server_verdict=choices[verdict],
         server_seconds=info.get("seconds"),
+        threshold=method.threshold,
     )
     if method.audit:
         full = info.get("full_verdict_index")
+        profile = info.get("profile")
+        if method.threshold is not None and profile:  # the full-depth verdict by the same rule
+            full = thresholded(profile[-1], method.accept, method.threshold)
         meta["full_verdict"] = None if full is None else choices[full]
-        meta["profile"] = info.get("profile")
+        meta["profile"] = profile
     if skip:  # audited skip: the gate's verdict stands, the server's is on record
         return ChoicesDecision(choices[method.accept], {**meta, "score": confidence.top})
     return ChoicesDecision(choices[verdict], meta)

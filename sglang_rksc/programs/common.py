@@ -198,10 +198,11 @@ class ModelBudget:
     merge_threshold: float | None
     gate: Mapping[str, float]
     exit_params: Mapping[str, Any]
+    verdict_threshold: float | None = None  # the yes/no verification's, for the programs that ask one
 
     def verifier(self, mode: str) -> verification.Verifier:
-        """The verification step `mode` with this model's gate and exit parameters."""
-        return verification.Verifier(mode, dict(self.gate), dict(self.exit_params))
+        """The verification step `mode` with this model's gate, exit parameters and verdict threshold."""
+        return verification.Verifier(mode, dict(self.gate), dict(self.exit_params), self.verdict_threshold)
 
 
 def served_profile(backend: Any) -> Any:
@@ -213,6 +214,10 @@ def served_profile(backend: Any) -> Any:
     except Exception:  # a backend that cannot say: the default model's profile
         name = None
     return profile_for(name)
+
+
+# The programs whose verification asks "yes" or "no" of a solution: the profile's verdict threshold is theirs.
+YES_NO_VERIFIERS = ("self_consistency_verify", "verifier_check")
 
 
 def resolve_for_model(backend: Any, options: argparse.Namespace, program: str) -> ModelBudget:
@@ -227,6 +232,7 @@ def resolve_for_model(backend: Any, options: argparse.Namespace, program: str) -
         profile.merge_threshold if merge == "auto" else merge,
         profile.gate,
         profile.exit_params,
+        profile.verdict_threshold if program in YES_NO_VERIFIERS else None,
     )
 
 
@@ -379,12 +385,11 @@ class TokenCounts:
         return asdict(self)
 
 
-def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+def open_jsonl(path: str | Path) -> Any:
+    """`path` opened afresh for JSON lines, line-buffered (each row reaches the file when written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return open(path, "w", encoding="utf-8", buffering=1)
 
 
 MISSING = "none"  # a missing value (no answer found, no steps) in output for people
@@ -467,11 +472,20 @@ def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with endpoint(args) as url:
-        backend = make_backend(url, args.chat_template)
-        started = time.perf_counter()
-        rows = program.run(backend, problems, args, parallel=args.parallel, progress_bar=not args.quiet)
-        seconds = time.perf_counter() - started
+    output = open_jsonl(args.output) if args.output else None
+    try:
+        with endpoint(args) as url:
+            backend = make_backend(url, args.chat_template)
+            started = time.perf_counter()
+            # Each row is written as its problem finishes: a run that is stopped keeps what it did.
+            keep = None if output is None else (lambda row: output.write(json.dumps(row, ensure_ascii=False) + "\n"))
+            rows = program.run(
+                backend, problems, args, parallel=args.parallel, progress_bar=not args.quiet, on_row=keep
+            )
+            seconds = time.perf_counter() - started
+    finally:
+        if output is not None:
+            output.close()
     if not args.quiet:
         for row in rows:
             t = row["tokens"]
@@ -489,7 +503,6 @@ def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
     if extras:
         print("; ".join(f"{k.replace('_', ' ')} {for_people(v)}" for k, v in extras.items()))
     if args.output:
-        write_jsonl(args.output, rows)
         print(f"wrote {args.output}")
     return 0
 

@@ -25,6 +25,9 @@ class Profile:
     merge_threshold: float = 0.8
     # Per-call overrides of the server's CGEE exit rule (`theta`, `eps`, `k`, `min_layer`); none: its defaults.
     exit_params: dict[str, float] = field(default_factory=dict)
+    # The yes/no verification's verdict (self_consistency_verify, verifier_check): "yes" when P(yes) reaches this
+    # (`verify(threshold=...)`, calibrated by tools.cgee.threshold); None: the more probable answer.
+    verdict_threshold: float | None = None
 
 
 SMOLLM2 = Profile(
@@ -55,6 +58,10 @@ QWEN_CODER_1_5B = Profile(
     # (bench.merge_calibrate over rksc-merge@1.0 runs, GSM8K 0-11 and 12-35): 0.9 merged 14 of 144 branches;
     # 0.8 and 0.6 each changed one answer of 36, and live on the reporting slice 0.6 changed 3 of 6.
     merge_threshold=0.9,
+    # Its verifier says "yes" to nearly everything, yet P(yes) at full depth ranks right solutions above wrong
+    # ones: the threshold that maximised verdict accuracy over 300 verifier_check calls (GSM8K 0-99, a third of
+    # them right): 0.697, always-"no" 0.667 (tools.cgee.threshold; tests/data/qwen-verdicts-gsm8k-0-99.json).
+    verdict_threshold=0.893365,
 )
 PROFILES = (SMOLLM2, QWEN_CODER_1_5B)
 DEFAULT = SMOLLM2

@@ -147,6 +147,10 @@ def describe_row(row: Mapping[str, Any]) -> str:
     )
 
 
+def _always_majority(correct: Sequence[bool]) -> float:
+    return max(sum(correct), len(correct) - sum(correct)) / len(correct) if correct else 0.0
+
+
 def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) -> dict[str, Any]:
     n = len(rows) or 1
     verdicts = [v for r in rows for v in r["verdicts"]]
@@ -158,6 +162,10 @@ def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) ->
         "verifications": len(verdicts),
         "verdict_yes_rate": verdicts.count("yes") / len(verdicts) if verdicts else 0.0,
         "verdict_accuracy": sum(right) / len(right) if right else 0.0,
+        # The verdict that ignores the solution: "yes" to all or "no" to all, whichever is right more often.
+        "always_majority_verdict_accuracy": _always_majority(
+            [a == r["gold"] for r in rows for a in r["sample_answers"]]
+        ),
         **verification.summarize(v for r in rows for v in r["verifications"]),
         **aggregate.summarize(rows),
     }

@@ -221,6 +221,10 @@ def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) ->
     for kind, rights in by_kind.items():
         if rights:
             out[f"verdict_accuracy_{kind}"] = sum(rights) / len(rights)
+    rights = [right for rows_of_kind in by_kind.values() for right in rows_of_kind]
+    out["verdict_accuracy"] = sum(rights) / len(rights) if rights else 0.0
+    references = len(by_kind["reference"])
+    out["always_majority_verdict_accuracy"] = max(references, len(rights) - references) / len(rights) if rights else 0.0
     out["ranking_accuracy"] = ranking_accuracy(rows, [r["p_yes"] for r in rows])
     out["ranking_accuracy_full_depth"] = ranking_accuracy(
         rows, [[full_depth_p_yes(v) for v in r["verifications"]] for r in rows]

@@ -115,8 +115,8 @@ def _check_plugin_installed() -> None:
 def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
     """Validate `argv` and work out the SGLang argv; sets up the CPU runtime and our settings."""
     _check_plugin_installed()
-    # Drafts are a speculative algorithm, not a cache feature: they run with any cache backend.
-    given_rksc = any(a.startswith("--rksc-") and not a.startswith("--rksc-draft") for a in argv)
+    # Drafts are a speculative algorithm and audits read the logits, not cache features: any cache backend.
+    given_rksc = any(a.startswith("--rksc-") and not a.startswith(("--rksc-draft", "--rksc-audit")) for a in argv)
     try:
         argv, settings = rksc_config.split_args(argv)
     except rksc_config.ConfigError as exc:
@@ -160,8 +160,8 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         out = _drop_flag(out, "--radix-cache-backend")
     if given_rksc and backend != DEFAULT_BACKEND:
         raise LaunchError(
-            f"--rksc-* flags other than --rksc-drafts need --radix-cache-backend {DEFAULT_BACKEND}, not "
-            f"{backend or STOCK_BACKEND}"
+            f"--rksc-* flags other than --rksc-drafts and --rksc-audit-* need --radix-cache-backend "
+            f"{DEFAULT_BACKEND}, not {backend or STOCK_BACKEND}"
         )
     from sglang_rksc.rsbcm import eviction  # imports sglang.srt: after the CPU runtime is set up
     from sglang_rksc.srt import seams
@@ -184,6 +184,8 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
     except ValueError as exc:
         raise LaunchError(str(exc)) from exc
     refusal = draft_checks.launch_refusal(settings, out)
+    if settings.audit.rate > 0 and settings.drafts.on:
+        refusal = "--rksc-audit-rate does not run with --rksc-drafts on: audits read one-token decode steps' logits"
     if refusal:
         raise LaunchError(refusal)
     if settings.drafts.on:

@@ -61,6 +61,10 @@ def drafts_on(config: RkscConfig) -> bool:
     return config.drafts.on
 
 
+def audits_on(config: RkscConfig) -> bool:
+    return config.audit.rate > 0
+
+
 def fault_injected(config: RkscConfig) -> bool:
     from sglang_rksc.srt.batch_failures import FAULT_ENV, parse_fault
 
@@ -171,6 +175,12 @@ SEAMS: list[Seam] = [
          "sglang_rksc.drafts.hooks:assign_slots", when=drafts_on),
     Seam("sglang.srt.mem_cache.memory_pool.MHATokenToKVPool._init_kv_copy_and_warmup", AROUND, "drafts",
          "sglang_rksc.drafts.hooks:skip_kv_copy_warmup", when=drafts_on),
+    # audits: the audited rows of a batch, their logits before sampling, the positions they produced
+    Seam(f"{_SCHED}.run_batch", AROUND, "audits", "sglang_rksc.audits.hooks:choose_rows", order=2, when=audits_on),
+    Seam("sglang.srt.layers.logits_processor.LogitsProcessor.forward", AROUND, "audits",
+         "sglang_rksc.audits.hooks:read_logits", order=2, when=audits_on),
+    Seam(f"{_SCHED}.process_batch_result", AROUND, "audits", "sglang_rksc.audits.hooks:commit_result", order=1,
+         when=audits_on),
 ]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ def describe_tree_cache(tree_cache: Any) -> dict[str, Any]:
 
 def report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) -> Any:
     """AFTER hook: add the live tree cache and our counters to `/server_info`'s internal states."""
+    from sglang_rksc.audits.hooks import recorder
     from sglang_rksc.drafts.stats import DRAFTS
     from sglang_rksc.srt.batch_failures import STATS as FAILURES
     from sglang_rksc.srt.counters import COUNTERS
@@ -33,6 +34,9 @@ def report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) -
     }
     if DRAFTS.active:
         result.internal_state[INTERNAL_STATE_KEY][Section.DRAFTS] = DRAFTS.as_dict()
+    audits = recorder()
+    if audits is not None:
+        result.internal_state[INTERNAL_STATE_KEY][Section.AUDITS] = audits.stats.as_dict()
     return result
 
 

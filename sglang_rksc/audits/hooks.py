@@ -1,0 +1,69 @@
+"""The scheduler seams of audits: the batch about to run, its logits before sampling, its result.
+
+On the scheduler's thread these run in order for one batch (CPU and non-overlapped GPU scheduling), so
+the rows chosen before the forward are those whose logits the forward produces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sglang_rksc.audits.recorder import AUDIT_ATTR, AuditRecorder
+from sglang_rksc.config import RkscConfig
+
+
+class _Active:
+    recorder: AuditRecorder | None = None
+
+
+def recorder() -> AuditRecorder | None:
+    """This scheduler process's recorder (None: audits off, or not a scheduler)."""
+    return _Active.recorder
+
+
+def _start() -> AuditRecorder:
+    if _Active.recorder is None:
+        _Active.recorder = AuditRecorder(RkscConfig.current().audit)
+    return _Active.recorder
+
+
+def choose_rows(original: Any, scheduler: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+    """AROUND hook on `Scheduler.run_batch`: the audited requests of a one-token decode or prefill batch."""
+    mode = getattr(batch, "forward_mode", None)
+    if mode is not None and (mode.is_decode() or mode.is_extend()) and not mode.is_target_verify():
+        audits = _start()
+        config = RkscConfig.current()
+        rows = []
+        for row, req in enumerate(batch.reqs):
+            audit = audits.admit(req, config)
+            if audit is not None and not req.finished():
+                audit.length_before = len(req.output_ids)
+                rows.append((row, req))
+        audits.rows = rows
+    try:
+        return original(scheduler, batch, *args, **kwargs)
+    finally:
+        if _Active.recorder is not None:
+            _Active.recorder.rows = []  # a forward that produced no logits for them keeps nothing
+
+
+def read_logits(original: Any, processor: Any, *args: Any, **kwargs: Any) -> Any:
+    """AROUND hook on `LogitsProcessor.forward`: the audited rows' top tokens, before the sampler runs."""
+    output = original(processor, *args, **kwargs)
+    audits = _Active.recorder
+    if audits is not None and audits.rows:
+        logits = getattr(output, "next_token_logits", None)
+        if logits is not None and logits.dim() == 2 and logits.shape[0] > max(row for row, _ in audits.rows):
+            audits.keep_rows(logits)
+    return output
+
+
+def commit_result(original: Any, scheduler: Any, batch: Any, result: Any, *args: Any, **kwargs: Any) -> Any:
+    """AROUND hook on `Scheduler.process_batch_result`: each audited row becomes its token's position."""
+    out = original(scheduler, batch, result, *args, **kwargs)
+    audits = _Active.recorder
+    if audits is not None:
+        for req in getattr(batch, "reqs", None) or []:
+            if getattr(req, AUDIT_ATTR, None) is not None:
+                audits.commit(req)
+    return out

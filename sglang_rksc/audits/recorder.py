@@ -1,0 +1,158 @@
+"""Which requests are audited, what is kept of each audited position, and the audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX  # SGLang's /health probes
+
+from sglang_rksc.asks.request_edit import CLIENT_PROMPT_IDS
+from sglang_rksc.config import AuditSettings, RkscConfig
+from sglang_rksc.packets.reuse import PACKETS_ATTR
+from sglang_rksc.wire import Meta, Option, request_options
+
+AUDIT_ATTR = "_rksc_audit"  # on an audited Req: its RequestAudit
+CONTROL = "none"  # the mechanism list of a control: no approximate mechanism touched the request
+
+
+def sampled(rid: str, rate: float) -> bool:
+    """Whether request `rid` is audited: a hash of its id, so the draw does not depend on timing."""
+    if rate <= 0:
+        return False
+    digest = hashlib.blake2b(rid.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+def mechanisms_of(req: Any, config: RkscConfig) -> list[str]:
+    """The approximate mechanisms that touch this request's next-token distributions."""
+    out = []
+    semantic = (req.customized_info or {}).get(Meta.SEMANTIC) if getattr(req, "customized_info", None) else None
+    if semantic and semantic[0].get("source"):
+        out.append("asks-" + semantic[0]["source"])  # fork by probe or alias, or a fork's follow-up
+    if config.heads.sparsity > 0:
+        out.append("heads")
+    if config.packets and getattr(req, PACKETS_ATTR, None):
+        out.append("packets")
+    return out
+
+
+def client_prompt(req: Any) -> list[int]:
+    """The prompt as the client sent it (ASKS may have rewritten a span, packets inserted soft tokens)."""
+    ids = getattr(req, CLIENT_PROMPT_IDS, None)
+    if ids is None:
+        ids = req.origin_input_ids_unpadded if req.origin_input_ids_unpadded is not None else req.origin_input_ids
+    return [int(t) for t in ids]
+
+
+def spread(positions: list[int], keep: int) -> list[int]:
+    """At most `keep` of `positions`, evenly spread from the first to the last."""
+    if len(positions) <= keep:
+        return positions
+    if keep == 1:
+        return positions[:1]
+    return sorted({positions[round(i * (len(positions) - 1) / (keep - 1))] for i in range(keep)})
+
+
+@dataclass
+class RequestAudit:
+    """What is kept of one audited request while it runs: per generated position, the top tokens."""
+
+    mechanisms: list[str]
+    top: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)  # position -> (ids, logprobs)
+    pending: tuple[list[int], list[float]] | None = None  # this step's row, until its token is committed
+    length_before: int = 0
+
+
+@dataclass
+class AuditStats:
+    """`/server_info`'s audit section."""
+
+    rate: float = 0.0
+    log: str = ""
+    requests_seen: int = 0
+    requests_audited: int = 0
+    records_written: int = 0
+    positions_written: int = 0
+    by_mechanism: dict[str, int] = field(default_factory=dict)  # records written per mechanism (none: controls)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+
+class AuditRecorder:
+    """The scheduler process's audits."""
+
+    def __init__(self, settings: AuditSettings) -> None:
+        self.settings = settings
+        path = settings.log or os.path.join(tempfile.gettempdir(), f"sglang-rksc-audits-{os.getpid()}.jsonl")
+        self.stats = AuditStats(rate=settings.rate, log=path)
+        self._lock = threading.Lock()
+        self.rows: list[tuple[int, Any]] = []  # (row, request) of the batch about to run
+
+    def admit(self, req: Any, config: RkscConfig) -> RequestAudit | None:
+        """The request's audit, decided the first time it runs: None if it is not audited."""
+        audit = getattr(req, AUDIT_ATTR, None)
+        if audit is not None or getattr(req, "_rksc_audit_decided", False):
+            return audit
+        req._rksc_audit_decided = True
+        self.stats.requests_seen += 1
+        rid = str(req.rid)
+        if rid.startswith(HEALTH_CHECK_RID_PREFIX) or request_options(req).get(Option.CGEE) is not None:
+            return None  # not a client's generation; verifications have their own audit (verify(audit=True))
+        if not sampled(rid, self.settings.rate):
+            return None
+        audit = RequestAudit(mechanisms_of(req, config) or [CONTROL])
+        setattr(req, AUDIT_ATTR, audit)
+        self.stats.requests_audited += 1
+        return audit
+
+    def keep_rows(self, logits: torch.Tensor) -> None:
+        """This batch's logits, read before sampling: the top tokens of each audited row."""
+        if not self.rows:
+            return
+        index = torch.tensor([row for row, _ in self.rows], dtype=torch.long, device=logits.device)
+        logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
+        values, ids = torch.topk(logprobs, k=min(self.settings.top_k, logprobs.shape[-1]), dim=-1)
+        for (_, req), row_ids, row_values in zip(self.rows, ids.tolist(), values.tolist(), strict=True):
+            getattr(req, AUDIT_ATTR).pending = (row_ids, [round(v, 5) for v in row_values])
+        self.rows = []
+
+    def commit(self, req: Any) -> None:
+        """After the batch's result: the row becomes the position of the token it produced, if one was."""
+        audit: RequestAudit = getattr(req, AUDIT_ATTR)
+        if audit.pending is not None and len(req.output_ids) == audit.length_before + 1:
+            audit.top[audit.length_before] = audit.pending
+        audit.pending = None
+        if req.finished():
+            self.finish(req, audit)
+
+    def finish(self, req: Any, audit: RequestAudit) -> None:
+        """Append the request's record (evenly spread positions) to the log, once."""
+        delattr(req, AUDIT_ATTR)
+        if not audit.top:
+            return  # answered without a forward (replay), or aborted before its first token
+        captured = spread(sorted(audit.top), self.settings.positions)
+        record = {
+            "rid": str(req.rid),
+            "mechanisms": audit.mechanisms,
+            "prompt_ids": client_prompt(req),
+            "output_ids": [int(t) for t in req.output_ids],
+            "positions": captured,
+            "top_ids": [audit.top[p][0] for p in captured],
+            "top_logprobs": [audit.top[p][1] for p in captured],
+            "semantic": ((req.customized_info or {}).get(Meta.SEMANTIC) or [None])[0],
+        }
+        line = json.dumps(record) + "\n"
+        with self._lock, open(self.stats.log, "a", encoding="utf-8") as f:
+            f.write(line)
+        self.stats.records_written += 1
+        self.stats.positions_written += len(captured)
+        for mechanism in audit.mechanisms:
+            self.stats.by_mechanism[mechanism] = self.stats.by_mechanism.get(mechanism, 0) + 1
