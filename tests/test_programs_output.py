@@ -130,8 +130,10 @@ class _Function:
         self.arguments: list[dict[str, Any]] = []
 
     def run_batch(self, arguments, *, backend, num_threads, progress_bar):
-        self.arguments = list(arguments)
-        return [SimpleNamespace(ret_value=v) for v in self.values]
+        # The programs run one problem per call (so each row can be recorded as it finishes), in order here.
+        start = len(self.arguments)
+        self.arguments += list(arguments)
+        return [SimpleNamespace(ret_value=v) for v in self.values[start : start + len(arguments)]]
 
 
 def _meta(rid: str) -> dict[str, Any]:
@@ -197,10 +199,13 @@ def _judged(n: int) -> list[dict[str, Any]]:
 
 
 def _run(monkeypatch, program, attribute: str, value: Any, problems: list[Any], argv: list[str]):
+    from sglang.lang.global_config import global_config
+
     function = _Function(attribute, [value] * len(problems))
     monkeypatch.setattr(program, attribute, function)
+    monkeypatch.setattr(global_config, "enable_precache_with_tracing", False)  # the stand-in cannot be traced
     options = common.program_options(program, argv)
-    rows = program.run(_Endpoint(), problems, options, parallel=2, progress_bar=False)
+    rows = program.run(_Endpoint(), problems, options, parallel=1, progress_bar=False)  # calls in order
     return function.arguments, rows
 
 

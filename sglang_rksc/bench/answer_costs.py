@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sglang_rksc.bench.intervals import paired_bootstrap, wilson
 from sglang_rksc.bench.journal import FILE_NAME
+from sglang_rksc.tools.intervals import paired_bootstrap, wilson
 
 REFERENCE, RERUN = "radix", "radix-rerun"
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from sglang_rksc.bench.intervals import wilson
+from sglang_rksc.tools.intervals import wilson
 
 
 @dataclass(frozen=True)

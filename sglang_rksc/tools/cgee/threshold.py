@@ -25,10 +25,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sglang_rksc.bench.intervals import wilson
 from sglang_rksc.lang.verify import thresholded
 from sglang_rksc.tools.cgee.calibrate import add_rule_grid, first_missing, replay_exit
 from sglang_rksc.tools.cgee.verdict_ranking import YES, load_rows
+from sglang_rksc.tools.intervals import wilson
 
 ACCEPT = YES  # "yes" is the accepting choice of the verifier's ["yes", "no"]
 
