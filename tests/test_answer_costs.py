@@ -1,0 +1,52 @@
+"""What a mechanism costs in answers: changes against radix beyond radix's own drift, with intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sglang_rksc.bench import answer_costs
+from sglang_rksc.bench.journal import Journal
+from sglang_rksc.tools.intervals import paired_bootstrap, wilson
+
+
+def test_wilson_and_the_paired_bootstrap():
+    low, high = wilson(0, 100)
+    assert low == 0.0 and high == pytest.approx(0.037, abs=1e-3)  # zero of 100 still allows up to 3.7%
+    low, high = wilson(50, 100)
+    assert low == pytest.approx(0.404, abs=1e-3) and high == pytest.approx(0.596, abs=1e-3)
+    diff, low, high = paired_bootstrap([1, 0, 0, 0] * 25, [0, 0, 0, 0] * 25)
+    assert diff == 0.25 and low < 0.25 < high and low > 0.1
+    assert paired_bootstrap([1, 0] * 10, [1, 0] * 10) == (0.0, 0.0, 0.0)  # paired: identical changes cancel
+    with pytest.raises(ValueError):
+        paired_bootstrap([1], [1, 0])
+
+
+def _row(index: int, prediction: str, gold: str = "1", **extra) -> dict:
+    return {"index": index, "prediction": prediction, "correct": prediction == gold, **extra}
+
+
+def test_costs_from_a_journal_still_filling_in(tmp_path: Path, capsys):
+    journal = Journal(tmp_path / "journal.jsonl", {"program": "tree_of_thought"}, resume=False)
+    answers = {
+        "radix": ["1", "2", "3", "4"],
+        "radix-rerun": ["1", "2", "3", "9"],  # drift: one of four
+        "rksc-merge": ["1", "7", "8", "9"],  # three of four changed
+        "rksc-packets": ["1", "2", "3"],  # the fourth problem not run yet
+    }
+    for mode, predictions in answers.items():
+        segment = journal.segment(f"{mode}#0")
+        for i, p in enumerate(predictions):
+            usc = {"prediction": p, "full": {"prediction": p if i else "0"}} if mode == "rksc-packets" else None
+            segment.row(300 + i, _row(300 + i, p, usc=usc), 1.0, {})
+    program, rows = answer_costs.load_rows(tmp_path)
+    costs = {c.mode: c for c in answer_costs.costs(program, rows)}
+    merge, packets = costs["rksc-merge"], costs["rksc-packets"]
+    assert (merge.problems, merge.changed, merge.drift) == (4, 3, 1) and merge.beyond[0] == pytest.approx(0.5)
+    assert (packets.problems, packets.changed, packets.drift) == (3, 0, 0)
+    assert merge.accuracy == 0.25 and merge.reference_accuracy == 0.25
+    assert answer_costs.packets_within_run(rows["rksc-packets"]) == (1, 3)
+    assert answer_costs.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| tree_of_thought | rksc-merge | 4 | 3 of 4" in out and "packets against the same gather" in out
