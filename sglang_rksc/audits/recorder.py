@@ -19,6 +19,7 @@ from sglang_rksc.packets.reuse import PACKETS_ATTR
 from sglang_rksc.wire import Meta, Option, request_options
 
 AUDIT_ATTR = "_rksc_audit"  # on an audited Req: its RequestAudit
+DECIDED_ATTR = "_rksc_audit_decided"  # on every Req the recorder has seen: drawn once
 CONTROL = "none"  # the mechanism list of a control: no approximate mechanism touched the request
 
 
@@ -99,9 +100,9 @@ class AuditRecorder:
     def admit(self, req: Any, config: RkscConfig) -> RequestAudit | None:
         """The request's audit, decided the first time it runs: None if it is not audited."""
         audit = getattr(req, AUDIT_ATTR, None)
-        if audit is not None or getattr(req, "_rksc_audit_decided", False):
+        if audit is not None or getattr(req, DECIDED_ATTR, False):
             return audit
-        req._rksc_audit_decided = True
+        setattr(req, DECIDED_ATTR, True)
         self.stats.requests_seen += 1
         rid = str(req.rid)
         if rid.startswith(HEALTH_CHECK_RID_PREFIX) or request_options(req).get(Option.CGEE) is not None:
