@@ -50,3 +50,14 @@ def test_costs_from_a_journal_still_filling_in(tmp_path: Path, capsys):
     assert answer_costs.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| tree_of_thought | rksc-merge | 4 | 3 of 4" in out and "packets against the same gather" in out
+
+
+def test_audited_verdicts_are_counted_with_their_skips():
+    def call(verdict, full, skipped):
+        return {"verdict": verdict, "full_verdict": full, "skipped": skipped}
+
+    rows = {
+        1: {"verifications": [call("yes", "yes", True), call("yes", "no", True), call("no", "no", False)]},
+        2: {"verifications": [call("no", "yes", False), {"verdict": "yes", "full_verdict": None, "skipped": False}]},
+    }
+    assert answer_costs.verdicts_within_run(rows) == (4, 2, 2, 1)

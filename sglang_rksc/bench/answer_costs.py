@@ -90,12 +90,29 @@ def packets_within_run(rows: Mapping[int, Mapping[str, Any]]) -> tuple[int, int]
     return sum(p["prediction"] != p["full"]["prediction"] for p in pairs), len(pairs)
 
 
+def verdicts_within_run(rows: Mapping[int, Mapping[str, Any]]) -> tuple[int, int, int, int]:
+    """An audited CGEE run's verifications: (audited, against the full-depth verdict, skipped by the gate,
+    skips against it)."""
+    calls = [v for r in rows.values() for v in r.get("verifications") or [] if v.get("full_verdict") is not None]
+    skips = [v for v in calls if v["skipped"]]
+    return (
+        len(calls),
+        sum(v["verdict"] != v["full_verdict"] for v in calls),
+        len(skips),
+        sum(v["verdict"] != v["full_verdict"] for v in skips),
+    )
+
+
 def _share(k: int, n: int) -> str:
     low, high = wilson(k, n)
     return f"{k} of {n} ({100 * k / n:.1f}%, {100 * low:.1f}-{100 * high:.1f})"
 
 
-def markdown(all_costs: Sequence[Cost], packets: Sequence[tuple[str, int, int]]) -> str:
+def markdown(
+    all_costs: Sequence[Cost],
+    packets: Sequence[tuple[str, int, int]],
+    verdicts: Sequence[tuple[str, str, tuple[int, int, int, int]]] = (),
+) -> str:
     head = (
         "| program | mode | problems | answers changed vs radix (95% CI) | radix-rerun's drift | beyond drift, points "
         "(95% paired bootstrap) | accuracy (radix) |\n|---|---|---|---|---|---|---|"
@@ -111,6 +128,10 @@ def markdown(all_costs: Sequence[Cost], packets: Sequence[tuple[str, int, int]])
     for program, k, n in packets:
         lines.append(f"\n{program}, rksc-packets: gather answers changed by packets against the same gather in full, "
                      f"same branches: {_share(k, n)}")  # fmt: skip
+    for program, mode, (calls, differ, skips, skips_differ) in verdicts:
+        if calls:
+            lines.append(f"\n{program}, {mode}: verdicts against the full-depth verdict {_share(differ, calls)}; "
+                         f"gate skips {skips}, of them against it {skips_differ}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -122,6 +143,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parser.parse_args(None if argv is None else list(argv))
     all_costs: list[Cost] = []
     packets: list[tuple[str, int, int]] = []
+    verdicts: list[tuple[str, str, tuple[int, int, int, int]]] = []
     for folder in args.folders:
         if not (folder / FILE_NAME).is_file():
             print(f"error: no {FILE_NAME} in {folder}", file=sys.stderr)
@@ -133,7 +155,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         all_costs += found
         if "rksc-packets" in rows:
             packets.append((program, *packets_within_run(rows["rksc-packets"])))
-    print(markdown(all_costs, packets))
+        verdicts += [(program, mode, verdicts_within_run(rows[mode])) for mode in rows if "audit" in mode]
+    print(markdown(all_costs, packets, verdicts))
     return 0
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from sglang_rksc.lang.verify import thresholded
 from sglang_rksc.tools.cgee.calibrate import add_rule_grid, first_missing, replay_exit
 from sglang_rksc.tools.cgee.verdict_ranking import YES, load_rows
-from sglang_rksc.tools.intervals import wilson
+from sglang_rksc.tools.intervals import paired_bootstrap, wilson
 
 ACCEPT = YES  # "yes" is the accepting choice of the verifier's ["yes", "no"]
 
@@ -109,6 +109,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     print(f"  verdict accuracy {_share(verdict_accuracy(report, threshold), len(report))}")
     print(f"  argmax verdict   {_share(verdict_accuracy(report, 0.5), len(report))}")
     print(f"  always-majority  {_share(max(wrong, len(report) - wrong), len(report))}")
+    majority = wrong * 2 >= len(report)  # the majority verdict is "no" when most solutions are wrong
+    ours = [float((thresholded(p[-1], ACCEPT, threshold) == ACCEPT) == right) for p, right in report]
+    always = [float((not majority) == right) for _, right in report]
+    diff, low, high = paired_bootstrap(ours, always)
+    print(f"  threshold minus always-majority: {100 * diff:+.1f} points (95% paired bootstrap {100 * low:+.1f} to "
+          f"{100 * high:+.1f})")  # fmt: skip
     depth = len(report[0][0])
     print("  exit rule (min_layer theta eps k): thresholded verdict against full depth, mean layers run (of "
           f"{depth})")  # fmt: skip
