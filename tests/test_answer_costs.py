@@ -28,18 +28,21 @@ def _row(index: int, prediction: str, gold: str = "1", **extra) -> dict:
 
 
 def test_costs_from_a_journal_still_filling_in(tmp_path: Path, capsys):
-    journal = Journal(tmp_path / "journal.jsonl", {"program": "tree_of_thought"}, resume=False)
     answers = {
         "radix": ["1", "2", "3", "4"],
         "radix-rerun": ["1", "2", "3", "9"],  # drift: one of four
         "rksc-merge": ["1", "7", "8", "9"],  # three of four changed
         "rksc-packets": ["1", "2", "3"],  # the fourth problem not run yet
     }
+    config = {"program": "tree_of_thought", "modes": [(mode, [], []) for mode in answers]}
+    journal = Journal(tmp_path / "journal.jsonl", config, resume=False)
     for mode, predictions in answers.items():
         segment = journal.segment(f"{mode}#0")
         for i, p in enumerate(predictions):
             usc = {"prediction": p, "full": {"prediction": p if i else "0"}} if mode == "rksc-packets" else None
             segment.row(300 + i, _row(300 + i, p, usc=usc), 1.0, {})
+    with open(tmp_path / "journal.jsonl", "a") as f:
+        f.write('{"kind": "row", "key": "rksc-merge#0", "ind')  # a line a kill cut short is not read
     program, rows = answer_costs.load_rows(tmp_path)
     costs = {c.mode: c for c in answer_costs.costs(program, rows)}
     merge, packets = costs["rksc-merge"], costs["rksc-packets"]

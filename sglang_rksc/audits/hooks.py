@@ -23,7 +23,7 @@ def recorder() -> AuditRecorder | None:
 
 def _start() -> AuditRecorder:
     if _Active.recorder is None:
-        _Active.recorder = AuditRecorder(RkscConfig.current().audit)
+        _Active.recorder = AuditRecorder(RkscConfig.current())
     return _Active.recorder
 
 
@@ -32,10 +32,9 @@ def choose_rows(original: Any, scheduler: Any, batch: Any, *args: Any, **kwargs:
     mode = getattr(batch, "forward_mode", None)
     if mode is not None and (mode.is_decode() or mode.is_extend()) and not mode.is_target_verify():
         audits = _start()
-        config = RkscConfig.current()
         rows = []
         for row, req in enumerate(batch.reqs):
-            audit = audits.admit(req, config)
+            audit = audits.admit(req)
             if audit is not None and not req.finished():
                 audit.length_before = len(req.output_ids)
                 rows.append((row, req))

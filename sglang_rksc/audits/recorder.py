@@ -14,9 +14,9 @@ import torch
 from sglang.srt.constants import HEALTH_CHECK_RID_PREFIX  # SGLang's /health probes
 
 from sglang_rksc.asks.request_edit import CLIENT_PROMPT_IDS
-from sglang_rksc.config import AuditSettings, RkscConfig
+from sglang_rksc.config import RkscConfig
 from sglang_rksc.packets.reuse import PACKETS_ATTR
-from sglang_rksc.wire import Meta, Option, request_options
+from sglang_rksc.wire import Meta, Option, meta_entry, request_options
 
 AUDIT_ATTR = "_rksc_audit"  # on an audited Req: its RequestAudit
 DECIDED_ATTR = "_rksc_audit_decided"  # on every Req the recorder has seen: drawn once
@@ -34,9 +34,9 @@ def sampled(rid: str, rate: float) -> bool:
 def mechanisms_of(req: Any, config: RkscConfig) -> list[str]:
     """The approximate mechanisms that touch this request's next-token distributions."""
     out = []
-    semantic = (req.customized_info or {}).get(Meta.SEMANTIC) if getattr(req, "customized_info", None) else None
-    if semantic and semantic[0].get("source"):
-        out.append("asks-" + semantic[0]["source"])  # fork by probe or alias, or a fork's follow-up
+    semantic = meta_entry(req.customized_info, Meta.SEMANTIC)
+    if semantic and semantic.get("source"):
+        out.append("asks-" + semantic["source"])  # fork by probe or alias, or a fork's follow-up
     if config.heads.sparsity > 0:
         out.append("heads")
     if config.packets and getattr(req, PACKETS_ATTR, None):
@@ -90,14 +90,15 @@ class AuditStats:
 class AuditRecorder:
     """The scheduler process's audits."""
 
-    def __init__(self, settings: AuditSettings) -> None:
-        self.settings = settings
+    def __init__(self, config: RkscConfig) -> None:
+        self.config = config
+        self.settings = settings = config.audit
         path = settings.log or os.path.join(tempfile.gettempdir(), f"sglang-rksc-audits-{os.getpid()}.jsonl")
         self.stats = AuditStats(rate=settings.rate, log=path)
         self._lock = threading.Lock()
         self.rows: list[tuple[int, Any]] = []  # (row, request) of the batch about to run
 
-    def admit(self, req: Any, config: RkscConfig) -> RequestAudit | None:
+    def admit(self, req: Any) -> RequestAudit | None:
         """The request's audit, decided the first time it runs: None if it is not audited."""
         audit = getattr(req, AUDIT_ATTR, None)
         if audit is not None or getattr(req, DECIDED_ATTR, False):
@@ -109,7 +110,7 @@ class AuditRecorder:
             return None  # not a client's generation; verifications have their own audit (verify(audit=True))
         if not sampled(rid, self.settings.rate):
             return None
-        audit = RequestAudit(mechanisms_of(req, config) or [CONTROL])
+        audit = RequestAudit(mechanisms_of(req, self.config) or [CONTROL])
         setattr(req, AUDIT_ATTR, audit)
         self.stats.requests_audited += 1
         return audit
@@ -148,7 +149,7 @@ class AuditRecorder:
             "positions": captured,
             "top_ids": [audit.top[p][0] for p in captured],
             "top_logprobs": [audit.top[p][1] for p in captured],
-            "semantic": ((req.customized_info or {}).get(Meta.SEMANTIC) or [None])[0],
+            "semantic": meta_entry(req.customized_info, Meta.SEMANTIC),
         }
         line = json.dumps(record) + "\n"
         with self._lock, open(self.stats.log, "a", encoding="utf-8") as f:

@@ -15,14 +15,14 @@ The aim (issue 34) is at most 2 points beyond drift for every mechanism in `rksc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sglang_rksc.bench.journal import FILE_NAME
+from sglang_rksc.bench.compare import run_key
+from sglang_rksc.bench.journal import FILE_NAME, JournalError, key_totals, read_records
 from sglang_rksc.tools.intervals import paired_bootstrap, wilson
 
 REFERENCE, RERUN = "radix", "radix-rerun"
@@ -44,15 +44,10 @@ class Cost:
 
 def load_rows(folder: Path) -> tuple[str, dict[str, dict[int, dict[str, Any]]]]:
     """(program, rows by mode then problem index) from a compare folder's journal, first repeat only."""
-    lines = (folder / FILE_NAME).read_text().splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = read_records(folder / FILE_NAME)
     config = records[0]["config"]
-    rows: dict[str, dict[int, dict[str, Any]]] = {}
-    for record in records[1:]:
-        mode, _, repeat = record["key"].rpartition("#")
-        if record["kind"] == "row" and repeat == "0":
-            rows.setdefault(mode, {}).setdefault(record["index"], record["row"])
-    return config["program"], rows
+    rows = {mode: key_totals(records[1:], run_key(mode, 0)).rows for mode, *_ in config["modes"]}
+    return config["program"], {mode: found for mode, found in rows.items() if found}
 
 
 def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[Cost]:
@@ -148,7 +143,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         if not (folder / FILE_NAME).is_file():
             print(f"error: no {FILE_NAME} in {folder}", file=sys.stderr)
             return 2
-        program, rows = load_rows(folder)
+        try:
+            program, rows = load_rows(folder)
+        except JournalError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         found = costs(program, rows)
         if not found:
             print(f"note: {folder} has no problem run under radix, radix-rerun and another mode yet", file=sys.stderr)

@@ -130,9 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def server_log_path(log_dir: Path, mode_name: str, repeat: int) -> Path:
-    """One log file per run; a mode name like rksc-asks@0.9/0.95 must not make a sub-folder."""
-    return log_dir / f"server-{mode_name.replace('/', '_')}-{repeat}.log"
+def server_log_path(log_dir: Path, mode_name: str, run: int, kind: str = "server", suffix: str = "log") -> Path:
+    """One log file per run (`run`: its repeat, or its budget in bench.serve; `kind` "audits": its audit log);
+    a mode name like rksc-asks@0.9/0.95 must not make a sub-folder."""
+    return log_dir / f"{kind}-{mode_name.replace('/', '_')}-{run}.{suffix}"
 
 
 def mode_program_options(program: Any, args: argparse.Namespace, mode: modes_mod.Mode) -> argparse.Namespace:
@@ -165,13 +166,8 @@ def run_mode(
     model = ["--model", args.model] if args.model else []
     server_args = [*mode.server_args, *model, "--enable-metrics", *shlex.split(args.server_args)]
     if args.audit_rate > 0:
-        audit_log = log_dir / server_log_path(log_dir, mode.name, repeat).name.replace("server-", "audits-")
-        server_args += [
-            "--rksc-audit-rate",
-            str(args.audit_rate),
-            "--rksc-audit-log",
-            str(audit_log.with_suffix(".jsonl")),
-        ]
+        audit_log = server_log_path(log_dir, mode.name, repeat, kind="audits", suffix="jsonl")
+        server_args += ["--rksc-audit-rate", str(args.audit_rate), "--rksc-audit-log", str(audit_log)]
     log_path = server_log_path(log_dir, mode.name, repeat)
     segment = journal.segment(run_key(mode.name, repeat))
     with LaunchedServer(server_args, log_path=log_path) as server:
@@ -179,14 +175,11 @@ def run_mode(
         before = server_stats.snapshot(server.url)
         started = time.perf_counter()
 
-        def so_far() -> tuple[float, dict[str, float]]:
-            return time.perf_counter() - started, server_stats.difference(server_stats.snapshot(server.url), before)
-
         def record(row: dict[str, Any]) -> None:
-            segment.row(row["index"], row, *so_far())
+            segment.row(row["index"], row, *server_stats.since(server.url, before, started))
 
         program.run(backend, problems, options, parallel=args.parallel, progress_bar=True, on_row=record)
-        segment.end(*so_far())
+        segment.end(*server_stats.since(server.url, before, started))
 
 
 def journal_config(args: argparse.Namespace, modes: list[modes_mod.Mode]) -> dict[str, Any]:

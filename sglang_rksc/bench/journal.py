@@ -72,18 +72,7 @@ class Journal:
         self._next_segment = 1 + max((r.get("segment", 0) for r in self._records), default=0)
 
     def _read(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        records = []
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        for number, line in enumerate(lines, 1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number == len(lines):  # the line a kill cut short: dropped, its problem runs again
-                    continue
-                raise JournalError(f"{self.path}: line {number} is not JSON") from None
-        if not records or records[0].get("kind") != "config":
-            raise JournalError(f"{self.path} has no configuration line; not a journal of this benchmark")
+        records = read_records(self.path)
         if records[0]["config"] != config:
             differ = sorted(
                 k for k in set(config) | set(records[0]["config"]) if config.get(k) != records[0]["config"].get(k)
@@ -119,18 +108,40 @@ class Journal:
 
     def totals(self, key: str) -> KeyTotals:
         """`key`'s rows (the first recorded per problem) and its segments' time and counters added up."""
-        out = KeyTotals()
-        last: dict[int, dict[str, Any]] = {}
-        for record in self._records:
-            if record["key"] != key:
+        return key_totals(self._records, key)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """A journal's records, its configuration first; a last line that a kill cut short is dropped (its
+    problem runs again). JournalError for anything else that is not a journal."""
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
                 continue
-            if record["kind"] == "row":
-                out.rows.setdefault(record["index"], record["row"])
-            last[record["segment"]] = record  # an `end` record comes after its segment's rows
-        out.seconds = sum(r["seconds"] for r in last.values())
-        out.server = combine_counters([r["server"] for r in last.values()])
-        out.segments = len(last)
-        return out
+            raise JournalError(f"{path}: line {number} is not JSON") from None
+    if not records or records[0].get("kind") != "config":
+        raise JournalError(f"{path} has no configuration line; not a journal of this benchmark")
+    return records
+
+
+def key_totals(records: list[dict[str, Any]], key: str) -> KeyTotals:
+    """What `key`'s records (after the configuration line) add up to."""
+    out = KeyTotals()
+    last: dict[int, dict[str, Any]] = {}
+    for record in records:
+        if record.get("key") != key:
+            continue
+        if record["kind"] == "row":
+            out.rows.setdefault(record["index"], record["row"])
+        last[record["segment"]] = record  # an `end` record comes after its segment's rows
+    out.seconds = sum(r["seconds"] for r in last.values())
+    out.server = combine_counters([r["server"] for r in last.values()])
+    out.segments = len(last)
+    return out
 
 
 @dataclass

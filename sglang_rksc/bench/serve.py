@@ -39,6 +39,7 @@ from typing import Any
 
 from sglang_rksc.bench import modes as modes_mod
 from sglang_rksc.bench import server_stats
+from sglang_rksc.bench.compare import server_log_path
 from sglang_rksc.bench.journal import FILE_NAME, Journal, JournalError, Segment
 from sglang_rksc.bench.report import drafts_acceptance, drafts_figures, drafts_tokens_per_step, fmt
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
@@ -437,7 +438,7 @@ def run_one_config(
         str(budget),
         *shlex.split(args.server_args),
     ]
-    log = out / f"server-{mode.name.replace('/', '_')}-{budget}.log"
+    log = server_log_path(out, mode.name, budget)
     options = {name: options_for(program, args, mode) for name, program in PROGRAMS.items()}
     progress = None
     if not args.quiet:
@@ -455,15 +456,12 @@ def run_one_config(
         before = server_stats.snapshot(server.url)
         started = time.perf_counter()
 
-        def so_far() -> tuple[float, dict[str, float]]:
-            return time.perf_counter() - started, server_stats.difference(server_stats.snapshot(server.url), before)
-
         def record(job: Done) -> None:
             if segment is not None:
-                segment.row(job.index, asdict(job), *so_far())
+                segment.row(job.index, asdict(job), *server_stats.since(server.url, before, started))
 
         done = run_jobs(run_one, jobs, None if args.rate else args.clients, progress, on_done=record)
-        seconds, counters = so_far()
+        seconds, counters = server_stats.since(server.url, before, started)
         if segment is not None:
             segment.end(seconds, counters)
         if before_stop is not None:
@@ -506,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     for budget in budgets:
         for mode in modes:
             key = f"{mode.name}@{budget}"
-            todo = [job for job in jobs if job.index not in journal.done(key)]
+            recorded = journal.done(key)
+            todo = [job for job in jobs if job.index not in recorded]
             print(
                 f"[{len(runs) + 1}/{len(budgets) * len(modes)}] budget {budget}, mode {mode.name}"
                 + (f": {len(todo)} of {len(jobs)} jobs left" if len(todo) < len(jobs) else ""),
@@ -523,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             totals = journal.totals(key)
             done = [Done(**totals.rows[job.index]) for job in jobs if job.index in totals.rows]
-            log = str(out / f"server-{mode.name.replace('/', '_')}-{budget}.log")
-            run = ServeRun(mode.name, budget, totals.seconds, done, totals.server, log)
+            run = ServeRun(
+                mode.name, budget, totals.seconds, done, totals.server, str(server_log_path(out, mode.name, budget))
+            )
             run.figures = {**figures(run, model), "server_segments": totals.segments}
             runs.append(run)
     add_comparisons(runs)

@@ -6,6 +6,7 @@ and earlier runs never count.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -89,6 +90,11 @@ def drafts_counters(drafts: dict[str, Any]) -> dict[str, float]:
 def difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     """What happened between two snapshots; a peak (`*_max`) is the later reading, not a difference."""
     return {k: after[k] if k.endswith("_max") else after[k] - before.get(k, 0.0) for k in after}
+
+
+def since(url: str, before: dict[str, float], started: float) -> tuple[float, dict[str, float]]:
+    """Seconds since `started` (a `time.perf_counter()` reading) and the server's counters since `before`."""
+    return time.perf_counter() - started, difference(snapshot(url), before)
 
 
 def decode_steps_by_batch(counters: dict[str, float]) -> dict[int, float]:

@@ -147,7 +147,9 @@ def describe_row(row: Mapping[str, Any]) -> str:
     )
 
 
-def _always_majority(correct: Sequence[bool]) -> float:
+def always_majority_accuracy(correct: Sequence[bool]) -> float:
+    """The accuracy of the verdict that ignores the solution: "yes" to all or "no" to all, whichever is right
+    more often (`correct`: is each judged solution right)."""
     return max(sum(correct), len(correct) - sum(correct)) / len(correct) if correct else 0.0
 
 
@@ -162,8 +164,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) ->
         "verifications": len(verdicts),
         "verdict_yes_rate": verdicts.count("yes") / len(verdicts) if verdicts else 0.0,
         "verdict_accuracy": sum(right) / len(right) if right else 0.0,
-        # The verdict that ignores the solution: "yes" to all or "no" to all, whichever is right more often.
-        "always_majority_verdict_accuracy": _always_majority(
+        "always_majority_verdict_accuracy": always_majority_accuracy(
             [a == r["gold"] for r in rows for a in r["sample_answers"]]
         ),
         **verification.summarize(v for r in rows for v in r["verifications"]),

@@ -26,7 +26,13 @@ from typing import Any
 import sglang as sgl
 
 from sglang_rksc.programs import common, gsm8k, verification
-from sglang_rksc.programs.self_consistency_verify import SOLVE_PROMPT, VERDICTS, VERIFY_PROMPT, yes_probability
+from sglang_rksc.programs.self_consistency_verify import (
+    SOLVE_PROMPT,
+    VERDICTS,
+    VERIFY_PROMPT,
+    always_majority_accuracy,
+    yes_probability,
+)
 
 NAME = "verifier_check"
 DESCRIPTION = (
@@ -223,8 +229,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], options: argparse.Namespace) ->
             out[f"verdict_accuracy_{kind}"] = sum(rights) / len(rights)
     rights = [right for rows_of_kind in by_kind.values() for right in rows_of_kind]
     out["verdict_accuracy"] = sum(rights) / len(rights) if rights else 0.0
-    references = len(by_kind["reference"])
-    out["always_majority_verdict_accuracy"] = max(references, len(rights) - references) / len(rights) if rights else 0.0
+    kinds = [kind for row in rows for kind in row["kinds"]]
+    out["always_majority_verdict_accuracy"] = always_majority_accuracy([kind == "reference" for kind in kinds])
     out["ranking_accuracy"] = ranking_accuracy(rows, [r["p_yes"] for r in rows])
     out["ranking_accuracy_full_depth"] = ranking_accuracy(
         rows, [[full_depth_p_yes(v) for v in r["verifications"]] for r in rows]

@@ -184,8 +184,6 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
     except ValueError as exc:
         raise LaunchError(str(exc)) from exc
     refusal = draft_checks.launch_refusal(settings, out)
-    if settings.audit.rate > 0 and settings.drafts.on:
-        refusal = "--rksc-audit-rate does not run with --rksc-drafts on: audits read one-token decode steps' logits"
     if refusal:
         raise LaunchError(refusal)
     if settings.drafts.on:

@@ -42,8 +42,9 @@ def labelled_calls(rows: Sequence[dict[str, Any]]) -> list[tuple[list[list[float
     ]
 
 
-def verdict_accuracy(calls: Sequence[tuple[list[list[float]], bool]], threshold: float) -> int:
-    """Calls whose full-depth thresholded verdict is right: yes for a right solution, no for a wrong one."""
+def verdict_accuracy(calls: Sequence[tuple[list[list[float]], bool]], threshold: float | None) -> int:
+    """Calls whose full-depth verdict (thresholded; None: the most probable answer) is right: yes for a right
+    solution, no for a wrong one."""
     return sum((thresholded(profile[-1], ACCEPT, threshold) == ACCEPT) == right for profile, right in calls)
 
 
@@ -107,7 +108,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     wrong = sum(not r for _, r in report)
     print(f"report: {len(report)} calls")
     print(f"  verdict accuracy {_share(verdict_accuracy(report, threshold), len(report))}")
-    print(f"  argmax verdict   {_share(verdict_accuracy(report, 0.5), len(report))}")
+    print(f"  argmax verdict   {_share(verdict_accuracy(report, None), len(report))}")
     print(f"  always-majority  {_share(max(wrong, len(report) - wrong), len(report))}")
     majority = wrong * 2 >= len(report)  # the majority verdict is "no" when most solutions are wrong
     ours = [float((thresholded(p[-1], ACCEPT, threshold) == ACCEPT) == right) for p, right in report]
