@@ -24,6 +24,13 @@ LEAK_MARKERS = ("memory leak detected", "double free", "use-after-free")
 SERVER_FIXTURES = frozenset({"rksc_server", "launch_server", "launch_module_server", "server_subprocess"})
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The tests run SGLang programs in this process: their executors get the end that cannot hang it.
+    from sglang_rksc.lang import executors
+
+    executors.install()
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by `-m`
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `server` every test whose fixtures (`item.fixturenames`, the whole closure) start a server.

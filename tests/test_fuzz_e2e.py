@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 import sglang as sgl
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import HealthCheck, Phase, example, given, seed, settings
 from hypothesis import strategies as st
 
 from sglang_rksc.lang import Gate, mark_branch, merge_branches, verify
@@ -104,6 +104,8 @@ def test_generate_payloads_never_take_the_server_down(fuzz_server, vocab, tally)
     @settings(FUZZ_SETTINGS, max_examples=EXAMPLES)
     @seed(SEED)
     @given(st.lists(generate_bodies(vocab), min_size=1, max_size=3))
+    # Found by this fuzzer (HTTP 500): a batch asking for no samples per prompt.
+    @example([{"text": ["a", "b"], "sampling_params": {"n": 0, "max_new_tokens": 2}}])
     def send(bodies: list) -> None:
         with ThreadPoolExecutor(len(bodies)) as pool:
             responses = list(pool.map(lambda body: post(fuzz_server, "/generate", body), bodies))

@@ -116,6 +116,13 @@ def test_batches_need_one_argument_per_prompt():
         normalize(text=["a", "b", "c"], sampling_params=[{}])
     with pytest.raises(ValueError, match="return_logprob has 1 element"):
         normalize(text=["a", "b"], return_logprob=[True])
+    # n below 1 left fewer request ids than prompts (HTTP 500 in SGLang); n = 2 doubles them.
+    assert len(normalize(text=["a", "b"], sampling_params={"n": 2}).rid) == 4
+    for bad in ({"n": 0}, [{"n": -1}, {"n": -1}], {"n": "2"}, {"n": True}):
+        with pytest.raises(ValueError, match=r"sampling_params.n \(samples per prompt\) must be a whole number"):
+            normalize(text=["a", "b"], sampling_params=bad)
+    with pytest.raises(ValueError, match="sampling_params.n"):
+        normalize(text="a", sampling_params={"n": 0})
 
 
 def test_cgee_call_parameters_without_a_model():

@@ -267,5 +267,5 @@ def install() -> None:
         return
     from sglang_rksc.srt import seams
 
-    seams.install_frontend()
+    seams.install_frontend("cgee")
     _installed = True

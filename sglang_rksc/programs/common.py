@@ -136,9 +136,13 @@ def endpoint(args: argparse.Namespace) -> Iterator[str]:
 
 
 def make_backend(url: str, chat_template: str = "auto") -> Any:
-    """An `sgl.RuntimeEndpoint` with the chat template the model was trained with."""
+    """An `sgl.RuntimeEndpoint` with the chat template the model was trained with. Every process that runs
+    our programs gets one, so it is where their executors get the end that cannot hang (`lang.executors`)."""
     import sglang as sgl
 
+    from sglang_rksc.lang import executors
+
+    executors.install()
     backend = sgl.RuntimeEndpoint(url)
     if chat_template == "auto":
         if re.search(r"smollm", backend.get_model_name(), re.IGNORECASE):

@@ -4,8 +4,8 @@ Three hooks; what they refuse never reaches the scheduler:
 
 - `normalize_request`, AROUND `GenerateReqInput.normalize_batch_and_arguments`:
   a batch whose per-prompt argument lists are empty or shorter than its prompts,
-  or hold something other than objects (SGLang answers HTTP 500 when it indexes
-  past their end).
+  or hold something other than objects, and a number of samples per prompt (`n`)
+  below one (SGLang answers HTTP 500 when it indexes past their end).
 - `validate_request`, AROUND `TokenizerManager._validate_one_request` (the
   tokenizer process, once per prompt, batch elements one by one): a bad request
   raises `ValueError`, which SGLang answers with HTTP 400 while it keeps serving.
@@ -70,6 +70,15 @@ def _check_sampling_params_shape(obj: Any) -> None:
         for i, element in enumerate(params):
             if not isinstance(element, dict):
                 raise ValueError(f"sampling_params[{i}] must be an object, got {type(element).__name__}")
+    for element in params if isinstance(params, list) else [params]:
+        _check_samples_per_prompt(element)
+
+
+def _check_samples_per_prompt(params: Any) -> None:
+    # A batch with n below 1 is expanded to fewer request ids than prompts, and SGLang indexes past them (500).
+    n = params.get("n", 1) if isinstance(params, dict) else 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"sampling_params.n (samples per prompt) must be a whole number >= 1, got {n!r}")
 
 
 def _check_batch_lengths(obj: Any) -> None:

@@ -138,6 +138,9 @@ SEAMS: list[Seam] = [
     Seam("sglang.srt.models.qwen2.Qwen2ForCausalLM.forward", AROUND, "cgee", f"{_EXIT}:forward_with_exit"),
     Seam("sglang.lang.backend.runtime_endpoint.RuntimeEndpoint.select", FRONTEND, "cgee",
          "sglang_rksc.lang.verify:select_with_verify"),
+    # the frontend's executors: ended without the thread lock that can hang a program's process
+    Seam("sglang.lang.interpreter.StreamExecutor.end", FRONTEND, "executors",
+         "sglang_rksc.lang.executors:end_without_joining"),
     # RLKV head compression
     Seam("sglang.srt.platforms.interface.SRTPlatform.get_kv_pool_cls", AROUND, "heads",
          "sglang_rksc.rlkv.hooks:pool_class", when=heads_on),
@@ -242,12 +245,12 @@ def install_registrations(
             _REGISTER[seam.kind](pkgutil.resolve_name(seam.target), resolve_hook(seam.hook))
 
 
-def install_frontend(seams: list[Seam] = SEAMS) -> None:
-    """Attach the frontend seams in this (a program's) process, and apply them at once."""
+def install_frontend(feature: str, seams: list[Seam] = SEAMS) -> None:
+    """Attach one feature's frontend seams in this (a program's) process, and apply them at once."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     for seam in seams:
-        if seam.kind == FRONTEND:
+        if seam.kind == FRONTEND and seam.feature == feature:
             HookRegistry.register(seam.target, resolve_hook(seam.hook), HookType.AROUND)
     HookRegistry.apply_hooks()
 
