@@ -144,6 +144,13 @@ def test_resume_runs_only_the_jobs_the_journal_lacks(tmp_path: Path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         serve.main(argv)
     assert ran == [("radix", 0), ("radix", 1), ("radix", 2)]
+    # The report of what is recorded so far runs nothing and leaves out the mode not yet whole.
+    assert serve.main([*argv, "--resume", "--report-only"]) == 0 and len(ran) == 3
+    assert json.loads((tmp_path / "serve.json").read_text())["runs"] == []
+    assert "3 of 4 jobs recorded: left out of the report" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        serve.main([*argv, "--report-only"])
+    assert "--report-only reports a journal: give it with --resume" in capsys.readouterr().err
     stop_after[0] = 100
     assert serve.main([*argv, "--resume"]) == 0
     assert ran[3:] == [("radix", 3), ("rksc", 0), ("rksc", 1), ("rksc", 2), ("rksc", 3)]
@@ -154,6 +161,9 @@ def test_resume_runs_only_the_jobs_the_journal_lacks(tmp_path: Path, monkeypatch
     # The killed segment counts to its last job; the resumed one to its end.
     assert by_mode["radix"]["server"]["generated_tokens"] == 30.0 + 10.0
     assert by_mode["rksc"]["figures"]["agreement_with_radix"] == 1.0
+    ran.clear()
+    assert serve.main([*argv, "--resume", "--report-only"]) == 0 and ran == []
+    assert len(json.loads((tmp_path / "serve.json").read_text())["runs"]) == 2
     with pytest.raises(SystemExit):
         serve.main([*argv, "--resume", "--seed", "1"])
     assert "other settings (seed)" in capsys.readouterr().err

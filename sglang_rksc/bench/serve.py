@@ -401,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run whose journal.jsonl is in --output-dir (the same settings): only the jobs it has "
         "not recorded run",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="with --resume: run nothing, write the report of what the journal holds (a mode whose jobs are not "
+        "all recorded is left out of it), for a run filled in across sessions",
+    )
     return parser
 
 
@@ -492,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             for program in PROGRAMS.values():
                 options_for(program, args, mode)
+        if args.report_only and not args.resume:
+            raise ValueError("--report-only reports a journal: give it with --resume")
     except (ValueError, cost_model.CostModelError) as exc:
         parser.error(str(exc))
     out = Path(args.output_dir)
@@ -501,32 +509,35 @@ def main(argv: list[str] | None = None) -> int:
     except JournalError as exc:
         parser.error(str(exc))
     runs: list[ServeRun] = []
-    for budget in budgets:
-        for mode in modes:
-            key = f"{mode.name}@{budget}"
-            recorded = journal.done(key)
-            todo = [job for job in jobs if job.index not in recorded]
-            print(
-                f"[{len(runs) + 1}/{len(budgets) * len(modes)}] budget {budget}, mode {mode.name}"
-                + (f": {len(todo)} of {len(jobs)} jobs left" if len(todo) < len(jobs) else ""),
-                file=sys.stderr,
-            )
-            try:
-                if todo:
-                    run_one_config(mode, budget, todo, args, out, segment=journal.segment(key))
-            except ServerStartError as exc:
-                print(f"error: mode {mode.name} at budget {budget}: {exc}", file=sys.stderr)
-                return 1
-            except BudgetTooSmall as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            totals = journal.totals(key)
-            done = [Done(**totals.rows[job.index]) for job in jobs if job.index in totals.rows]
-            run = ServeRun(
-                mode.name, budget, totals.seconds, done, totals.server, str(server_log_path(out, mode.name, budget))
-            )
-            run.figures = {**figures(run, model), "server_segments": totals.segments}
-            runs.append(run)
+    configs = [(budget, mode) for budget in budgets for mode in modes]
+    for position, (budget, mode) in enumerate(configs, 1):
+        key = f"{mode.name}@{budget}"
+        recorded = journal.done(key)
+        todo = [job for job in jobs if job.index not in recorded]
+        print(
+            f"[{position}/{len(configs)}] budget {budget}, mode {mode.name}"
+            + (f": {len(todo)} of {len(jobs)} jobs left" if len(todo) < len(jobs) else ""),
+            file=sys.stderr,
+        )
+        if todo and args.report_only:
+            print(f"  {len(jobs) - len(todo)} of {len(jobs)} jobs recorded: left out of the report", file=sys.stderr)
+            continue
+        try:
+            if todo:
+                run_one_config(mode, budget, todo, args, out, segment=journal.segment(key))
+        except ServerStartError as exc:
+            print(f"error: mode {mode.name} at budget {budget}: {exc}", file=sys.stderr)
+            return 1
+        except BudgetTooSmall as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        totals = journal.totals(key)
+        done = [Done(**totals.rows[job.index]) for job in jobs if job.index in totals.rows]
+        run = ServeRun(
+            mode.name, budget, totals.seconds, done, totals.server, str(server_log_path(out, mode.name, budget))
+        )
+        run.figures = {**figures(run, model), "server_segments": totals.segments}
+        runs.append(run)
     add_comparisons(runs)
     command = "python -m sglang_rksc.bench.serve " + shlex.join(argv if argv is not None else sys.argv[1:])
     load_text = f"open loop at {args.rate} jobs/min" if args.rate else f"closed loop with {args.clients} clients"

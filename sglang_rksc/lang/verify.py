@@ -258,14 +258,17 @@ _installed = False
 
 
 def install() -> None:
-    """Wrap `RuntimeEndpoint.select` in this process (`srt.seams`, a frontend seam; idempotent).
+    """Wrap `RuntimeEndpoint.select` in this process (`srt.seams`, a frontend seam; idempotent), and end executors
+    without the lock that can hang it (`lang.executors`).
 
     Done when a program first writes a `verify`, not on import: a process that never verifies
-    keeps SGLang's frontend as it is."""
+    keeps SGLang's select as it is."""
     global _installed
     if _installed:
         return
+    from sglang_rksc.lang import executors
     from sglang_rksc.srt import seams
 
     seams.install_frontend("cgee")
+    executors.install()  # a program that verifies runs threads: its executors get the end that cannot hang
     _installed = True
