@@ -104,6 +104,8 @@ def tree_of_thought(
         kept = [solution["solution"] for _, solution, _, _ in solutions]
         gathered = aggregate.gather_answer(s, kept, max_tokens=max_tokens, packets=packets)
 
+    for _, _, leaf, _, _ in leaves:
+        common.sync(leaf)  # a request the server failed is named here, not later as a missing score
     # RSBCM: low-scored leaves are dead first; then the whole tree is done.
     common.mark_branches([f for _, _, f, _, _ in leaves if int(f["score"]) < ACCEPT_SCORE], "rejected", mark)
     common.mark_branches(plans, "finished", mark)
