@@ -109,6 +109,7 @@ class Meta:
     REUSE = "rksc_reuse"  # ReuseEntry: the result was replayed or coalesced
     PACKETS = "rksc_packets"  # PacketEntry: which marked spans took cached KV instead of being computed
     DRAFTS = "rksc_drafts"  # DraftEntry: verify steps, tokens drafted and accepted by source
+    SERVER = "rksc_server"  # {"host", "port"}: the server that ran the request (replicas behind a router)
 
 
 # Entries that say how the original request ran, not what it produced: a replay does not repeat them.

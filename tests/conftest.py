@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sglang_rksc.cluster.cluster import LaunchedCluster
 from sglang_rksc.runtime.default_model import prepare_default_model
 from sglang_rksc.runtime.server_process import LaunchedServer
 
@@ -21,7 +22,9 @@ STRICT_MEMORY_ENV = {**os.environ, "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE":
 LEAK_MARKERS = ("memory leak detected", "double free", "use-after-free")
 # The fixtures that start a real server (about 40 s each on a CPU): a test that requests one, directly or
 # through another fixture, is marked `server` and stays out of the fast tier (`-m "not server and not slow"`).
-SERVER_FIXTURES = frozenset({"rksc_server", "launch_server", "launch_module_server", "server_subprocess"})
+SERVER_FIXTURES = frozenset(
+    {"rksc_server", "launch_server", "launch_module_server", "server_subprocess", "launch_cluster"}
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -122,6 +125,23 @@ def launch_module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     launcher = ServerLauncher(tmp_path_factory.mktemp)
     yield launcher
     launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
+def launch_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LaunchedCluster]]:
+    """Clusters (replicas of our server, strict memory checks on, behind SGLang's router) for the tests of one
+    module: `launch(replicas, policy=..., server_args=...)` gives one to use as a context manager; none
+    outlives the module."""
+    started: list[LaunchedCluster] = []
+
+    def launch(replicas: int = 2, **kwargs: object) -> LaunchedCluster:
+        cluster = LaunchedCluster(replicas, log_dir=tmp_path_factory.mktemp("cluster"), env=STRICT_MEMORY_ENV, **kwargs)
+        started.append(cluster)
+        return cluster
+
+    yield launch
+    for cluster in started:
+        cluster.stop()
 
 
 @pytest.fixture

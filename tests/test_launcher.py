@@ -62,6 +62,32 @@ def test_gpu_only_flag_is_refused_on_a_cpu(isolated_runtime):
         plan_launch(["--attention-backend", "flashinfer"], cuda=False)
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--rksc-head-compression", "0.4"], "--rksc-head-compression"),
+        (["--rksc-drafts", "on"], "--rksc-drafts on"),
+        (["--rksc-audit-rate", "0.5"], "--rksc-audit-rate"),
+    ],
+)
+def test_a_mechanism_not_rank_aware_is_refused_under_tensor_parallelism(
+    isolated_runtime, default_model_dir: Path, flags, named
+):
+    with pytest.raises(LaunchError, match=f"^{named} does not run with --tp-size 2: .*replicas behind a router"):
+        plan_launch(["--model-path", str(default_model_dir), "--tp-size", "2", *flags], cuda=False)
+
+
+def test_tensor_parallel_decisions_by_mechanism():
+    from sglang_rksc.config import RkscConfig
+    from sglang_rksc.srt.parallel_checks import tp_refusal, tp_size
+
+    assert tp_size(["--tp", "4"]) == 4 and tp_size(["--tp-size=2"]) == 2 and tp_size([]) == 1
+    plain = RkscConfig()
+    assert tp_refusal(plain, ["--tp-size", "2"]) is None  # the tree, RSBCM, reuse: kept under TP
+    assert tp_refusal(RkscConfig(packets=True), ["--tp-size", "2"]).startswith("--rksc-packets")
+    assert tp_refusal(RkscConfig(packets=True), ["--tp-size", "1"]) is None
+
+
 def test_unknown_flag_is_refused(isolated_runtime, default_model_dir: Path):
     with pytest.raises(LaunchError, match="unrecognized argument.*--no-such-flag"):
         plan_launch(["--model-path", str(default_model_dir), "--no-such-flag"], cuda=False)

@@ -29,6 +29,7 @@ RUN_FLAGS = {
     "--parallel": 4,
     "--output": None,
     "--quiet": False,
+    "--retries": 1,
     "--url": None,
     "--model": None,
     "--server-args": "",

@@ -21,6 +21,11 @@ of the same token accounting (`sglang_rksc.runtime.cost_model`: a projection, no
 a GPU run). Writes serve.json, serve.md and serve.png under --output-dir, and journal.jsonl as jobs
 finish: `--resume` continues a killed run with the jobs it lacks (its time then spans several servers,
 so its rates are those of a resumed run; its answers are whole).
+
+With `--replicas N` (N > 1) each run is a cluster instead of one server: N replicas behind SGLang's router
+(`sglang_rksc.cluster`), once per routing policy in `--policies`; the budget is each replica's. The report then
+adds, per replica and in total, the jobs each replica mostly served, its counters and its GPU projection, and
+the share of a job's requests that landed on its main replica.
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sglang_rksc.bench import cluster_stats, server_stats
 from sglang_rksc.bench import modes as modes_mod
-from sglang_rksc.bench import server_stats
 from sglang_rksc.bench.compare import server_log_path
 from sglang_rksc.bench.journal import FILE_NAME, Journal, JournalError, Segment
 from sglang_rksc.bench.report import drafts_acceptance, drafts_figures, drafts_tokens_per_step, fmt
+from sglang_rksc.cluster.cluster import POLICIES, LaunchedCluster
 from sglang_rksc.programs import common, game_of_24, self_consistency_verify, tree_of_thought
 from sglang_rksc.runtime import cost_model
 from sglang_rksc.runtime.server_process import LaunchedServer, ServerStartError, exit_on_sigterm
@@ -82,6 +88,16 @@ class ServeRun:
     server: dict[str, float]
     log_path: str = ""
     figures: dict[str, Any] = field(default_factory=dict)
+    policy: str | None = None  # a cluster's routing policy (None: one server)
+
+    @property
+    def label(self) -> str:
+        """The run's key in the journal: mode and budget, and the policy of a cluster."""
+        return run_key(self.mode, self.budget, self.policy)
+
+
+def run_key(mode: str, budget: int, policy: str | None) -> str:
+    return f"{mode}@{budget}" + (f"/{policy}" if policy else "")
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -259,13 +275,56 @@ def figures(run: ServeRun, model: cost_model.CostModel) -> dict[str, Any]:
     }
 
 
+def cluster_figures(run: ServeRun, model: cost_model.CostModel) -> dict[str, Any]:
+    """A cluster run's own figures: each replica's (its counters, the jobs it mostly served, its GPU projection),
+    where the jobs' requests landed, and the projection of the whole (the replicas run at once: the slowest
+    one's time; and summed, the GPU time spent)."""
+    per_replica = cluster_stats.replica_counters(run.server)
+    if not per_replica:
+        return {}
+    rows = [d.row for d in run.done if d.row is not None]
+    where = cluster_stats.placement(rows, len(per_replica))
+    replicas = []
+    for i, counters in enumerate(per_replica):
+        one = figures(ServeRun(run.mode, run.budget, run.seconds, [], counters), model)
+        jobs = where["jobs_by_main_replica"][i]
+        replicas.append(
+            {
+                "jobs_mostly_served": jobs,
+                "problems_per_min": 60.0 * jobs / run.seconds if run.seconds else None,
+                "projected_problems_per_min": 60.0 * jobs / one["projected_s"] if one["projected_s"] else None,
+                **{k: one[k] for k in ("projected_s", "decode_steps", "prompt_tokens_computed", "generated_tokens")},
+                "cache_hit_share": counters["cached_tokens"] / counters["prompt_tokens"]
+                if counters.get("prompt_tokens")
+                else None,
+                "semantic_forks": counters.get("semantic_hits"),
+                "reused_requests": sum(counters.get(k, 0.0) for k in ("replayed", "coalesced")),
+            }
+        )
+    slowest = max(r["projected_s"] for r in replicas)
+    completed = len(rows)
+    return {
+        "replicas": replicas,
+        **where,
+        "projected_s_summed": sum(r["projected_s"] for r in replicas),
+        "projected_s": slowest,
+        "projected_problems_per_min": 60.0 * completed / slowest if slowest else None,
+        "cache_hit_share": run.server["cached_tokens"] / run.server["prompt_tokens"]
+        if run.server.get("prompt_tokens")
+        else None,
+    }
+
+
 def add_comparisons(runs: list[ServeRun]) -> None:
     """Agreement with radix and ratios against it under the same budget; recomputation beyond the
     largest budget, mode by mode."""
     largest = max((r.budget for r in runs), default=0)
     for run in runs:
-        ref = next((r for r in runs if r.mode == modes_mod.REFERENCE and r.budget == run.budget), None)
-        roomy = next((r for r in runs if r.mode == run.mode and r.budget == largest), None)
+        ref = next(
+            (r for r in runs if r.mode == modes_mod.REFERENCE and r.budget == run.budget and r.policy == run.policy),
+            None,
+        )
+        roomy = next((r for r in runs if r.mode == run.mode and r.budget == largest and r.policy == run.policy), None)
         f = run.figures
         if roomy is not None:
             f["prompt_tokens_recomputed"] = max(
@@ -293,6 +352,12 @@ def _ratio(value: Any) -> str:
 COLUMNS = [
     ("budget (tokens)", lambda f: fmt(f["budget"], 0)),
     ("mode", lambda f: f["mode"]),
+    ("routing", lambda f: f.get("policy") or "one server"),
+    (
+        "requests on the main replica (jobs >= 90%)",
+        lambda f: f"{fmt(f.get('one_replica_share_mean'), 2)} ({fmt(f.get('jobs_on_one_replica'), 2)})",
+    ),
+    ("cache hits", lambda f: fmt(f.get("cache_hit_share"), 2)),
     ("problems/min", lambda f: fmt(f["problems_per_min"], 2)),
     ("vs radix", lambda f: _ratio(f.get("problems_per_min_vs_radix"))),
     ("GPU-projected problems/min", lambda f: fmt(f["projected_problems_per_min"], 1)),
@@ -324,8 +389,43 @@ COLUMNS = [
 ]
 
 
+REPLICA_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("jobs mostly served", lambda r: fmt(r["jobs_mostly_served"], 0)),
+    ("problems/min", lambda r: fmt(r["problems_per_min"], 2)),
+    ("GPU-projected problems/min", lambda r: fmt(r["projected_problems_per_min"], 1)),
+    ("projected GPU s", lambda r: fmt(r["projected_s"], 2)),
+    ("cache hits", lambda r: fmt(r["cache_hit_share"], 2)),
+    ("semantic forks", lambda r: fmt(r["semantic_forks"], 0)),
+    ("replayed + coalesced", lambda r: fmt(r["reused_requests"], 0)),
+    ("decode steps", lambda r: fmt(r["decode_steps"], 0)),
+    ("prompt computed", lambda r: fmt(r["prompt_tokens_computed"], 0)),
+]
+
+
+def replica_table(runs: Sequence[ServeRun]) -> str:
+    """Per replica of each cluster run, then the projection of the whole: the slowest replica's GPU time (they
+    run at once) and the sum (the GPU time spent). Empty without a cluster run."""
+    head = "| mode | budget | routing | replica | " + " | ".join(name for name, _ in REPLICA_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (4 + len(REPLICA_COLUMNS))]
+    for run in runs:
+        f = run.figures
+        for i, replica in enumerate(f.get("replicas") or []):
+            cells = " | ".join(cell(replica) for _, cell in REPLICA_COLUMNS)
+            lines.append(f"| {run.mode} | {run.budget:,} | {run.policy} | {i} | {cells} |")
+        if f.get("replicas"):
+            lines.append(
+                f"| {run.mode} | {run.budget:,} | {run.policy} | all | {fmt(f['completed'], 0)} | "
+                f"{fmt(f['problems_per_min'], 2)} | {fmt(f['projected_problems_per_min'], 1)} | "
+                f"{fmt(f['projected_s'], 2)} (summed {fmt(f['projected_s_summed'], 2)}) | "
+                f"{fmt(f['cache_hit_share'], 2)} | {fmt(run.server.get('semantic_hits'), 0)} | "
+                f"{fmt(sum(run.server.get(k, 0.0) for k in ('replayed', 'coalesced')), 0)} | "
+                f"{fmt(f['decode_steps'], 0)} | {fmt(f['prompt_tokens_computed'], 0)} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def markdown_table(runs: Sequence[ServeRun]) -> str:
-    rows = [{**r.figures, "mode": r.mode, "budget": r.budget} for r in runs]
+    rows = [{**r.figures, "mode": r.mode, "budget": r.budget, "policy": r.policy} for r in runs]
     head = "| " + " | ".join(name for name, _ in COLUMNS) + " |"
     rule = "|" + "---|" * len(COLUMNS)
     body = ["| " + " | ".join(cell(f) for _, cell in COLUMNS) + " |" for f in rows]
@@ -345,9 +445,14 @@ def write_chart(runs: Sequence[ServeRun], path: Path, heading: str) -> None:
         (axes[1], "projected_problems_per_min", "GPU projection of the same tokens (cost model)"),
     ):
         for mode in dict.fromkeys(r.mode for r in runs):
-            points = sorted((r.budget, r.figures.get(key)) for r in runs if r.mode == mode and r.figures.get(key))
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=mode)
+            for policy in dict.fromkeys(r.policy for r in runs):
+                points = sorted(
+                    (r.budget, r.figures.get(key))
+                    for r in runs
+                    if r.mode == mode and r.policy == policy and r.figures.get(key)
+                )
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker="o", label=f"{mode} {policy or ''}".strip())
         ax.set_xlabel("KV budget (--max-total-tokens)")
         ax.set_ylabel("problems per minute")
         ax.set_title(title, fontsize=10)
@@ -390,6 +495,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="flags given to every program that has them, as one quoted string after an equals sign",
     )
     parser.add_argument("--server-args", default="", help="extra flags for every server")
+    parser.add_argument(
+        "--replicas",
+        type=common.positive_int,
+        default=1,
+        help="servers per run: above 1, that many replicas behind SGLang's router (the budget is each one's)",
+    )
+    parser.add_argument(
+        "--policies",
+        default="cache_aware",
+        help=f"with --replicas above 1: comma-separated routing policies, a run each, from: {', '.join(POLICIES)}",
+    )
     parser.add_argument("--model", help="a named embedded model for every server (default: smollm2-135m)")
     parser.add_argument("--cost-model", help="GPU cost model JSON (gpu_costmodel.py's output); default: H100 / 7B")
     parser.add_argument("--chat-template", default="auto", help="SGLang frontend chat template ('auto': see programs)")
@@ -432,6 +548,7 @@ def run_one_config(
     env: dict[str, str] | None = None,
     before_stop: Callable[[LaunchedServer], None] | None = None,
     segment: Segment | None = None,
+    policy: str | None = None,
 ) -> ServeRun:
     """A fresh server for this mode and budget, the jobs, and the server's counters during them
     (`before_stop` sees the server once the jobs are done; tests check its memory there). With a journal
@@ -444,30 +561,44 @@ def run_one_config(
         str(budget),
         *shlex.split(args.server_args),
     ]
-    log = server_log_path(out, mode.name, budget)
+    log = server_log_path(out, mode.name, budget)  # a cluster's logs: a folder named after the run
+    if policy is not None:
+        log = log.with_name(f"cluster-{run_key(mode.name, budget, policy).replace('/', '_')}")
     options = {name: options_for(program, args, mode) for name, program in PROGRAMS.items()}
     progress = None
     if not args.quiet:
         from tqdm import tqdm
 
         progress = tqdm(total=len(jobs), desc=f"{mode.name} @ {budget}", unit="job", file=sys.stderr)
-    with LaunchedServer(server_args, log_path=log, env=env) as server:
+    if policy is None:
+        serving: LaunchedServer | LaunchedCluster = LaunchedServer(server_args, log_path=log, env=env)
+    else:
+        serving = LaunchedCluster(args.replicas, policy=policy, server_args=server_args, log_dir=log, env=env)
+    with serving as server:
         backend = common.make_backend(server.url, args.chat_template)
+        stats_urls = [server.url] if policy is None else serving.replica_urls
+        ports = [] if policy is None else [int(u.rpartition(":")[2]) for u in stats_urls]
+
+        def snapshot() -> dict[str, float]:
+            return server_stats.snapshot(stats_urls[0]) if policy is None else cluster_stats.snapshot(stats_urls)
+
+        def since(before: dict[str, float], started: float) -> tuple[float, dict[str, float]]:
+            return time.perf_counter() - started, server_stats.difference(snapshot(), before)
 
         def run_one(job: Job) -> dict[str, Any]:
             program = PROGRAMS[job.program]
             (row,) = program.run(backend, [job.problem], options[job.program], parallel=1, progress_bar=False)
-            return row
+            return {**row, "replica_ports": ports} if ports else row  # which replica is which, in this run
 
-        before = server_stats.snapshot(server.url)
+        before = snapshot()
         started = time.perf_counter()
 
         def record(job: Done) -> None:
             if segment is not None:
-                segment.row(job.index, asdict(job), *server_stats.since(server.url, before, started))
+                segment.row(job.index, asdict(job), *since(before, started))
 
         done = run_jobs(run_one, jobs, None if args.rate else args.clients, progress, on_done=record)
-        seconds, counters = server_stats.since(server.url, before, started)
+        seconds, counters = since(before, started)
         if segment is not None:
             segment.end(seconds, counters)
         if before_stop is not None:
@@ -479,7 +610,7 @@ def run_one_config(
             f"no job ran at --max-total-tokens {budget} under mode {mode.name}: the budget is too small to admit "
             f"one request? First error: {done[0].error}"
         )
-    return ServeRun(mode.name, budget, seconds, done, counters, str(log))
+    return ServeRun(mode.name, budget, seconds, done, counters, str(log), policy=policy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             for program in PROGRAMS.values():
                 options_for(program, args, mode)
+        policies: list[str | None] = [None]
+        if args.replicas > 1:
+            policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+            unknown = [p for p in policies if p not in POLICIES]
+            if unknown or not policies:
+                raise ValueError(f"--policies: {', '.join(unknown) or 'none given'}; known: {', '.join(POLICIES)}")
         if args.report_only and not args.resume:
             raise ValueError("--report-only reports a journal: give it with --resume")
     except (ValueError, cost_model.CostModelError) as exc:
@@ -505,17 +642,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        journal = Journal(out / FILE_NAME, journal_config(args, modes, budgets), resume=args.resume)
+        journal = Journal(out / FILE_NAME, journal_config(args, modes, budgets, policies), resume=args.resume)
     except JournalError as exc:
         parser.error(str(exc))
     runs: list[ServeRun] = []
-    configs = [(budget, mode) for budget in budgets for mode in modes]
-    for position, (budget, mode) in enumerate(configs, 1):
-        key = f"{mode.name}@{budget}"
+    configs = [(budget, mode, policy) for budget in budgets for mode in modes for policy in policies]
+    for position, (budget, mode, policy) in enumerate(configs, 1):
+        key = run_key(mode.name, budget, policy)
         recorded = journal.done(key)
         todo = [job for job in jobs if job.index not in recorded]
         print(
             f"[{position}/{len(configs)}] budget {budget}, mode {mode.name}"
+            + (f", {args.replicas} replicas routed {policy}" if policy else "")
             + (f": {len(todo)} of {len(jobs)} jobs left" if len(todo) < len(jobs) else ""),
             file=sys.stderr,
         )
@@ -524,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             if todo:
-                run_one_config(mode, budget, todo, args, out, segment=journal.segment(key))
+                run_one_config(mode, budget, todo, args, out, segment=journal.segment(key), policy=policy)
         except ServerStartError as exc:
             print(f"error: mode {mode.name} at budget {budget}: {exc}", file=sys.stderr)
             return 1
@@ -534,9 +672,15 @@ def main(argv: list[str] | None = None) -> int:
         totals = journal.totals(key)
         done = [Done(**totals.rows[job.index]) for job in jobs if job.index in totals.rows]
         run = ServeRun(
-            mode.name, budget, totals.seconds, done, totals.server, str(server_log_path(out, mode.name, budget))
+            mode.name,
+            budget,
+            totals.seconds,
+            done,
+            totals.server,
+            str(server_log_path(out, mode.name, budget)),
+            policy=policy,
         )
-        run.figures = {**figures(run, model), "server_segments": totals.segments}
+        run.figures = {**figures(run, model), **cluster_figures(run, model), "server_segments": totals.segments}
         runs.append(run)
     add_comparisons(runs)
     command = "python -m sglang_rksc.bench.serve " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -549,19 +693,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def journal_config(args: argparse.Namespace, modes: list[modes_mod.Mode], budgets: list[int]) -> dict[str, Any]:
+def journal_config(
+    args: argparse.Namespace, modes: list[modes_mod.Mode], budgets: list[int], policies: Sequence[str | None] = (None,)
+) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (not --resume, --output-dir, --quiet, --cost-model)."""
     kept = ("mix", "problems", "clients", "rate", "seed", "temperature", "program_args", "server_args", "model")
-    return {
+    config = {
         **{k: getattr(args, k) for k in kept},
         "chat_template": args.chat_template,
         "modes": [(m.name, list(m.server_args), list(m.program_args)) for m in modes],
         "budgets": budgets,
     }
+    if args.replicas > 1:  # one server's journals stay as they were
+        config.update(replicas=args.replicas, policies=list(policies))
+    return config
 
 
 def write_report(out: Path, command: str, heading: str, runs: list[ServeRun], model: cost_model.CostModel) -> None:
     markdown = f"`{command}`\n\n{heading}\n\n{markdown_table(runs)}\n"
+    replicas = replica_table(runs)
+    if replicas:
+        markdown += f"\nPer replica (jobs by the replica that ran most of their requests):\n\n{replicas}\n"
     (out / "serve.md").write_text(markdown)
     record = {"command": command, "heading": heading, "cost_model": model.name, "runs": [asdict(r) for r in runs]}
     (out / "serve.json").write_text(json.dumps(record, indent=1, default=str))

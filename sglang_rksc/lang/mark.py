@@ -69,12 +69,19 @@ def mark_branch(states: Any, mark: str) -> bool:
 
 
 def _send(endpoint: Any, server_args: dict[str, int]) -> bool:
+    """One `/set_internal_state` call; behind SGLang's router, which does not forward it, one to each replica
+    (a replica that does not hold a marked request ignores it): taken when every replica took it."""
+    from sglang_rksc.lang.router import worker_urls
+
+    replicas = worker_urls(endpoint)
+    return all(_send_to(url, endpoint.api_key, server_args) for url in replicas or [endpoint.base_url])
+
+
+def _send_to(url: str, api_key: str | None, server_args: dict[str, int]) -> bool:
     from sglang.utils import http_request
 
     try:
-        res = http_request(
-            endpoint.base_url + "/set_internal_state", json={"server_args": server_args}, api_key=endpoint.api_key
-        )
+        res = http_request(url + "/set_internal_state", json={"server_args": server_args}, api_key=api_key)
         updated = res.json()
     except Exception as exc:  # the mark only orders eviction: a lost one costs no answer
         logger.warning("sglang-rksc: could not mark a branch: %s", exc)

@@ -42,13 +42,21 @@ class ServerProbe:
 
     @staticmethod
     def _ask(endpoint: Any) -> tuple[dict[str, Any] | None, bool]:
-        """(state, whether the server answered)."""
+        """(state, whether the server answered). Behind SGLang's router, which does not forward `/server_info`,
+        a replica is asked (`lang.router`; the replicas of one router are launched alike)."""
         from sglang.utils import http_request
+
+        from sglang_rksc.lang.router import worker_urls
 
         try:
             res = http_request(endpoint.base_url + "/server_info", api_key=endpoint.api_key)
             if res.status_code != 200:
-                return None, False
+                replicas = worker_urls(endpoint)
+                if not replicas:
+                    return None, False
+                res = http_request(replicas[0] + "/server_info", api_key=endpoint.api_key)
+                if res.status_code != 200:
+                    return None, False
             return rksc_state(res.json()), True
         except Exception:
             return None, False

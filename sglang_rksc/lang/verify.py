@@ -258,17 +258,18 @@ _installed = False
 
 
 def install() -> None:
-    """Wrap `RuntimeEndpoint.select` in this process (`srt.seams`, a frontend seam; idempotent), and end executors
-    without the lock that can hang it (`lang.executors`).
+    """Wrap `RuntimeEndpoint.select` in this process (`srt.seams`, a frontend seam; idempotent), end executors
+    without the lock that can hang it (`lang.executors`) and split batches behind a router (`lang.router`).
 
     Done when a program first writes a `verify`, not on import: a process that never verifies
     keeps SGLang's select as it is."""
     global _installed
     if _installed:
         return
-    from sglang_rksc.lang import executors
+    from sglang_rksc.lang import executors, router
     from sglang_rksc.srt import seams
 
     seams.install_frontend("cgee")
     executors.install()  # a program that verifies runs threads: its executors get the end that cannot hang
+    router.install()  # its choices are scored in a batch, which a router takes one prompt at a time
     _installed = True

@@ -137,12 +137,14 @@ def endpoint(args: argparse.Namespace) -> Iterator[str]:
 
 def make_backend(url: str, chat_template: str = "auto") -> Any:
     """An `sgl.RuntimeEndpoint` with the chat template the model was trained with. Every process that runs
-    our programs gets one, so it is where their executors get the end that cannot hang (`lang.executors`)."""
+    our programs gets one, so it is where their executors get the end that cannot hang (`lang.executors`) and
+    their batches go one prompt at a time behind SGLang's router (`lang.router`)."""
     import sglang as sgl
 
-    from sglang_rksc.lang import executors
+    from sglang_rksc.lang import executors, router
 
     executors.install()
+    router.install()
     backend = sgl.RuntimeEndpoint(url)
     if chat_template == "auto":
         if re.search(r"smollm", backend.get_model_name(), re.IGNORECASE):
@@ -459,6 +461,13 @@ def program_parser(program: Program, *, with_run_args: bool = True) -> argparse.
         run.add_argument("--parallel", type=positive_int, default=4, help="problems in flight at once")
         run.add_argument("--output", help="write one JSON line per problem to this file")
         run.add_argument("--quiet", action="store_true", help="no progress bar and no per-problem lines")
+        run.add_argument(
+            "--retries",
+            type=non_negative_int,
+            default=1,
+            help="run a problem whose program failed (a request refused, a replica gone) again up to this many "
+            "times; one that still fails is reported as failed and the run goes on",
+        )
         add_endpoint_args(parser)
     return parser
 
@@ -490,8 +499,12 @@ def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
     finally:
         if output is not None:
             output.close()
+    answered = [row for row in rows if "failed" not in row]
     if not args.quiet:
         for row in rows:
+            if "failed" in row:
+                print(f"problem {row['index']}: failed: {row['failed']}")
+                continue
             t = row["tokens"]
             print(
                 f"{program.describe_row(row)}; cache hits {t['cached_tokens']}/{t['prompt_tokens']} prompt tokens "
@@ -503,7 +516,9 @@ def program_main(program: Program, argv: Sequence[str] | None = None) -> int:
         f"server-reported cache hits {summary['cached_tokens']}/{summary['prompt_tokens']} prompt tokens "
         f"({summary['cache_hit_rate']:.0%}); {summary['completion_tokens']} tokens generated"
     )
-    extras = {k: v for k, v in program.summarize(rows, args).items() if v is not None}
+    if len(answered) < len(rows):
+        print(f"{len(rows) - len(answered)} of {len(rows)} problems failed (counted wrong)")
+    extras = {k: v for k, v in program.summarize(answered, args).items() if v is not None}
     if extras:
         print("; ".join(f"{k.replace('_', ' ')} {for_people(v)}" for k, v in extras.items()))
     if args.output:
@@ -519,43 +534,73 @@ def run_batch_rows(
     parallel: int,
     progress_bar: bool,
     on_value: Callable[[int, Any], None] | None = None,
+    retries: int | None = None,
 ) -> list[Any]:
     """`function.run_batch`, raising if a program failed instead of returning a silent None, and handing
     each value to `on_value(position, value)` as soon as it and those before it are done, so that a caller
     can record every problem before the batch ends. As `run_batch` does: the traced common prefix cached
     first, then `parallel` programs at a time. Unlike it, an interrupted batch (Ctrl-C, SIGTERM) starts no
-    further program and does not wait for those in flight (they fail once their server is stopped)."""
+    further program and does not wait for those in flight (they fail once their server is stopped).
+
+    With `retries` (not None), a failed program is run again, up to that many times, and one that still
+    fails gives a `ProgramFailure` in its place instead of stopping the batch (a replica that died under a
+    router: the others go on)."""
     from sglang.lang.global_config import global_config
     from sglang.lang.interpreter import cache_program
 
     if global_config.enable_precache_with_tracing and len(arguments) > 1:
         cache_program(function, backend.endpoint if hasattr(backend, "endpoint") else backend)
 
-    def one(item: dict[str, Any]) -> Any:
-        (state,) = function.run_batch([item], backend=backend, num_threads=1, progress_bar=False)
-        return state
+    def one(i: int, item: dict[str, Any]) -> Any:
+        tries = 1 + (retries or 0)
+        for _ in range(tries):
+            (state,) = function.run_batch([item], backend=backend, num_threads=1, progress_bar=False)
+            if state.ret_value is not None:
+                return state.ret_value
+            error = state.error() if hasattr(state, "error") else None
+            detail = f"{type(error).__name__}: {error}" if error is not None else "no error reported"
+            if retries is None:
+                raise RuntimeError(f"program {function.func.__name__} failed on item {i}: {detail}")
+        return ProgramFailure(detail, tries)
 
     pool = ThreadPoolExecutor(max(1, min(parallel, len(arguments))))
     values = []
     try:
-        futures = [pool.submit(one, item) for item in arguments]
+        futures = [pool.submit(one, i, item) for i, item in enumerate(arguments)]
         bar = tqdm(total=len(futures)) if progress_bar else None
         for i, future in enumerate(futures):
-            state = future.result()
+            value = future.result()
             if bar is not None:
                 bar.update(sum(f.done() for f in futures) - bar.n)
-            if state.ret_value is None:
-                error = state.error() if hasattr(state, "error") else None
-                detail = f"{type(error).__name__}: {error}" if error is not None else "no error reported"
-                raise RuntimeError(f"program {function.func.__name__} failed on item {i}: {detail}")
-            values.append(state.ret_value)
+            values.append(value)
             if on_value is not None:
-                on_value(i, state.ret_value)
+                on_value(i, value)
         if bar is not None:
             bar.close()
     finally:
         pool.shutdown(wait=len(values) == len(arguments), cancel_futures=True)
     return values
+
+
+@dataclass(frozen=True)
+class ProgramFailure:
+    """A program that failed on every try (`run_batch_rows` with `retries`)."""
+
+    error: str
+    tries: int
+
+
+def failed_row(problem: Any, failure: ProgramFailure) -> dict[str, Any]:
+    """The row of a problem whose program failed on every try: no answer, the error stated."""
+    return {
+        "index": getattr(problem, "index", None),
+        "gold": getattr(problem, "answer", None),
+        "prediction": None,
+        "correct": False,
+        "failed": f"{failure.error} (after {failure.tries} tries)",
+        "tokens": TokenCounts().as_dict(),
+        "servers": {},
+    }
 
 
 @dataclass(frozen=True)
@@ -585,21 +630,56 @@ class ProgramRun:
         rows: list[dict[str, Any]] = []
 
         def keep(position: int, value: Any) -> None:
-            rows.append(self.row(problems[position], value))
+            problem = problems[position]
+            rows.append(failed_row(problem, value) if isinstance(value, ProgramFailure) else self.row(problem, value))
             if on_row is not None:
                 on_row(rows[-1])
 
-        run_batch_rows(self.function(), batch, backend, parallel=parallel, progress_bar=progress_bar, on_value=keep)
+        run_batch_rows(
+            self.function(),
+            batch,
+            backend,
+            parallel=parallel,
+            progress_bar=progress_bar,
+            on_value=keep,
+            retries=getattr(options, "retries", None),  # a program's own run; the benchmarks stop on a failure
+        )
         return rows
 
 
-def count_calls(metas: Iterable[Mapping[str, Any] | None]) -> TokenCounts:
-    """Token counts over generation calls; a call shared by several branches is counted once."""
+def _distinct_calls(metas: Iterable[Mapping[str, Any] | None]) -> Iterator[Mapping[str, Any]]:
+    """Each generation call's meta_info once (a call shared by several branches appears in each)."""
     seen: set[str] = set()
-    tokens = TokenCounts()
     for meta in metas:
         if meta is None or meta.get("id") in seen:
             continue
         seen.add(meta.get("id"))
+        yield meta
+
+
+def count_calls(metas: Iterable[Mapping[str, Any] | None]) -> TokenCounts:
+    """Token counts over generation calls; a call shared by several branches is counted once."""
+    tokens = TokenCounts()
+    for meta in _distinct_calls(metas):
         tokens.add_meta(meta)
     return tokens
+
+
+def count_servers(metas: Iterable[Mapping[str, Any] | None]) -> dict[str, int]:
+    """How many of the generation calls each server ran ("host:port", from `Meta.SERVER`; replicas behind a
+    router); calls from a server without the plugin are not counted."""
+    from sglang_rksc.wire import Meta, meta_entry
+
+    counts: dict[str, int] = {}
+    for meta in _distinct_calls(metas):
+        entry = meta_entry(meta, Meta.SERVER)
+        if entry is not None:
+            name = f"{entry['host']}:{entry['port']}"
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def call_accounting(metas: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """A row's `tokens` (`count_calls`) and `servers` (`count_servers`) over its generation calls."""
+    metas = list(metas)
+    return {"tokens": count_calls(metas).as_dict(), "servers": count_servers(metas)}

@@ -125,7 +125,7 @@ def score_puzzle(puzzle: game24.Puzzle, result: Mapping[str, Any]) -> dict[str, 
         "prediction": "; ".join(steps) if steps else None,
         "correct": result["solved"],
         "search": result["trace"],
-        "tokens": common.count_calls(result["meta"]).as_dict(),
+        **common.call_accounting(result["meta"]),
         "merged_states": result["merged"],
     }
 

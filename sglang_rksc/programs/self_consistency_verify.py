@@ -107,7 +107,7 @@ def score_problem(
             (x["verdict"] == "yes") == (a == problem.answer) for x, a in zip(samples, answers, strict=True)
         ],
         "verifications": [x["verification"] for x in samples],
-        "tokens": common.count_calls(m for x in samples for m in x["meta"]).as_dict(),
+        **common.call_accounting(m for x in samples for m in x["meta"]),
         "solutions": [x["solution"] for x in samples],
         **aggregate.score(gathered, problem.answer),
     }

@@ -155,7 +155,7 @@ def score_problem(
         "branch_weights": weights,
         "merged_branches": sum(weights) - len(weights),
         "verifications": [leaf["verification"] for leaf in leaves],
-        "tokens": common.count_calls(m for leaf in leaves for m in leaf["meta"]).as_dict(),
+        **common.call_accounting(m for leaf in leaves for m in leaf["meta"]),
         "branches": [{k: leaf[k] for k in ("plan", "solution", "reflection", "score", "spans")} for leaf in leaves],
         **aggregate.score(gathered, problem.answer),
     }

@@ -163,7 +163,7 @@ def score_problem(problem: CheckProblem, judged: Sequence[Mapping[str, Any]]) ->
             (j["verdict"] == "yes") == c.correct for j, c in zip(judged, problem.candidates, strict=True)
         ],
         "verifications": [j["verification"] for j in judged],
-        "tokens": common.count_calls(j["meta"] for j in judged).as_dict(),
+        **common.call_accounting(j["meta"] for j in judged),
     }
 
 

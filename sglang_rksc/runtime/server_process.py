@@ -33,6 +33,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on `host:port`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((host, port)) == 0
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -96,6 +103,8 @@ class LaunchedServer:
 
     def start(self) -> LaunchedServer:
         assert self.proc is None, "already started"
+        if port_in_use(self.host, self.port):  # else the health check would be answered by that other process
+            raise ServerStartError(f"something already listens on {self.host}:{self.port}")
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "wb") as log:

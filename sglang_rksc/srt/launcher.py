@@ -183,7 +183,9 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         settings = packet_checks.resolve(settings, model_path, out)
     except ValueError as exc:
         raise LaunchError(str(exc)) from exc
-    refusal = draft_checks.launch_refusal(settings, out)
+    from sglang_rksc.srt.parallel_checks import tp_refusal
+
+    refusal = draft_checks.launch_refusal(settings, out) or tp_refusal(settings, out)
     if refusal:
         raise LaunchError(refusal)
     if settings.drafts.on:

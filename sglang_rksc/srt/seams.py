@@ -97,6 +97,8 @@ SEAMS: list[Seam] = [
     Seam(f"{_STATE}.get_internal_state", AFTER, "cache", "sglang_rksc.srt.server_info:report_tree_cache"),
     Seam(f"{_STREAM}.SchedulerOutputStreamer.is_request_level_customized_info_key", AROUND, "cache",
          "sglang_rksc.srt.server_info:request_level_info"),
+    Seam("sglang.srt.managers.schedule_batch.Req.__init__", AFTER, "cache",
+         "sglang_rksc.srt.server_info:name_the_server", order=1),  # replicas behind a router: which one ran a request
     # requests: checked at the door, their failures contained, their batches timed
     Seam("sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request", AROUND, "requests",
          "sglang_rksc.srt.request_checks:validate_request"),
@@ -141,6 +143,14 @@ SEAMS: list[Seam] = [
     # the frontend's executors: ended without the thread lock that can hang a program's process
     Seam("sglang.lang.interpreter.StreamExecutor.end", FRONTEND, "executors",
          "sglang_rksc.lang.executors:end_without_joining"),
+    # behind SGLang's router: a batched /generate as one request per prompt (the router takes no batch)
+    Seam("sglang.lang.backend.runtime_endpoint.RuntimeEndpoint._generate_http_request", FRONTEND, "router",
+         "sglang_rksc.lang.router:generate_one_by_one"),
+    # ... and each request names its program (the router's sticky routing key)
+    Seam("sglang.lang.interpreter.StreamExecutor._thread_worker_func", FRONTEND, "router",
+         "sglang_rksc.lang.router:run_with_program_key"),
+    Seam("sglang.lang.backend.runtime_endpoint.http_request", FRONTEND, "router",
+         "sglang_rksc.lang.router:send_program_key"),
     # RLKV head compression
     Seam("sglang.srt.platforms.interface.SRTPlatform.get_kv_pool_cls", AROUND, "heads",
          "sglang_rksc.rlkv.hooks:pool_class", when=heads_on),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from sglang_rksc.wire import INTERNAL_STATE_KEY, META_PREFIX, Section
+from sglang_rksc.wire import INTERNAL_STATE_KEY, META_PREFIX, Meta, Section, put_meta
 
 
 def describe_tree_cache(tree_cache: Any) -> dict[str, Any]:
@@ -43,3 +44,19 @@ def report_tree_cache(result: Any, controller: Any, *args: Any, **kwargs: Any) -
 def request_level_info(original: Any, streamer: Any, key: str) -> bool:
     """AROUND hook: our meta_info entries are one value per request."""
     return key.startswith(META_PREFIX) or original(streamer, key)
+
+
+@cache
+def server_identity() -> dict[str, Any]:
+    """This server's host and port, as it was launched (read once per process)."""
+    from sglang.srt.runtime_context import get_server_args
+
+    args = get_server_args()
+    return {"host": str(args.host), "port": int(args.port)}
+
+
+def name_the_server(result: Any, req: Any, *args: Any, **kwargs: Any) -> Any:
+    """AFTER hook on `Req.__init__`: every response names the server that ran it (`Meta.SERVER`), so that a
+    client behind a router can tell which replica served which request."""
+    put_meta(req, Meta.SERVER, server_identity())
+    return result
