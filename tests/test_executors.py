@@ -72,3 +72,28 @@ def test_a_programs_backend_installs_our_end():
     )
     # Ours ran (its marker is set) and told the worker to stop once: nothing is left on its queue.
     assert done.returncode == 0 and done.stdout.split() == ["True", "0"], done.stderr[-2000:]
+
+
+def test_workers_left_waiting_by_a_failed_program_are_stopped_at_exit():
+    """A failed program leaves its forks' executors un-ended; their workers would keep the process alive."""
+    import queue
+    import threading
+
+    from sglang_rksc.lang import executors
+
+    class Executor:  # weak-referenceable, as SGLang's StreamExecutor is
+        use_thread = True
+
+    waiting = Executor()
+    waiting.queue = queue.Queue()
+
+    def worker() -> None:
+        while waiting.queue.get() is not None:
+            pass
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    executors.track(waiting)
+    executors.stop_live_workers()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and getattr(waiting, executors.STOP_SENT)

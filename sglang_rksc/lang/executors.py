@@ -17,10 +17,28 @@ sent. Installed in the processes that run programs (`install`), through SGLang's
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 _installed = False
 STOP_SENT = "_rksc_stop_sent"  # set on an executor once its worker was told to stop
+_live: weakref.WeakSet[Any] = weakref.WeakSet()  # executors whose worker thread runs (`track`)
+
+
+def track(executor: Any) -> None:
+    """Note an executor whose worker has started (`lang.router` calls it from the worker's first frame)."""
+    _live.add(executor)
+
+
+def stop_live_workers() -> None:
+    """Tell every worker still waiting to stop. A program that failed leaves its forks' executors un-ended,
+    and their non-daemon workers would keep the process from exiting; this runs at interpreter exit, before
+    Python joins its threads (`threading._register_atexit`)."""
+    for executor in list(_live):
+        if executor.use_thread and not getattr(executor, STOP_SENT, False):
+            setattr(executor, STOP_SENT, True)
+            executor.queue.put(None)
 
 
 def end_without_joining(original: Any, executor: Any, *args: Any, _sent: str = STOP_SENT, **kwargs: Any) -> None:
@@ -40,4 +58,5 @@ def install() -> None:
     from sglang_rksc.srt import seams
 
     seams.install_frontend("executors")
+    threading._register_atexit(stop_live_workers)  # runs before the interpreter joins non-daemon threads
     _installed = True

@@ -143,6 +143,9 @@ def program_key(executor: Any) -> str:
 def run_with_program_key(original: Any, executor: Any, *args: Any, **kwargs: Any) -> Any:
     """AROUND hook on `StreamExecutor._thread_worker_func`: the executor's thread, which sends all of its
     requests, knows its program's routing key."""
+    from sglang_rksc.lang import executors
+
+    executors.track(executor)  # a failed program's executors are told to stop at exit
     _program.key = program_key(executor)
     try:
         return original(executor, *args, **kwargs)
