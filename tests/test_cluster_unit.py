@@ -3,8 +3,11 @@ counters and where jobs landed, a failed program's row, the launcher's bad flags
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -74,6 +77,55 @@ def test_forks_share_their_programs_routing_key():
     parent, fork = SimpleNamespace(arguments=arguments), SimpleNamespace(arguments=arguments)
     other = SimpleNamespace(arguments={"question": "q"})
     assert router.program_key(parent) == router.program_key(fork) != router.program_key(other)
+
+
+def _stand_in(is_router: bool) -> ThreadingHTTPServer:
+    """An HTTP stand-in for a router (lists a replica at /workers) or a plain server (404 there) whose
+    `/generate` names replica port 4242 and records the headers it got."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, code: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            workers = [{"url": "http://127.0.0.1:4242", "is_healthy": True}]
+            self._reply(200, {"workers": workers}) if is_router else self._reply(404, {})
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            server.keys.append(self.headers.get(router.ROUTING_KEY_HEADER))
+            self._reply(200, {"text": "x", "meta_info": {"rksc_server": [{"host": "127.0.0.1", "port": 4242}]}})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.keys = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("is_router", [False, True])
+def test_a_programs_requests_carry_its_key_and_only_a_routers_replies_are_remembered(monkeypatch, is_router):
+    from sglang.utils import http_request
+
+    server = _stand_in(is_router)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    router.RouterView.forget()
+    monkeypatch.setattr(router, "_last_replica", {})
+    router._program.key = "program-7"
+    try:
+        reply = router.send_program_key(http_request, url + "/generate", json={"text": "q"})
+    finally:
+        router._program.key = None
+        server.shutdown()
+    assert reply.status_code == 200 and reply.json()["text"] == "x"
+    assert server.keys == ["program-7"]
+    assert router._last_replica == ({"program-7": 4242} if is_router else {})
 
 
 def test_replica_counters_travel_flat_and_come_back():

@@ -180,7 +180,7 @@ def send_program_key(
         response = HttpResponse(urllib.request.urlopen(request, data=body))
     except urllib.error.HTTPError as exc:
         return HttpResponse(exc)
-    if url.endswith(GENERATE_PATH):
+    if url.endswith(GENERATE_PATH) and response.status_code == 200 and _behind_router(url, api_key):
         _remember_replica(key, response)
     return response
 
@@ -193,6 +193,11 @@ MAX_PROGRAMS_KEPT = 10_000
 def _has_custom_params(body: Any) -> bool:
     params = body.get("sampling_params") if isinstance(body, dict) else None
     return isinstance(params, dict) and "custom_params" in params
+
+
+def _behind_router(url: str, api_key: str | None) -> bool:
+    """Whether a `/generate` URL is a router's (only there is a reply's replica worth remembering)."""
+    return bool(RouterView.workers(url[: -len(GENERATE_PATH)], api_key))
 
 
 def _replica_for(base_url: str, api_key: str | None, key: str | None) -> str:

@@ -44,20 +44,14 @@ class ServerProbe:
     def _ask(endpoint: Any) -> tuple[dict[str, Any] | None, bool]:
         """(state, whether the server answered). Behind SGLang's router, which does not forward `/server_info`,
         a replica is asked (`lang.router`; the replicas of one router are launched alike)."""
-        from sglang.utils import http_request
-
         from sglang_rksc.lang.router import worker_urls
 
         try:
-            res = http_request(endpoint.base_url + "/server_info", api_key=endpoint.api_key)
-            if res.status_code != 200:
+            info = _server_info(endpoint.base_url, endpoint.api_key)
+            if info is None:
                 replicas = worker_urls(endpoint)
-                if not replicas:
-                    return None, False
-                res = http_request(replicas[0] + "/server_info", api_key=endpoint.api_key)
-                if res.status_code != 200:
-                    return None, False
-            return rksc_state(res.json()), True
+                info = _server_info(replicas[0], endpoint.api_key) if replicas else None
+            return (None, False) if info is None else (rksc_state(info), True)
         except Exception:
             return None, False
 
@@ -73,3 +67,11 @@ class ServerProbe:
                 cls._known.clear()
             else:
                 cls._known.pop(url, None)
+
+
+def _server_info(base_url: str, api_key: str | None) -> dict[str, Any] | None:
+    """`/server_info` of one server (None: it did not answer 200)."""
+    from sglang.utils import http_request
+
+    res = http_request(base_url + "/server_info", api_key=api_key)
+    return res.json() if res.status_code == 200 else None
