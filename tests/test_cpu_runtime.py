@@ -125,3 +125,27 @@ def test_a_working_sgl_kernel_is_never_shadowed(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     assert cpu.real_sgl_kernel_loads() is True
     assert cpu.standin_needed() is False
+
+
+def test_the_probes_answer_is_kept_until_what_it_depends_on_changes(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SGLANG_RKSC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    asked = []
+    monkeypatch.setattr(cpu, "real_sgl_kernel_loads", lambda: asked.append(1) or False)
+    assert cpu.real_sgl_kernel_loads_remembered() is False
+    assert cpu.real_sgl_kernel_loads_remembered() is False and len(asked) == 1  # kept
+    # Another sgl_kernel on the path a fresh interpreter searches: asked again, and kept apart.
+    fake = tmp_path / "other" / "sgl_kernel"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("WORKING = True\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+    monkeypatch.setattr(cpu, "real_sgl_kernel_loads", lambda: asked.append(2) or True)
+    assert cpu.real_sgl_kernel_loads_remembered() is True and asked == [1, 2]
+    (fake / "__init__.py").write_text("WORKING = 'reinstalled'\n")
+    os.utime(fake / "__init__.py", ns=(1, 1))  # a reinstall: other files
+    assert cpu.real_sgl_kernel_loads_remembered() is True and asked == [1, 2, 2]
+    # A file cut short is no answer: the probe runs again.
+    (tmp_path / "cache" / cpu.PROBE_FILE).write_text("{not json")
+    monkeypatch.delenv("PYTHONPATH")
+    monkeypatch.setattr(cpu, "real_sgl_kernel_loads", lambda: asked.append(3) or False)
+    assert cpu.real_sgl_kernel_loads_remembered() is False and asked == [1, 2, 2, 3]

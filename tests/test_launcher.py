@@ -18,7 +18,7 @@ from sglang_rksc.srt.launcher import LaunchError, plan_launch
 def isolated_runtime(monkeypatch: pytest.MonkeyPatch):
     """plan_launch sets up the CPU runtime in this process: undo it after each test."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(cpu, "real_sgl_kernel_loads", lambda: False)
+    monkeypatch.setattr(cpu, "real_sgl_kernel_loads_remembered", lambda environ=None: False)
     saved = dict(os.environ)
     os.environ.pop("SGLANG_USE_CPU_ENGINE", None)
     yield
@@ -49,7 +49,7 @@ def test_user_flags_win(isolated_runtime, default_model_dir: Path):
 
 
 def test_gpu_machine_gets_no_standin_and_no_cpu_defaults(isolated_runtime, default_model_dir: Path, monkeypatch):
-    monkeypatch.setattr(cpu, "real_sgl_kernel_loads", lambda: True)
+    monkeypatch.setattr(cpu, "real_sgl_kernel_loads_remembered", lambda environ=None: True)
     plan = plan_launch(["--model-path", str(default_model_dir), "--attention-backend", "flashinfer"], cuda=True)
     assert not plan.on_cpu and not plan.standin
     assert cpu.flag_value(plan.argv, "--device") is None

@@ -18,8 +18,10 @@ pytestmark = pytest.mark.skipif(
     reason=f"the quality model {models.QUALITY_MODEL} is not prepared (bash scripts/setup.sh --quality-model)",
 )
 
+# One server with every feature that composes (one Qwen load: a minute or more on 2 cores).
 EVERY_FEATURE = [
     "--rksc-semantic", "on", "--rksc-reuse", "on", "--rksc-span-embeddings", "on", "--radix-eviction-policy", "rsbcm",
+    "--rksc-head-compression", "0.4",
 ]  # fmt: skip
 
 
@@ -53,12 +55,7 @@ def test_it_answers_arithmetic_and_every_mechanism_reports(quality_server):
     assert info["num_layers"] == 28 and info["full_verdict_index"] == 0  # "yes", at full depth
 
 
-def test_nothing_leaked_on_the_quality_model(quality_server):
-    flush_cache(quality_server)
-    assert_idle_and_clean(quality_server)
-
-
-def test_head_compression_finds_the_shipped_qwen_mask(launch_server):
+def test_head_compression_finds_the_shipped_qwen_mask(quality_server):
     # `--rksc-head-compression` on the named model uses the mask shipped for it (rlkv/masks/), whose heads are
     # Qwen's 28 x 2 KV heads of dimension 128; a prompt inside sink + window gets the uncompressed answer.
     from sglang_rksc.rlkv.head_mask import HeadScores, packaged
@@ -67,13 +64,14 @@ def test_head_compression_finds_the_shipped_qwen_mask(launch_server):
     scores = HeadScores.load(packaged(models.QUALITY_MODEL))
     assert (scores.num_layers, scores.num_kv_heads) == (28, 2)
     layout = HeadLayout.of(scores.compressed_heads(0.4), 16, 64)
-    args = ["--model", models.QUALITY_MODEL, "--rksc-head-compression", "0.4"]
-    with launch_server(args, env=STRICT_MEMORY_ENV, log_name="quality-heads", startup_timeout_s=900) as server:
-        info = requests.get(server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]
-        state = info["head_compression"]
-        assert state["heads_compressed"] == layout.compressed_count and 0 < layout.compressed_count < 56
-        assert state["bytes_per_token"] == (56 - layout.compressed_count) * 128 * 2 * 2  # K and V, bf16
-        prompt = "<|im_start|>user\nWhat is 17 + 25? Reply with the number only.<|im_end|>\n<|im_start|>assistant\n"
-        assert "42" in generate(server, prompt)["text"]
-        flush_cache(server)
-        assert_idle_and_clean(server)
+    info = requests.get(quality_server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]
+    state = info["head_compression"]
+    assert state["heads_compressed"] == layout.compressed_count and 0 < layout.compressed_count < 56
+    assert state["bytes_per_token"] == (56 - layout.compressed_count) * 128 * 2 * 2  # K and V, bf16
+    prompt = "<|im_start|>user\nWhat is 17 + 25? Reply with the number only.<|im_end|>\n<|im_start|>assistant\n"
+    assert "42" in generate(quality_server, prompt, max_new_tokens=8)["text"]
+
+
+def test_nothing_leaked_on_the_quality_model(quality_server):
+    flush_cache(quality_server)
+    assert_idle_and_clean(quality_server)

@@ -12,6 +12,9 @@ of them read the environment at import time):
 
 from __future__ import annotations
 
+import hashlib
+import importlib.machinery
+import json
 import os
 import subprocess
 import sys
@@ -66,9 +69,56 @@ def real_sgl_kernel_loads(timeout_s: float = 180.0) -> bool:
     return done.returncode == 0
 
 
+PROBE_FILE = "sgl_kernel_probe.json"  # in the cache root: probe answers by what they depend on
+PROBE_ANSWERS_KEPT = 16
+
+
+def _probe_key(environ: MutableMapping[str, str]) -> str:
+    """What the probe's answer depends on: this interpreter, the PYTHONPATH a fresh one gets, and the files of
+    the `sgl_kernel` and `torch` it would import (a reinstall changes their modification times)."""
+    pythonpath = _env_without_standin(environ)["PYTHONPATH"]
+    search = [p for p in pythonpath.split(os.pathsep) if p]
+    search += [p for p in sys.path if p and Path(p).resolve() != STANDIN_DIR]
+    parts = [sys.executable, pythonpath]
+    for name in ("sgl_kernel", "torch"):
+        spec = importlib.machinery.PathFinder.find_spec(name, search)
+        origin = spec.origin if spec is not None else None
+        stamp = os.stat(origin).st_mtime_ns if origin and os.path.exists(origin) else None
+        parts.append(f"{name}={origin}@{stamp}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def real_sgl_kernel_loads_remembered(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """`real_sgl_kernel_loads`, its answer kept in the cache root per `_probe_key`: the probe is a fresh
+    interpreter importing torch, seconds on every launch, and its answer changes only with what the key holds."""
+    from sglang_rksc.runtime.models import cache_root
+
+    path = cache_root() / PROBE_FILE
+    key = _probe_key(environ)
+    try:
+        answers = json.loads(path.read_text())
+        if not isinstance(answers, dict):
+            answers = {}
+    except (OSError, ValueError):
+        answers = {}
+    if isinstance(answers.get(key), bool):
+        return answers[key]
+    loads = real_sgl_kernel_loads()
+    answers = {k: v for k, v in list(answers.items())[-(PROBE_ANSWERS_KEPT - 1) :]}
+    answers[key] = loads
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(answers))
+        partial.replace(path)  # whole or not at all: launches in parallel read it
+    except OSError:
+        pass  # unwritable cache: probe again next time
+    return loads
+
+
 def standin_needed() -> bool:
     """The stand-in is for CPU-only machines whose real `sgl_kernel` cannot load."""
-    return not cuda_usable() and not real_sgl_kernel_loads()
+    return not cuda_usable() and not real_sgl_kernel_loads_remembered()
 
 
 def standin_active() -> bool:

@@ -127,7 +127,7 @@ def plan_launch(argv: list[str], *, cuda: bool | None = None) -> LaunchPlan:
         why = cpu.gpu_only_flag_error(argv)
         if why:
             raise LaunchError(why)
-    standin = not cuda and not cpu.real_sgl_kernel_loads()
+    standin = not cuda and not cpu.real_sgl_kernel_loads_remembered()
     if on_cpu:
         # Before the first `sglang.srt` import: several modules read it at import time.
         cpu.activate_cpu_runtime(use_standin=standin)
