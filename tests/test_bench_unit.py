@@ -19,12 +19,15 @@ def test_modes_resolve_in_order_and_refuse_unknown_names():
     merge, full = modes.MODES["rksc-merge"], modes.MODES["rksc-full"]
     assert merge.server_args[-2:] == ("--rksc-span-embeddings", "on")
     assert merge.program_args == ("--merge-branches", str(modes.MERGE_THRESHOLD))
-    # rksc-full holds every feature: ASKS, RSBCM, reuse, span embeddings, CGEE and merging, head compression
-    # and packets (which compose with ASKS since issue 32).
+    # rksc-full holds the default set: ASKS, RSBCM, reuse, span embeddings, CGEE and merging, and packets (which
+    # compose with ASKS since issue 32); head compression left it for its price in answers (issue 34).
     for flag in ("--rksc-semantic", "--rksc-reuse", "--rksc-span-embeddings", "rsbcm"):
         assert flag in full.server_args
-    assert full.server_args[-4:] == ("--rksc-head-compression", "0.4", "--rksc-packets", "on")
+    assert full.server_args[-2:] == ("--rksc-packets", "on") and "--rksc-head-compression" not in full.server_args
     assert full.program_args == ("--verifier", "cgee", "--merge-branches", str(modes.MERGE_THRESHOLD))
+    heads = modes.MODES["rksc-full+heads"]
+    assert heads.server_args == (*full.server_args, "--rksc-head-compression", "0.4")
+    assert heads.program_args == full.program_args
     with pytest.raises(ValueError, match="unknown mode"):
         modes.resolve(["radix", "turbo"])
     with pytest.raises(ValueError, match="twice"):
@@ -200,12 +203,12 @@ def test_merged_branches_and_the_majority_baseline_are_reported():
 def test_the_drafts_modes():
     radix, full = modes.MODES["radix+drafts"], modes.MODES["rksc-full+drafts"]
     assert radix.server_args == ("--radix-cache-backend", "default", "--rksc-drafts", "on") and not radix.program_args
-    # rksc-full's flags less head compression (drafts are refused with it at launch), plus drafts.
+    # rksc-full's flags (no head compression: drafts are refused with it at launch), plus drafts.
     assert "--rksc-head-compression" not in full.server_args and "0.4" not in full.server_args
     assert full.server_args[-2:] == ("--rksc-drafts", "on")
-    stock = [a for a in modes.MODES["rksc-full"].server_args if a not in ("--rksc-head-compression", "0.4")]
-    assert list(full.server_args[:-2]) == stock and full.program_args == modes.MODES["rksc-full"].program_args
-    assert "head compression" in full.description
+    stock = modes.MODES["rksc-full"]
+    assert full.server_args[:-2] == stock.server_args and full.program_args == stock.program_args
+    assert "drafts" in full.description
     # `+` in a name goes through resolution and the log file's name.
     assert [m.name for m in modes.resolve(["radix", "radix+drafts", "rksc-full+drafts"])][1:] == [
         "radix+drafts",

@@ -178,7 +178,7 @@ def test_a_tiny_serving_run_on_the_real_server(default_model_dir: Path, tmp_path
          "--program-args=--max-tokens 12 --branches 2 --depth 1 --breadth 1 --proposals 1"]
     )  # fmt: skip
     jobs = serve.build_jobs(serve.parse_mix(args.mix), args.problems, args.seed, None)
-    mode = modes_mod.resolve(["rksc-full"])[0]
+    mode = modes_mod.resolve(["rksc-full+heads"])[0]
 
     def check_memory(server) -> None:
         flush_cache(server)
@@ -190,7 +190,7 @@ def test_a_tiny_serving_run_on_the_real_server(default_model_dir: Path, tmp_path
     assert f["completed"] == 3 and f["failed"] == 0 and f["problems_per_min"] > 0
     assert sum(f["decode_batch_histogram"].values()) == f["decode_steps"] > 0
     assert f["generated_tokens"] > 0 and 0 < f["kv_in_use_peak"] <= 4096 and f["projected_s"] > 0
-    # SmolLM2's uncompressed KV is 30 layers x 3 KV heads x (64 + 64) x 2 bytes per token; rksc-full compresses
+    # SmolLM2's uncompressed KV is 30 layers x 3 KV heads x (64 + 64) x 2 bytes per token; rksc-full+heads compresses
     # 40% of the heads to their windows, so the tokens in use hold less than that
     uncompressed = f["kv_in_use_peak"] * 30 * 3 * 128 * 2
     assert 0.6 * uncompressed <= f["kv_mb_in_use_peak"] * 2**20 < uncompressed and f["running_peak"] >= 1
