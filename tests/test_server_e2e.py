@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -81,8 +82,9 @@ def test_bad_request_is_refused_and_the_server_keeps_serving(rksc_server):
     assert good.status_code == 200 and good.json()["meta_info"]["completion_tokens"] == 4
 
 
-def test_stock_sglang_launcher_picks_up_the_plugin(default_model_dir: Path, launch_server):
+def test_stock_sglang_launcher_picks_up_the_plugin(default_model_dir: Path, launch_server, monkeypatch):
     """`python -m sglang.launch_server ... --radix-cache-backend rksc` finds our backend by its entry point."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the CPU runtime setup also edits this process's path
     env = dict(os.environ)
     on_cpu = not cpu.cuda_usable()
     args = ["--model-path", str(default_model_dir), "--radix-cache-backend", "rksc"]
