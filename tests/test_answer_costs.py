@@ -64,3 +64,23 @@ def test_audited_verdicts_are_counted_with_their_skips():
         2: {"verifications": [call("no", "yes", False), {"verdict": "yes", "full_verdict": None, "skipped": False}]},
     }
     assert answer_costs.verdicts_within_run(rows) == (4, 2, 2, 1)
+
+
+def test_what_each_mechanism_did_is_read_from_the_mode_flags_rows_and_counters():
+    asks = answer_costs.decisions(
+        ["--rksc-semantic", "on"], [], {1: {}, 2: {}}, {"forks_alias": 3.0, "forks_probe": 1.0, "followups_hit": 2.0}
+    )
+    assert asks == "ASKS forks 4, follow-ups from a donor 2 (2 problems)"  # an ASKS mode that never forked says 0
+    assert answer_costs.decisions(["--rksc-semantic", "on"], [], {1: {}}, {}).startswith("ASKS forks 0,")
+    rows = {
+        1: {"merged_branches": 1, "branch_answers": ["1", "2", "3"], "verifications": [{"skipped": True}]},
+        2: {"merged_branches": 0, "branch_answers": ["1", "2", "3", "4"], "verifications": [{"skipped": False}] * 3},
+    }
+    full = answer_costs.decisions([], ["--verifier", "cgee", "--merge-branches", "auto"], rows, {})
+    assert full == "merged 1 of 8 branches; gate skipped 1 of 4 verifications (2 problems)"
+    samples = {1: {"merged_samples": 2, "sample_answers": ["1", "2"], "usc": {"prediction": "1"}}}
+    both = answer_costs.decisions([], ["--merge-branches", "0.9", "--packets", "both"], samples, {})
+    assert both == "merged 2 of 4 branches; gather prompts with packets 1 (1 problem)"
+    # The reference modes turn nothing approximate on: nothing to say.
+    assert answer_costs.decisions(["--radix-cache-backend", "default"], [], rows, {}) == ""
+    assert answer_costs.decisions([], ["--verifier", "select"], rows, {}) == ""

@@ -19,14 +19,15 @@ def test_modes_resolve_in_order_and_refuse_unknown_names():
     merge, full = modes.MODES["rksc-merge"], modes.MODES["rksc-full"]
     assert merge.server_args[-2:] == ("--rksc-span-embeddings", "on")
     assert merge.program_args == ("--merge-branches", str(modes.MERGE_THRESHOLD))
-    # rksc-full holds the default set: ASKS, RSBCM, reuse, span embeddings, CGEE and merging, and packets (which
-    # compose with ASKS since issue 32); head compression left it for its price in answers (issue 34).
+    # rksc-full holds the default set: ASKS, RSBCM, reuse, span embeddings, CGEE and merging; head compression and
+    # packets left it for their price in answers (issue 34).
     for flag in ("--rksc-semantic", "--rksc-reuse", "--rksc-span-embeddings", "rsbcm"):
         assert flag in full.server_args
-    assert full.server_args[-2:] == ("--rksc-packets", "on") and "--rksc-head-compression" not in full.server_args
+    assert "--rksc-packets" not in full.server_args and "--rksc-head-compression" not in full.server_args
     assert full.program_args == ("--verifier", "cgee", "--merge-branches", str(modes.MERGE_THRESHOLD))
+    # rksc-full+heads turns on every mechanism: rksc-full as it was before either left.
     heads = modes.MODES["rksc-full+heads"]
-    assert heads.server_args == (*full.server_args, "--rksc-head-compression", "0.4")
+    assert heads.server_args == (*full.server_args, "--rksc-packets", "on", "--rksc-head-compression", "0.4")
     assert heads.program_args == full.program_args
     with pytest.raises(ValueError, match="unknown mode"):
         modes.resolve(["radix", "turbo"])

@@ -59,3 +59,19 @@ def test_the_profile_threshold_reaches_the_yes_no_verifications_only():
     assert verification.step("v", ["yes", "no"], tot.verifier("cgee"), candidate=None).choices_method.threshold is None
     smol = common.resolve_for_model(_Served("SmolLM2-135M-Instruct"), options, "self_consistency_verify")
     assert smol.verdict_threshold is None  # not calibrated: the more probable answer
+
+
+def test_a_thresholded_verdict_is_neither_gated_nor_cut_short():
+    qwen = _Served("/models/Qwen2.5-Coder-1.5B-Instruct-bf16")
+    options = argparse.Namespace(max_tokens=None, merge_branches=None)
+    scv = common.resolve_for_model(qwen, options, "self_consistency_verify")
+    tot = common.resolve_for_model(qwen, options, "tree_of_thought")
+    for mode in ("cgee", "audit"):
+        yes_no = verification.step("v", ["yes", "no"], scv.verifier(mode), candidate="solution").choices_method
+        assert (yes_no.gate, yes_no.early_exit, yes_no.threshold) == (None, False, scv.verdict_threshold)
+        assert yes_no.audit == (mode == "audit")
+        assert verification.candidate_args(scv.verifier(mode)) == {}  # no logprobs asked for a gate that never runs
+        # The five-way score has no threshold: CGEE's gate and exit still apply there.
+        score = verification.step("v", ["1", "5"], tot.verifier(mode), candidate="solution").choices_method
+        assert score.gate is not None and score.early_exit and score.threshold is None
+        assert verification.candidate_args(tot.verifier(mode))["return_logprob"] is True

@@ -5,7 +5,9 @@ that ran `radix`, `radix-rerun` and the modes to judge on the same problems, and
 the problems compared, the answers it changed against `radix` (with a 95% Wilson interval), the answers
 `radix-rerun` changed (the drift between two runs of the same thing), and the difference, with a 95%
 paired-bootstrap interval over the problems. `rksc-packets` is judged within its own run as well: the
-gather step's answer with packets against the same gather computed in full, on the same branches.
+gather step's answer with packets against the same gather computed in full, on the same branches. Last, per
+mode, how often each approximate mechanism it turned on acted (ASKS forks, merges, gate skips, gather prompts
+with packets): a mechanism that never acted in a run is judged there by drift alone.
 
     python -m sglang_rksc.bench.answer_costs results/answers/tot results/answers/scv
 
@@ -48,6 +50,44 @@ def load_rows(folder: Path) -> tuple[str, dict[str, dict[int, dict[str, Any]]]]:
     config = records[0]["config"]
     rows = {mode: key_totals(records[1:], run_key(mode, 0)).rows for mode, *_ in config["modes"]}
     return config["program"], {mode: found for mode, found in rows.items() if found}
+
+
+def load_decisions(folder: Path) -> list[tuple[str, str, str]]:
+    """(program, mode, what its approximate mechanisms decided) for every mode of a compare folder that ran one."""
+    records = read_records(folder / FILE_NAME)
+    config = records[0]["config"]
+    out = []
+    for mode, server_args, program_args in config["modes"]:
+        totals = key_totals(records[1:], run_key(mode, 0))
+        text = decisions(server_args, program_args, totals.rows, totals.server) if totals.rows else ""
+        if text:
+            out.append((config["program"], mode, text))
+    return out
+
+
+def decisions(
+    server_args: Sequence[str],
+    program_args: Sequence[str],
+    rows: Mapping[int, Mapping[str, Any]],
+    server: Mapping[str, float],
+) -> str:
+    """How often each approximate mechanism a mode turned on acted: what its answer changes rest on (a mechanism
+    that never acted is judged by drift alone). Empty for a mode with none on."""
+    flags = list(server_args) + list(program_args)
+    parts = []
+    if "--rksc-semantic" in server_args:
+        forks = int(server.get("forks_alias", 0) + server.get("forks_probe", 0))
+        parts.append(f"ASKS forks {forks}, follow-ups from a donor {int(server.get('followups_hit', 0))}")
+    if "--merge-branches" in program_args:
+        merged = sum(int(r.get("merged_branches", r.get("merged_samples")) or 0) for r in rows.values())
+        kept = sum(len(r.get("branch_answers", r.get("sample_answers")) or []) for r in rows.values())
+        parts.append(f"merged {merged} of {merged + kept} branches")
+    if any(v in flags for v in ("cgee", "audit")) and "--verifier" in program_args:
+        calls = [v for r in rows.values() for v in r.get("verifications") or []]
+        parts.append(f"gate skipped {sum(bool(v['skipped']) for v in calls)} of {len(calls)} verifications")
+    if "--packets" in program_args:
+        parts.append(f"gather prompts with packets {sum(bool(r.get('usc')) for r in rows.values())}")
+    return f"{'; '.join(parts)} ({len(rows)} problem{'' if len(rows) == 1 else 's'})" if parts else ""
 
 
 def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[Cost]:
@@ -107,6 +147,7 @@ def markdown(
     all_costs: Sequence[Cost],
     packets: Sequence[tuple[str, int, int]],
     verdicts: Sequence[tuple[str, str, tuple[int, int, int, int]]] = (),
+    acted: Sequence[tuple[str, str, str]] = (),
 ) -> str:
     head = (
         "| program | mode | problems | answers changed vs radix (95% CI) | radix-rerun's drift | beyond drift, points "
@@ -127,6 +168,9 @@ def markdown(
         if calls:
             lines.append(f"\n{program}, {mode}: verdicts against the full-depth verdict {_share(differ, calls)}; "
                          f"gate skips {skips}, of them against it {skips_differ}")  # fmt: skip
+    if acted:
+        lines.append("\nWhat the approximate mechanisms did in each run:")
+        lines += [f"- {program}, {mode}: {text}" for program, mode, text in acted]
     return "\n".join(lines)
 
 
@@ -139,6 +183,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     all_costs: list[Cost] = []
     packets: list[tuple[str, int, int]] = []
     verdicts: list[tuple[str, str, tuple[int, int, int, int]]] = []
+    acted: list[tuple[str, str, str]] = []
     for folder in args.folders:
         if not (folder / FILE_NAME).is_file():
             print(f"error: no {FILE_NAME} in {folder}", file=sys.stderr)
@@ -155,7 +200,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         if "rksc-packets" in rows:
             packets.append((program, *packets_within_run(rows["rksc-packets"])))
         verdicts += [(program, mode, verdicts_within_run(rows[mode])) for mode in rows if "audit" in mode]
-    print(markdown(all_costs, packets, verdicts))
+        acted += load_decisions(folder)
+    print(markdown(all_costs, packets, verdicts, acted))
     return 0
 
 

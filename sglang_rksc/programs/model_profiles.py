@@ -47,7 +47,8 @@ QWEN_CODER_1_5B = Profile(
     # solutions 298, reflections 295; self-consistency solutions 311; none reached 768. 384 leaves a margin.
     max_tokens={"tree_of_thought": 384, "self_consistency_verify": 384, "game_of_24": 96},
     # Audited self-consistency verifications (GSM8K 0-79, bench.cgee_calibrate): every full-depth verdict was
-    # "yes", so every gate measured skipped (nearly) all calls with none against it; the strictest is kept.
+    # "yes", so every gate measured skipped (nearly) all calls with none against it; the strictest is kept. It
+    # gates tree-of-thought's five-way score only: the thresholded yes/no verdict is never gated (verification.py).
     gate={"top": 0.9, "margin": 0.5, "alt_top": 0.9, "rel_margin": 0.6},
     # The verdict settles early (from layer 10 of 28 every exit agreed with full depth, at layer 12-13), but
     # P(yes), which the self-consistency vote weights by, ranks right solutions above wrong ones only in the

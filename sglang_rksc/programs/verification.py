@@ -6,6 +6,8 @@
 - `cgee`: `verify` with the confidence gate (`CALIBRATED_GATE`) and the layer exit;
 - `audit`: as `cgee`, but the server runs every layer and reports the full-depth
   verdict beside the CGEE one, so disagreement is measured call by call.
+A verdict read against the model's calibrated threshold (`Verifier.threshold`) is
+neither gated nor cut short, in `cgee` and `audit` alike: it is one full-depth call.
 Each call leaves a record (`record`) that the programs keep in their result rows and
 the benchmark aggregates (`summarize`).
 """
@@ -40,7 +42,11 @@ class Verifier:
 
     @property
     def gated(self) -> bool:
-        return self.mode in ("cgee", "audit")
+        """Whether CGEE's gate and layer exit apply. Not to a thresholded verdict: on Qwen2.5-Coder-1.5B it
+        departs from full depth's in 29-46% of calls at any exit before layer 27 (tools.cgee.threshold, GSM8K
+        0-99), and the gate skipped 57 of 112 self-consistency calls (GSM8K 300-327), 5 of them against it: the
+        candidate's confidence says nothing of whether P(yes) reaches the threshold (docs/answer-costs.md)."""
+        return self.mode in ("cgee", "audit") and self.threshold is None
 
 
 def as_verifier(verifier: Verifier | str) -> Verifier:
@@ -79,9 +85,7 @@ def step(name: str, choices: list[str], verifier: Verifier | str, *, candidate: 
         choices=choices,
         candidate=candidate if gate_it else None,
         gate=Gate(**verifier.gate) if gate_it else False,
-        # A thresholded verdict reads full depth: on Qwen2.5-Coder-1.5B it departs from full depth's in 29-46% of
-        # calls at any exit before layer 27 (tools.cgee.threshold, GSM8K 0-99), where the argmax verdict never did.
-        early_exit=gated and verifier.threshold is None,
+        early_exit=gated,
         accept=accept,
         audit=verifier.mode == "audit",
         threshold=verifier.threshold,
