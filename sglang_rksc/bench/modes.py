@@ -31,7 +31,7 @@ HEADS_FLAG = "--rksc-head-compression"
 PACKETS_FLAGS = ("--rksc-packets", "on")
 # rksc-full, the default set: every mechanism but head compression and packets, whose prices in answers on the
 # quality model are beyond the 2-point aim (head compression: 7 of 20 self-consistency answers against radix's
-# drift of 4; packets: 7 of 24 gather answers against the same gather in full; docs/answer-costs.md). Both stay
+# drift of 4; packets: 7 of 28 gather answers against the same gather in full; docs/answer-costs.md). Both stay
 # opt-in (`rksc-heads`, `rksc-packets`, and `rksc-full+heads`, which turns on every mechanism).
 FULL_SERVER_ARGS = (
     "--radix-cache-backend", "rksc", "--rksc-semantic", "on", "--radix-eviction-policy", "rsbcm",
