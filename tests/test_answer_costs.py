@@ -43,7 +43,8 @@ def test_costs_from_a_journal_still_filling_in(tmp_path: Path, capsys):
             segment.row(300 + i, _row(300 + i, p, usc=usc), 1.0, {})
     with open(tmp_path / "journal.jsonl", "a") as f:
         f.write('{"kind": "row", "key": "rksc-merge#0", "ind')  # a line a kill cut short is not read
-    program, rows = answer_costs.load_rows(tmp_path)
+    config, totals = answer_costs.load_totals(tmp_path)
+    program, rows = config["program"], answer_costs.rows_of(totals)
     costs = {c.mode: c for c in answer_costs.costs(program, rows)}
     merge, packets = costs["rksc-merge"], costs["rksc-packets"]
     assert (merge.problems, merge.changed, merge.drift) == (4, 3, 1) and merge.beyond[0] == pytest.approx(0.5)
@@ -68,19 +69,31 @@ def test_audited_verdicts_are_counted_with_their_skips():
 
 def test_what_each_mechanism_did_is_read_from_the_mode_flags_rows_and_counters():
     asks = answer_costs.decisions(
-        ["--rksc-semantic", "on"], [], {1: {}, 2: {}}, {"forks_alias": 3.0, "forks_probe": 1.0, "followups_hit": 2.0}
+        "tree_of_thought",
+        ["--rksc-semantic", "on"],
+        [],
+        {1: {}, 2: {}},
+        {"forks_alias": 3.0, "forks_probe": 1.0, "followups_hit": 2.0},
     )
     assert asks == "ASKS forks 4, follow-ups from a donor 2 (2 problems)"  # an ASKS mode that never forked says 0
-    assert answer_costs.decisions(["--rksc-semantic", "on"], [], {1: {}}, {}).startswith("ASKS forks 0,")
+    assert answer_costs.decisions("tree_of_thought", ["--rksc-semantic", "on"], [], {1: {}}, {}).startswith(
+        "ASKS forks 0,"
+    )
     rows = {
         1: {"merged_branches": 1, "branch_answers": ["1", "2", "3"], "verifications": [{"skipped": True}]},
         2: {"merged_branches": 0, "branch_answers": ["1", "2", "3", "4"], "verifications": [{"skipped": False}] * 3},
     }
-    full = answer_costs.decisions([], ["--verifier", "cgee", "--merge-branches", "auto"], rows, {})
+    full = answer_costs.decisions("tree_of_thought", [], ["--verifier", "cgee", "--merge-branches", "auto"], rows, {})
     assert full == "merged 1 of 8 branches; gate skipped 1 of 4 verifications (2 problems)"
     samples = {1: {"merged_samples": 2, "sample_answers": ["1", "2"], "usc": {"prediction": "1"}}}
-    both = answer_costs.decisions([], ["--merge-branches", "0.9", "--packets", "both"], samples, {})
+    both = answer_costs.decisions(
+        "self_consistency_verify",
+        [],
+        ["--merge-branches", "0.9", "--aggregate", "usc", "--packets", "both"],
+        samples,
+        {},
+    )
     assert both == "merged 2 of 4 branches; gather prompts with packets 1 (1 problem)"
     # The reference modes turn nothing approximate on: nothing to say.
-    assert answer_costs.decisions(["--radix-cache-backend", "default"], [], rows, {}) == ""
-    assert answer_costs.decisions([], ["--verifier", "select"], rows, {}) == ""
+    assert answer_costs.decisions("tree_of_thought", ["--radix-cache-backend", "default"], [], rows, {}) == ""
+    assert answer_costs.decisions("tree_of_thought", [], ["--verifier", "select"], rows, {}) == ""

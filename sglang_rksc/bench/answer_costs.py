@@ -17,14 +17,16 @@ The aim (issue 34) is at most 2 points beyond drift for every mechanism in `rksc
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sglang_rksc.bench.compare import run_key
-from sglang_rksc.bench.journal import FILE_NAME, JournalError, key_totals, read_records
+from sglang_rksc.bench.compare import PROGRAMS, run_key
+from sglang_rksc.bench.journal import FILE_NAME, JournalError, KeyTotals, key_totals, read_records
+from sglang_rksc.programs import common, verification
 from sglang_rksc.tools.intervals import paired_bootstrap, wilson
 
 REFERENCE, RERUN = "radix", "radix-rerun"
@@ -44,48 +46,54 @@ class Cost:
     reference_accuracy: float
 
 
-def load_rows(folder: Path) -> tuple[str, dict[str, dict[int, dict[str, Any]]]]:
-    """(program, rows by mode then problem index) from a compare folder's journal, first repeat only."""
+def load_totals(folder: Path) -> tuple[dict[str, Any], dict[str, KeyTotals]]:
+    """A compare folder's configuration and, per mode, what its first repeat recorded (one read of the journal)."""
     records = read_records(folder / FILE_NAME)
     config = records[0]["config"]
-    rows = {mode: key_totals(records[1:], run_key(mode, 0)).rows for mode, *_ in config["modes"]}
-    return config["program"], {mode: found for mode, found in rows.items() if found}
+    return config, {mode: key_totals(records[1:], run_key(mode, 0)) for mode, *_ in config["modes"]}
 
 
-def load_decisions(folder: Path) -> list[tuple[str, str, str]]:
-    """(program, mode, what its approximate mechanisms decided) for every mode of a compare folder that ran one."""
-    records = read_records(folder / FILE_NAME)
-    config = records[0]["config"]
+def rows_of(totals: Mapping[str, KeyTotals]) -> dict[str, dict[int, dict[str, Any]]]:
+    """Rows by mode then problem index, for the modes that recorded any."""
+    return {mode: t.rows for mode, t in totals.items() if t.rows}
+
+
+def decisions_of(config: Mapping[str, Any], totals: Mapping[str, KeyTotals]) -> list[tuple[str, str, str]]:
+    """(program, mode, what its approximate mechanisms decided) for every mode of a compare run that ran one."""
+    program = config["program"]
     out = []
     for mode, server_args, program_args in config["modes"]:
-        totals = key_totals(records[1:], run_key(mode, 0))
-        text = decisions(server_args, program_args, totals.rows, totals.server) if totals.rows else ""
+        found = totals[mode]
+        argv = [*shlex.split(config.get("program_args") or ""), *program_args]
+        text = decisions(program, server_args, argv, found.rows, found.server) if found.rows else ""
         if text:
-            out.append((config["program"], mode, text))
+            out.append((program, mode, text))
     return out
 
 
 def decisions(
+    program: str,
     server_args: Sequence[str],
     program_args: Sequence[str],
     rows: Mapping[int, Mapping[str, Any]],
     server: Mapping[str, float],
 ) -> str:
     """How often each approximate mechanism a mode turned on acted: what its answer changes rest on (a mechanism
-    that never acted is judged by drift alone). Empty for a mode with none on."""
-    flags = list(server_args) + list(program_args)
+    that never acted is judged by drift alone). Empty for a mode with none on. The program's flags are read
+    by its own parser, as `bench.compare` runs them."""
+    options = common.program_options(PROGRAMS[program], program_args)
     parts = []
     if "--rksc-semantic" in server_args:
         forks = int(server.get("forks_alias", 0) + server.get("forks_probe", 0))
         parts.append(f"ASKS forks {forks}, follow-ups from a donor {int(server.get('followups_hit', 0))}")
-    if "--merge-branches" in program_args:
+    if getattr(options, "merge_branches", None) is not None:
         merged = sum(int(r.get("merged_branches", r.get("merged_samples")) or 0) for r in rows.values())
         kept = sum(len(r.get("branch_answers", r.get("sample_answers")) or []) for r in rows.values())
         parts.append(f"merged {merged} of {merged + kept} branches")
-    if any(v in flags for v in ("cgee", "audit")) and "--verifier" in program_args:
+    if verification.as_verifier(getattr(options, "verifier", "select")).gated:
         calls = [v for r in rows.values() for v in r.get("verifications") or []]
         parts.append(f"gate skipped {sum(bool(v['skipped']) for v in calls)} of {len(calls)} verifications")
-    if "--packets" in program_args:
+    if getattr(options, "aggregate", None) == "usc" and options.packets != "off":
         parts.append(f"gather prompts with packets {sum(bool(r.get('usc')) for r in rows.values())}")
     return f"{'; '.join(parts)} ({len(rows)} problem{'' if len(rows) == 1 else 's'})" if parts else ""
 
@@ -189,10 +197,11 @@ def main(argv: Iterable[str] | None = None) -> int:
             print(f"error: no {FILE_NAME} in {folder}", file=sys.stderr)
             return 2
         try:
-            program, rows = load_rows(folder)
+            config, totals = load_totals(folder)
         except JournalError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        program, rows = config["program"], rows_of(totals)
         found = costs(program, rows)
         if not found:
             print(f"note: {folder} has no problem run under radix, radix-rerun and another mode yet", file=sys.stderr)
@@ -200,7 +209,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         if "rksc-packets" in rows:
             packets.append((program, *packets_within_run(rows["rksc-packets"])))
         verdicts += [(program, mode, verdicts_within_run(rows[mode])) for mode in rows if "audit" in mode]
-        acted += load_decisions(folder)
+        acted += decisions_of(config, totals)
     print(markdown(all_costs, packets, verdicts, acted))
     return 0
 
