@@ -57,16 +57,25 @@ def test_replay_merges_plans_then_solutions_and_votes_with_group_sizes():
 
 def test_a_merge_that_changes_the_answer_is_counted_and_the_bound_chooses_above_it():
     row = _row()
+    for leaf, (answer, score) in zip(row["branches"], [("18", 1), ("18", 1), ("20", 5), ("20", 4)], strict=True):
+        leaf["solution"], leaf["score"] = f"The answer is {answer}.", score
+    row["prediction"] = "20"  # unmerged: 20 gets 5 + 4, 18 gets 1 + 1
+    results = merge_calibrate.replay([row], [0.999, 0.99, 0.79])
+    # Plan A's agreeing solutions merge at 0.99 (18 keeps 2); the plans merge at 0.79 and only plan A's
+    # subtree goes on: 18 with weight 4, the answer changes.
+    assert [r.merged for r in results] == [0, 1, 3] and [r.agreement for r in results] == [1.0, 1.0, 0.0]
+    assert merge_calibrate.replay_problem(row, 0.79)[0] == "18"
+    assert merge_calibrate.choose(results, 0.9).threshold == 0.99
+    assert merge_calibrate.choose(results[2:], 0.9) is None
+    assert "| 0.79 | 3 of 4 (75%) | 0.00 |" in merge_calibrate.markdown(results)
+
+
+def test_solutions_with_different_answers_are_not_merged_as_the_program_does_not():
+    row = _row()
     for leaf, (answer, score) in zip(row["branches"], [("7", 3), ("20", 3), ("18", 5), ("20", 1)], strict=True):
         leaf["solution"], leaf["score"] = f"The answer is {answer}.", score
-    row["prediction"] = "18"  # unmerged: 18 gets 5, 20 gets 3 + 1, 7 gets 3
-    results = merge_calibrate.replay([row], [0.999, 0.99, 0.79])
-    # Merging plan A's solutions keeps "7" with weight 2 (6 > 5): the answer changes, at 0.99 and below.
-    assert [r.agreement for r in results] == [1.0, 0.0, 0.0]
-    assert merge_calibrate.replay_problem(row, 0.99)[0] == "7"
-    assert merge_calibrate.choose(results, 0.9).threshold == 0.999
-    assert merge_calibrate.choose(results[1:], 0.9) is None
-    assert "| 0.99 | 1 of 4 (25%) | 0.00 |" in merge_calibrate.markdown(results)
+    # Plan A's two solutions are at ~0.995 but answer 7 and 20: apart at 0.99, so the vote stays 18 (5 > 4).
+    assert merge_calibrate.replay_problem(row, 0.99) == ("18", "20", 0)
 
 
 def test_replay_refuses_merged_runs_and_rows_without_vectors(tmp_path: Path):

@@ -12,6 +12,7 @@ from sglang_rksc.cache import span_vector
 from sglang_rksc.cache.embeddings import SlotStates
 from sglang_rksc.lang import merge
 from sglang_rksc.lang.merge import BranchGroups, group_by_similarity, merge_branches
+from sglang_rksc.programs.gsm8k import extract_answer
 
 
 def _unit(*values: float) -> list[float]:
@@ -107,6 +108,31 @@ def test_merge_groups_by_the_servers_span_vectors():
     groups = merge_branches(states, "plan", 0.95)
     assert groups.groups == ((0, 2), (1,)) and groups.note is None
     assert groups.representatives == [states[0], states[1]] and groups.sizes == [2, 1]
+
+
+class _TextState(SimpleNamespace):
+    """A fork's state whose generations' texts can be read, as `state[var]` reads them."""
+
+    def __getitem__(self, var: str) -> str:
+        return self.texts[var]
+
+
+def test_with_same_only_branches_whose_texts_agree_are_merged():
+    texts = ["so the answer is 4.", "so the answer is 5.", "so the answer is 4."]
+    spans = [_span(1, 0.02), _span(1, 0.01), _span(1, 0)]  # near-identical spans, different numbers
+    states = []
+    for text, span in zip(texts, spans, strict=True):
+        executor = _Executor({"solution": span}, True)
+        states.append(
+            _TextState(stream_executor=executor, get_meta_info=executor.meta_info.get, texts={"solution": text})
+        )
+    assert merge_branches(states, "solution", 0.95).groups == ((0, 1, 2),)
+    guarded = merge_branches(states, "solution", 0.95, same=extract_answer)
+    assert guarded.groups == ((0, 2), (1,)) and guarded.sizes == [2, 1]
+    # The key is compared with the representative's, and keys must be one per branch.
+    assert group_by_similarity([_unit(1, 0), _unit(1, 0), _unit(1, 0)], 0.9, ["a", "b", "a"])[0] == [[0, 2], [1]]
+    with pytest.raises(ValueError, match="one per branch"):
+        group_by_similarity([_unit(1, 0)], 0.9, ["a", "b"])
 
 
 def test_without_span_vectors_nothing_is_merged_and_the_note_says_why(caplog):

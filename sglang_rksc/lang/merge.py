@@ -17,14 +17,16 @@ most similar, if that similarity reaches `threshold`; otherwise it starts a
 group. Against a server that returns no span embeddings (stock SGLang, or the
 flag off) nothing is merged: every branch is its own group, and `note` (also
 logged once per server) says why. This is approximate: the members' own later
-text is never generated; they take their representative's results.
+text is never generated; they take their representative's results. A program
+that merges finished texts (self-consistency's solutions) passes `same` (their
+answers), so that only branches that agree are merged.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -120,11 +122,14 @@ def span_vectors(states: Sequence[Any], var: str) -> list[list[float] | None]:
 
 
 def group_by_similarity(
-    vectors: Sequence[Sequence[float] | None], threshold: float
+    vectors: Sequence[Sequence[float] | None], threshold: float, keys: Sequence[Hashable] | None = None
 ) -> tuple[list[list[int]], list[float]]:
     """Greedy grouping in order: each vector joins its most similar representative at or above
-    `threshold`, else starts a group; a missing vector is always alone."""
+    `threshold`, else starts a group; a missing vector is always alone. With `keys` (one per vector),
+    a vector joins only a representative whose key equals its own."""
     threshold = _check_threshold(threshold)
+    if keys is not None and len(keys) != len(vectors):
+        raise ValueError(f"expected {len(vectors)} keys (one per branch), got {len(keys)}")
     groups: list[list[int]] = []
     similarities = [1.0] * len(vectors)
     for i, vector in enumerate(vectors):
@@ -132,7 +137,7 @@ def group_by_similarity(
         if vector is not None:
             for g, group in enumerate(groups):
                 rep = vectors[group[0]]
-                if rep is not None:
+                if rep is not None and (keys is None or keys[group[0]] == keys[i]):
                     sim = span_vector.similarity(vector, rep)
                     if sim > best_sim:
                         best, best_sim = g, sim
@@ -144,8 +149,14 @@ def group_by_similarity(
     return groups, similarities
 
 
-def merge_branches(states: Any, var: str, threshold: float) -> BranchGroups:
-    """Group a fork's branches by the similarity of their generation `var` (waits for it)."""
+def merge_branches(
+    states: Any, var: str, threshold: float, *, same: Callable[[str], Hashable] | None = None
+) -> BranchGroups:
+    """Group a fork's branches by the similarity of their generation `var` (waits for it).
+
+    `same`, for a generation whose outcome can be read from its text (a finished solution's answer):
+    branches join a group only where `same` of their text equals the representative's. Similar spans
+    can end in different numbers; a vote that merged them would lose an answer that was generated."""
     threshold = _check_threshold(threshold)
     if not isinstance(var, str) or not var:
         raise ValueError(f"merge_branches needs the name of the branches' generation, got {var!r:.80}")
@@ -158,5 +169,6 @@ def merge_branches(states: Any, var: str, threshold: float) -> BranchGroups:
         if url not in _warned:
             _warned.add(url)
             logger.warning("sglang-rksc: merge_branches at %s: %s", url or "this backend", note)
-    groups, similarities = group_by_similarity(vectors, threshold)
+    keys = [same(state[var]) for state in group] if same is not None else None
+    groups, similarities = group_by_similarity(vectors, threshold, keys)
     return BranchGroups(tuple(group), tuple(tuple(g) for g in groups), tuple(similarities), note)

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -324,8 +324,8 @@ def shared_arguments(options: argparse.Namespace, budget: ModelBudget) -> dict[s
     return {keyword: value(options, budget) for dest, keyword, value in _SHARED_ARGUMENTS if dest in given}
 
 
-def merge(forks: Any, var: str, threshold: float | None) -> Any:
-    """`merge_branches(forks, var, threshold)`; with no threshold, every branch alone.
+def merge(forks: Any, var: str, threshold: float | None, same: Callable[[str], Hashable] | None = None) -> Any:
+    """`merge_branches(forks, var, threshold, same=same)`; with no threshold, every branch alone.
 
     Either way the branches are waited for: the program sends its next level at the same moments
     with and without merging, so that modes compared side by side see the same batches (greedy
@@ -333,7 +333,7 @@ def merge(forks: Any, var: str, threshold: float | None) -> Any:
     from sglang_rksc.lang.merge import BranchGroups, merge_branches
 
     if threshold is not None:
-        return merge_branches(forks, var, threshold)
+        return merge_branches(forks, var, threshold, same=same)
     states = tuple(forks)
     for state in states:
         sync(state)

@@ -51,15 +51,17 @@ def self_consistency_verify(
     packets: str = "on",
 ):
     """Sample, verify, return one record per sample (and, with `gather` "usc", the gather step's answer);
-    with `merge`, near-duplicate solutions are verified once and their record carries the group's size as
-    its weight."""
+    with `merge`, near-duplicate solutions with the same answer are verified once and their record carries
+    the group's size as its weight."""
     s += sgl.user(SOLVE_PROMPT.format(question=question))
     forks = common.fork(s, samples)
     extra = verification.candidate_args(verifier)
     common.assistant_turns(
         forks, lambda: sgl.gen("solution", max_tokens=max_tokens, temperature=temperature, **extra), diversify
     )
-    groups = common.merge(forks, "solution", merge)
+    # Solutions are finished before they are merged: only those with the same answer are. A merge that
+    # joined two answers would drop one from the vote (docs/answer-costs.md#merging-finished-solutions).
+    groups = common.merge(forks, "solution", merge, same=gsm8k.extract_answer)
     kept = groups.representatives
     for f in kept:
         f += sgl.user(VERIFY_PROMPT)
@@ -123,7 +125,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
         temperature_default=0.7,
         temperature_help="sampling temperature of the solutions; 0 is greedy (all samples then agree)",
     )
-    common.add_branch_arguments(group, verifier=True, merge_what="solutions", aggregate_step=True)
+    common.add_branch_arguments(group, verifier=True, merge_what="solutions with the same answer", aggregate_step=True)
 
 
 def load_problems(start: int, count: int) -> list[gsm8k.Problem]:

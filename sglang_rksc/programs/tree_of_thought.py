@@ -77,7 +77,8 @@ def tree_of_thought(
         expanded.append((plan, weight, plan_members, forks))
     solutions = []
     for plan, weight, plan_members, forks in expanded:  # all plans' solutions are in flight before any merge waits
-        groups = common.merge(forks, "solution", merge)
+        # Finished solutions merge only where their answers agree (plans, unfinished, cannot be told apart so).
+        groups = common.merge(forks, "solution", merge, same=gsm8k.extract_answer)
         for f, n, members in zip(groups.representatives, groups.sizes, groups.groups, strict=True):
             solutions.append((plan, f, weight * n, (plan_members, [forks[i] for i in members])))
 
@@ -181,7 +182,11 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
         temperature_help="sampling temperature; 0 is greedy (all branches then agree)",
     )
     common.add_branch_arguments(
-        group, verifier=True, mark=True, merge_what="plans, and solutions of one plan,", aggregate_step=True
+        group,
+        verifier=True,
+        mark=True,
+        merge_what="plans, and solutions of one plan with the same answer,",
+        aggregate_step=True,
     )
 
 

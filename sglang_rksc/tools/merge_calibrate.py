@@ -7,7 +7,8 @@ unmerged one measures the engine as much as the merge. Instead, this replays
 the merge on the rows of one run with the server's span vectors
 (`--rksc-span-embeddings on`, `--merge-branches 1.0`, which merges nothing):
 for each threshold it groups the plans, then each kept plan's solutions, with
-the frontend's own grouping (`sglang_rksc.lang.merge.group_by_similarity`),
+the frontend's own grouping (`sglang_rksc.lang.merge.group_by_similarity`; solutions
+only with the same answer, as the program merges them),
 keeps the representatives' leaves with their group sizes as weights, votes as
 the program does, and compares the answer with the run's unmerged answer. That
 assumes a representative's subtree is what the merged run would have
@@ -72,7 +73,8 @@ def replay_problem(row: dict[str, Any], threshold: float) -> tuple[str | None, s
     for group in group_by_similarity(plan_vectors, threshold)[0]:
         leaves = plan_leaves[group[0]]
         solution_vectors = [_vector(branches[i]["spans"]["solution"]) for i in leaves]
-        for sub in group_by_similarity(solution_vectors, threshold)[0]:
+        answers_of = [gsm8k.extract_answer(branches[i]["solution"]) for i in leaves]  # as the program keys them
+        for sub in group_by_similarity(solution_vectors, threshold, answers_of)[0]:
             kept.append((leaves[sub[0]], len(group) * len(sub)))
     answers = [gsm8k.extract_answer(branches[i]["solution"]) for i, _ in kept]
     scored = gsm8k.weighted_vote(answers, [branches[i]["score"] * w for i, w in kept])
