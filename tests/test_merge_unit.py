@@ -94,9 +94,16 @@ class _Executor:
         self.backend = SimpleNamespace(base_url="http://stock:1")
 
 
-def _state(meta: dict, forked: bool = True) -> SimpleNamespace:
+class _State(SimpleNamespace):
+    """A fork's state: its generations' meta_info, and their texts as `state[var]` reads them."""
+
+    def __getitem__(self, var: str) -> str:
+        return self.texts[var]
+
+
+def _state(meta: dict, forked: bool = True, texts: dict | None = None) -> _State:
     executor = _Executor(meta, forked)
-    return SimpleNamespace(stream_executor=executor, get_meta_info=executor.meta_info.get)
+    return _State(stream_executor=executor, get_meta_info=executor.meta_info.get, texts=texts or {})
 
 
 def _span(*values: float) -> dict:
@@ -110,22 +117,10 @@ def test_merge_groups_by_the_servers_span_vectors():
     assert groups.representatives == [states[0], states[1]] and groups.sizes == [2, 1]
 
 
-class _TextState(SimpleNamespace):
-    """A fork's state whose generations' texts can be read, as `state[var]` reads them."""
-
-    def __getitem__(self, var: str) -> str:
-        return self.texts[var]
-
-
 def test_with_same_only_branches_whose_texts_agree_are_merged():
     texts = ["so the answer is 4.", "so the answer is 5.", "so the answer is 4."]
     spans = [_span(1, 0.02), _span(1, 0.01), _span(1, 0)]  # near-identical spans, different numbers
-    states = []
-    for text, span in zip(texts, spans, strict=True):
-        executor = _Executor({"solution": span}, True)
-        states.append(
-            _TextState(stream_executor=executor, get_meta_info=executor.meta_info.get, texts={"solution": text})
-        )
+    states = [_state({"solution": span}, texts={"solution": text}) for text, span in zip(texts, spans, strict=True)]
     assert merge_branches(states, "solution", 0.95).groups == ((0, 1, 2),)
     guarded = merge_branches(states, "solution", 0.95, same=extract_answer)
     assert guarded.groups == ((0, 2), (1,)) and guarded.sizes == [2, 1]

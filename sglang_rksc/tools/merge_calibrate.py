@@ -69,14 +69,15 @@ def replay_problem(row: dict[str, Any], threshold: float) -> tuple[str | None, s
         plans.setdefault(json.dumps([leaf["plan"], leaf["spans"]["plan"]]), []).append(i)
     plan_leaves = list(plans.values())
     plan_vectors = [_vector(branches[leaves[0]]["spans"]["plan"]) for leaves in plan_leaves]
+    leaf_answers = [gsm8k.extract_answer(leaf["solution"]) for leaf in branches]
     kept: list[tuple[int, int]] = []  # (leaf, weight)
     for group in group_by_similarity(plan_vectors, threshold)[0]:
         leaves = plan_leaves[group[0]]
         solution_vectors = [_vector(branches[i]["spans"]["solution"]) for i in leaves]
-        answers_of = [gsm8k.extract_answer(branches[i]["solution"]) for i in leaves]  # as the program keys them
-        for sub in group_by_similarity(solution_vectors, threshold, answers_of)[0]:
+        # Solutions merge only with the same answer, as the program keys them.
+        for sub in group_by_similarity(solution_vectors, threshold, [leaf_answers[i] for i in leaves])[0]:
             kept.append((leaves[sub[0]], len(group) * len(sub)))
-    answers = [gsm8k.extract_answer(branches[i]["solution"]) for i, _ in kept]
+    answers = [leaf_answers[i] for i, _ in kept]
     scored = gsm8k.weighted_vote(answers, [branches[i]["score"] * w for i, w in kept])
     majority = gsm8k.weighted_vote(answers, [float(w) for _, w in kept])
     return scored, majority, len(branches) - len(kept)
