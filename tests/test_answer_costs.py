@@ -23,6 +23,9 @@ def test_wilson_and_the_paired_bootstrap():
         paired_bootstrap([1], [1, 0])
 
 
+GOLD = {300: "1", 301: "2", 302: "1", 303: "9"}  # radix answers the first two right
+
+
 def _row(index: int, prediction: str, gold: str = "1", **extra) -> dict:
     return {"index": index, "prediction": prediction, "correct": prediction == gold, **extra}
 
@@ -40,7 +43,7 @@ def test_costs_from_a_journal_still_filling_in(tmp_path: Path, capsys):
         segment = journal.segment(f"{mode}#0")
         for i, p in enumerate(predictions):
             usc = {"prediction": p, "full": {"prediction": p if i else "0"}} if mode == "rksc-packets" else None
-            segment.row(300 + i, _row(300 + i, p, usc=usc), 1.0, {})
+            segment.row(300 + i, _row(300 + i, p, GOLD[300 + i], usc=usc), 1.0, {})
     with open(tmp_path / "journal.jsonl", "a") as f:
         f.write('{"kind": "row", "key": "rksc-merge#0", "ind')  # a line a kill cut short is not read
     config, totals = answer_costs.load_totals(tmp_path)
@@ -49,11 +52,14 @@ def test_costs_from_a_journal_still_filling_in(tmp_path: Path, capsys):
     merge, packets = costs["rksc-merge"], costs["rksc-packets"]
     assert (merge.problems, merge.changed, merge.drift) == (4, 3, 1) and merge.beyond[0] == pytest.approx(0.5)
     assert (packets.problems, packets.changed, packets.drift) == (3, 0, 0)
-    assert merge.accuracy == 0.25 and merge.reference_accuracy == 0.25
+    assert merge.accuracy == 0.5 and merge.reference_accuracy == 0.5
+    # merge lost one of radix's two right answers (301) and made one wrong one right (303), as did the rerun
+    assert (merge.solved, merge.lost, merge.gained, merge.drift_lost, merge.drift_gained) == (2, 1, 1, 0, 1)
     assert answer_costs.packets_within_run(rows["rksc-packets"]) == (1, 3)
     assert answer_costs.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| tree_of_thought | rksc-merge | 4 | 3 of 4" in out and "packets against the same gather" in out
+    assert "| 1 of 2 (50.0%, 9.5-90.5); 1 of 2; rerun 0 and 1 |" in out
 
 
 def test_audited_verdicts_are_counted_with_their_skips():

@@ -12,6 +12,7 @@ import requests
 import sglang as sgl
 
 from sglang_rksc import Gate, verify
+from sglang_rksc.lang.verify import select_probabilities
 from sglang_rksc.runtime import cpu
 
 CASES = [
@@ -50,6 +51,8 @@ def test_full_depth_verdict_equals_sglang_select(rksc_server):
         assert meta["cgee"] and meta["layers_run"] == meta["num_layers"] == 30, meta
         assert ours["v"] == stock["v"], (prompt, meta, stock.get_meta_info("v"))
         assert ours["v"] == choices[max(range(len(choices)), key=meta["probs"].__getitem__)]
+        # select's distribution, read from its token logprobs, is the one verify scores (bfloat16 apart).
+        assert select_probabilities(stock.get_meta_info("v"), len(choices)) == pytest.approx(meta["probs"], abs=0.03)
 
 
 def test_layer_exit_stops_early_and_its_kv_never_enters_the_tree(rksc_server):

@@ -157,7 +157,7 @@ def test_verify_is_a_plain_select_on_other_backends():
     decision = method(
         choices=["yes", "no"],
         normalized_prompt_logprobs=[-3.0, -1.0],
-        input_token_logprobs=[[], []],
+        input_token_logprobs=[[[-3.0, 7, " yes"]], [[-1.0, 8, " no"]]],
         output_token_logprobs=[[], []],
     )
     assert decision.decision == "no"

@@ -72,12 +72,18 @@ def test_fan_out_follows_depth():
     assert [tree_of_thought._fan_out(1, level, 3) for level in (1, 2, 3)] == [3, 1, 1]
 
 
-def test_yes_probability_from_select_logprobs():
-    assert self_consistency_verify.yes_probability(
-        {"normalized_prompt_logprobs": [math.log(0.2), math.log(0.6)]}
-    ) == pytest.approx(0.25)
+def test_yes_probability_from_select_logprobs_is_verifys_scale():
+    # What SGLang's select reports for " yes" / " no": the prompt's last token (the same in both, SGLang's
+    # token healing) and the choice's token. P(yes | yes or no) = 0.6 / (0.6 + 0.2); the length-normalised
+    # logprobs, which average in the shared token, read it as sqrt(3) / (1 + sqrt(3)), about 0.63.
+    shared = [-0.7, 11, "\n"]
+    meta = {
+        "input_token_logprobs": [[shared, [math.log(0.6), 12, " yes"]], [shared, [math.log(0.2), 13, " no"]]],
+        "normalized_prompt_logprobs": [(-0.7 + math.log(0.6)) / 2, (-0.7 + math.log(0.2)) / 2],
+    }
+    assert self_consistency_verify.yes_probability(meta) == pytest.approx(0.75)
     with pytest.raises(ValueError):
-        self_consistency_verify.yes_probability({"normalized_prompt_logprobs": [0.0]})
+        self_consistency_verify.yes_probability({"input_token_logprobs": [[shared]]})
 
 
 def test_self_consistency_weights_by_the_verifier():

@@ -44,6 +44,13 @@ class Cost:
     beyond: tuple[float, float, float]  # (difference of shares, 95% low, high), paired bootstrap
     accuracy: float
     reference_accuracy: float
+    # Which way the changes went, against the reference's right answers: at these sizes every change so far fell
+    # on a problem `radix` got wrong, so "right answers lost" is the figure drift does not blur.
+    solved: int = 0  # problems the reference answered right
+    lost: int = 0  # of those, answered wrong by this mode
+    gained: int = 0  # of the rest, answered right by this mode
+    drift_lost: int = 0  # the same two counts for radix-rerun
+    drift_gained: int = 0
 
 
 def load_totals(folder: Path) -> tuple[dict[str, Any], dict[str, KeyTotals]]:
@@ -112,6 +119,7 @@ def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> 
             continue
         changed = [float(mine[i]["prediction"] != ref[i]["prediction"]) for i in shared]
         drift = [float(rerun[i]["prediction"] != ref[i]["prediction"]) for i in shared]
+        right = {i for i in shared if ref[i]["correct"]}
         out.append(
             Cost(
                 program,
@@ -122,9 +130,19 @@ def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> 
                 paired_bootstrap(changed, drift),
                 sum(bool(mine[i]["correct"]) for i in shared) / len(shared),
                 sum(bool(ref[i]["correct"]) for i in shared) / len(shared),
+                solved=len(right),
+                lost=_flipped(mine, right, to=False),
+                gained=_flipped(mine, set(shared) - right, to=True),
+                drift_lost=_flipped(rerun, right, to=False),
+                drift_gained=_flipped(rerun, set(shared) - right, to=True),
             )
         )
     return out
+
+
+def _flipped(rows: Mapping[int, Mapping[str, Any]], problems: set[int], *, to: bool) -> int:
+    """How many of `problems` this run answered right (`to=True`) or wrong (`to=False`)."""
+    return sum(bool(rows[i]["correct"]) == to for i in problems)
 
 
 def packets_within_run(rows: Mapping[int, Mapping[str, Any]]) -> tuple[int, int]:
@@ -159,7 +177,8 @@ def markdown(
 ) -> str:
     head = (
         "| program | mode | problems | answers changed vs radix (95% CI) | radix-rerun's drift | beyond drift, points "
-        "(95% paired bootstrap) | accuracy (radix) |\n|---|---|---|---|---|---|---|"
+        "(95% paired bootstrap) | accuracy (radix) | radix's right answers lost (95% CI); wrong ones made right; "
+        "radix-rerun's |\n|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for c in all_costs:
@@ -167,7 +186,8 @@ def markdown(
         lines.append(
             f"| {c.program} | {c.mode} | {c.problems} | {_share(c.changed, c.problems)} | "
             f"{_share(c.drift, c.problems)} | {100 * diff:+.1f} ({100 * low:+.1f} to {100 * high:+.1f}) | "
-            f"{c.accuracy:.2f} ({c.reference_accuracy:.2f}) |"
+            f"{c.accuracy:.2f} ({c.reference_accuracy:.2f}) | {_share(c.lost, c.solved) if c.solved else '-'}; "
+            f"{c.gained} of {c.problems - c.solved}; rerun {c.drift_lost} and {c.drift_gained} |"
         )
     for program, k, n in packets:
         lines.append(f"\n{program}, rksc-packets: gather answers changed by packets against the same gather in full, "

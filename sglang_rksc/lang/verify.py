@@ -28,7 +28,7 @@ and a threshold calibrated per model keeps that signal in the verdict.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,24 +141,28 @@ def thresholded(probs: Sequence[float], accept: int, threshold: float | None) ->
 
 def _plain_verdict(choices: list[str], decision: str, meta: dict[str, Any], method: VerifyMethod) -> str:
     """A full select's verdict, thresholded on its choice probabilities when the call has a threshold."""
-    probs = _select_probs(meta, len(choices))
+    probs = select_probabilities(meta, len(choices))
     if method.threshold is None or probs is None:
         return decision
     return choices[thresholded(probs, method.accept, method.threshold)]
 
 
-def _select_probs(select_meta: dict[str, Any], count: int) -> list[float] | None:
-    """A select's choice distribution, from its length-normalised logprobs."""
-    logprobs = select_meta.get("normalized_prompt_logprobs") or []
-    if len(logprobs) != count:
+def select_probabilities(select_meta: Mapping[str, Any], count: int) -> list[float] | None:
+    """A select's choice distribution: the softmax of each choice's summed token logprobs, so P(choice | one
+    of the choices), the quantity `verify` scores. Not SGLang's length-normalised logprobs: those average the
+    choice's tokens with the prompt's last one (SGLang's token healing), which for one-token choices halves the
+    log-odds (P(yes) 0.95 reads as 0.81). The prompt's tokens are the same in every choice and cancel here."""
+    per_choice = select_meta.get("input_token_logprobs") or []
+    if len(per_choice) != count:
         return None
-    top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
+    sums = [sum(float(entry[0]) for entry in tokens if entry[0] is not None) for tokens in per_choice]
+    top = max(sums)
+    weights = [math.exp(total - top) for total in sums]
     return [w / sum(weights) for w in weights]
 
 
 def _plain_meta(choices: list[str], select_meta: dict[str, Any], accept: int, note: str) -> dict[str, Any]:
-    probs = _select_probs(select_meta, len(choices))
+    probs = select_probabilities(select_meta, len(choices))
     score = None if probs is None else probs[accept]
     return {
         "cgee": False,

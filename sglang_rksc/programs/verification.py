@@ -15,7 +15,6 @@ the benchmark aggregates (`summarize`).
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,16 +93,14 @@ def step(name: str, choices: list[str], verifier: Verifier | str, *, candidate: 
 
 
 def probabilities(meta: Mapping[str, Any] | None, choices: Sequence[str]) -> list[float] | None:
-    """The verdict distribution over the choices: from `verify` or from `select`'s logprobs."""
+    """The verdict distribution over the choices: from `verify`, or from `select`'s token logprobs on the
+    same scale (`lang.verify.select_probabilities`), so that votes weighted by it mean the same in every mode."""
+    from sglang_rksc.lang.verify import select_probabilities
+
     meta = meta or {}
     if meta.get("probs") is not None and len(meta["probs"]) == len(choices):
         return list(meta["probs"])
-    logprobs = meta.get("normalized_prompt_logprobs")
-    if logprobs and len(logprobs) == len(choices):
-        top = max(logprobs)
-        weights = [math.exp(lp - top) for lp in logprobs]
-        return [w / sum(weights) for w in weights]
-    return None
+    return select_probabilities(meta, len(choices))
 
 
 def record(verdict: str, meta: Mapping[str, Any] | None) -> dict[str, Any]:
