@@ -57,6 +57,22 @@ def test_another_configuration_is_refused_and_a_fresh_run_keeps_the_old_journal(
         Journal(path, CONFIG, resume=True)
 
 
+def test_a_resumed_run_may_add_a_mode_but_not_drop_or_change_one(tmp_path: Path):
+    path = tmp_path / "journal.jsonl"
+    Journal(path, CONFIG, resume=False).segment("radix#0").row(1, {"index": 1}, 1.0, {})
+    wider = {**CONFIG, "modes": [("radix", ["--x"], []), ("rksc-full", ["--y"], ["--z"])]}
+    added = Journal(path, wider, resume=True)
+    assert added.done("radix#0") == {1} and added.done("rksc-full#0") == set()
+    added.segment("rksc-full#0").row(1, {"index": 1}, 1.0, {})
+    # The journal now holds both modes: naming only the first drops one, and a changed mode is another mode.
+    with pytest.raises(JournalError, match="other settings \\(modes\\); .*may add modes, not drop"):
+        Journal(path, CONFIG, resume=True)
+    changed = {**CONFIG, "modes": [("radix", ["--x"], []), ("rksc-full", ["--other"], ["--z"])]}
+    with pytest.raises(JournalError, match="\\(modes\\)"):
+        Journal(path, changed, resume=True)
+    assert Journal(path, wider, resume=True).done("rksc-full#0") == {1}
+
+
 def test_peaks_take_the_largest_and_the_tree_the_last():
     parts = [{"a": 1.0, "x_max": 5.0, "tree_tokens": 10.0}, {"a": 2.0, "x_max": 3.0, "tree_tokens": 4.0}]
     assert combine_counters(parts) == {"a": 3.0, "x_max": 5.0, "tree_tokens": 4.0}

@@ -51,6 +51,10 @@ class Cost:
     gained: int = 0  # of the rest, answered right by this mode
     drift_lost: int = 0  # the same two counts for radix-rerun
     drift_gained: int = 0
+    # Problems where every text generated is the reference's, token for token: in float32 `radix-rerun` matches on
+    # all, so there a mode's other problems are exactly where its mechanisms moved the computation.
+    same_texts: int = 0
+    drift_same_texts: int = 0
 
 
 def load_totals(folder: Path) -> tuple[dict[str, Any], dict[str, KeyTotals]]:
@@ -135,9 +139,19 @@ def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> 
                 gained=_flipped(mine, set(shared) - right, to=True),
                 drift_lost=_flipped(rerun, right, to=False),
                 drift_gained=_flipped(rerun, set(shared) - right, to=True),
+                same_texts=sum(texts(mine[i]) == texts(ref[i]) for i in shared),
+                drift_same_texts=sum(texts(rerun[i]) == texts(ref[i]) for i in shared),
             )
         )
     return out
+
+
+def texts(row: Mapping[str, Any]) -> list[Any]:
+    """Every text a problem's row records as generated, in order: self-consistency's solutions, tree-of-thought's
+    plans, solutions and reflections (a merged branch is not among them)."""
+    if "solutions" in row:
+        return list(row["solutions"])
+    return [[b.get(k) for k in ("plan", "solution", "reflection")] for b in row.get("branches") or []]
 
 
 def _flipped(rows: Mapping[int, Mapping[str, Any]], problems: set[int], *, to: bool) -> int:
@@ -178,7 +192,8 @@ def markdown(
     head = (
         "| program | mode | problems | answers changed vs radix (95% CI) | radix-rerun's drift | beyond drift, points "
         "(95% paired bootstrap) | accuracy (radix) | radix's right answers lost (95% CI); wrong ones made right; "
-        "radix-rerun's |\n|---|---|---|---|---|---|---|---|"
+        "radix-rerun's | problems with radix's texts token for token (radix-rerun's) |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for c in all_costs:
@@ -187,7 +202,8 @@ def markdown(
             f"| {c.program} | {c.mode} | {c.problems} | {_share(c.changed, c.problems)} | "
             f"{_share(c.drift, c.problems)} | {100 * diff:+.1f} ({100 * low:+.1f} to {100 * high:+.1f}) | "
             f"{c.accuracy:.2f} ({c.reference_accuracy:.2f}) | {_share(c.lost, c.solved) if c.solved else '-'}; "
-            f"{c.gained} of {c.problems - c.solved}; rerun {c.drift_lost} and {c.drift_gained} |"
+            f"{c.gained} of {c.problems - c.solved}; rerun {c.drift_lost} and {c.drift_gained} | "
+            f"{c.same_texts} of {c.problems} ({c.drift_same_texts}) |"
         )
     for program, k, n in packets:
         lines.append(f"\n{program}, rksc-packets: gather answers changed by packets against the same gather in full, "

@@ -4,7 +4,8 @@
 configuration; then, for every finished problem, the row under its key (a mode and repeat, or a mode and
 budget) with the server time and counters of its segment so far (a segment: one server's share of a key);
 a segment that ends normally closes with its final time and counters. With `--resume` a run reads the
-journal back, refuses one written under another configuration, and runs only the problems it lacks. Time
+journal back, refuses one written under another configuration (it may add modes, which then run on every
+problem), and runs only the problems it lacks. Time
 and counters are summed over segments; a killed segment counts up to its last recorded problem (work on
 problems then in flight is counted there and again when they rerun).
 """
@@ -73,15 +74,21 @@ class Journal:
 
     def _read(self, config: dict[str, Any]) -> list[dict[str, Any]]:
         records = read_records(self.path)
-        if records[0]["config"] != config:
-            differ = sorted(
-                k for k in set(config) | set(records[0]["config"]) if config.get(k) != records[0]["config"].get(k)
-            )
+        stored = records[0]["config"]
+        differ = sorted(
+            k
+            for k in set(config) | set(stored)
+            if config.get(k) != stored.get(k) and not (k == "modes" and adds_modes(stored[k], config.get(k)))
+        )
+        if differ:
             raise JournalError(
                 f"{self.path} was written by a run with other settings ({', '.join(differ)}); "
-                "rerun with those settings, or without --resume to start afresh"
+                "rerun with those settings (a resumed run may add modes, not drop or change one), "
+                "or without --resume to start afresh"
             )
-        # Rewrite without a cut-off last line, so appends start on a fresh line.
+        # The configuration takes in any added modes. Rewrite without a cut-off last line, so appends start on
+        # a fresh line.
+        records[0] = {"kind": "config", "config": config}
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         return records[1:]
@@ -109,6 +116,13 @@ class Journal:
     def totals(self, key: str) -> KeyTotals:
         """`key`'s rows (the first recorded per problem) and its segments' time and counters added up."""
         return key_totals(self._records, key)
+
+
+def adds_modes(stored: Any, wanted: Any) -> bool:
+    """Whether a resumed run's modes keep every recorded mode as it was, adding others: an added mode runs on
+    the problems already recorded, and is paired with the others' rows there (a float32 run gains a mechanism
+    without running `radix` again)."""
+    return isinstance(stored, list) and isinstance(wanted, list) and all(mode in wanted for mode in stored)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
