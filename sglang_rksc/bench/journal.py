@@ -78,7 +78,7 @@ class Journal:
         differ = sorted(
             k
             for k in set(config) | set(stored)
-            if config.get(k) != stored.get(k) and not (k == "modes" and adds_modes(stored[k], config.get(k)))
+            if config.get(k) != stored.get(k) and not (k == "modes" and adds_modes(stored.get(k), config.get(k)))
         )
         if differ:
             raise JournalError(

@@ -55,9 +55,7 @@ class VerifyMethod(ChoicesSamplingMethod):
 
     def __call__(self, **kwargs: Any) -> ChoicesDecision:
         decision = token_length_normalized(**kwargs)
-        meta = dict(decision.meta_info or {})
-        meta.update(_plain_meta(kwargs["choices"], meta, self.accept, note="backend without CGEE: full select"))
-        return ChoicesDecision(_plain_verdict(kwargs["choices"], decision.decision, meta, self), meta)
+        return _plain_decision(kwargs["choices"], decision, self, note="backend without CGEE: full select")
 
     def __hash__(self) -> int:
         return id(self)
@@ -139,12 +137,26 @@ def thresholded(probs: Sequence[float], accept: int, threshold: float | None) ->
     return max((i for i in range(len(probs)) if i != accept), key=probs.__getitem__)
 
 
-def _plain_verdict(choices: list[str], decision: str, meta: dict[str, Any], method: VerifyMethod) -> str:
-    """A full select's verdict, thresholded on its choice probabilities when the call has a threshold."""
+def _plain_decision(
+    choices: list[str], decision: ChoicesDecision, method: VerifyMethod, note: str, confidence: Any = None
+) -> ChoicesDecision:
+    """A full select as `verify` reports it: the score from select's choice distribution, and the verdict
+    thresholded on it when the call has a threshold."""
+    meta = dict(decision.meta_info or {})
     probs = select_probabilities(meta, len(choices))
+    meta.update(
+        cgee=False,
+        skipped=False,
+        confidence=confidence,
+        score=None if probs is None else probs[method.accept],
+        exit_layer=None,
+        layers_run=None,
+        num_layers=None,
+        note=note,
+    )
     if method.threshold is None or probs is None:
-        return decision
-    return choices[thresholded(probs, method.accept, method.threshold)]
+        return ChoicesDecision(decision.decision, meta)
+    return ChoicesDecision(choices[thresholded(probs, method.accept, method.threshold)], meta)
 
 
 def select_probabilities(select_meta: Mapping[str, Any], count: int) -> list[float] | None:
@@ -159,21 +171,6 @@ def select_probabilities(select_meta: Mapping[str, Any], count: int) -> list[flo
     top = max(sums)
     weights = [math.exp(total - top) for total in sums]
     return [w / sum(weights) for w in weights]
-
-
-def _plain_meta(choices: list[str], select_meta: dict[str, Any], accept: int, note: str) -> dict[str, Any]:
-    probs = select_probabilities(select_meta, len(choices))
-    score = None if probs is None else probs[accept]
-    return {
-        "cgee": False,
-        "skipped": False,
-        "confidence": None,
-        "score": score,
-        "exit_layer": None,
-        "layers_run": None,
-        "num_layers": None,
-        "note": note,
-    }
 
 
 def _candidate_confidence(s: Any, method: VerifyMethod) -> Confidence | None:
@@ -226,10 +223,7 @@ def select_with_verify(
         return ChoicesDecision(choices[method.accept], meta)
     if not ServerProbe.has_plugin(endpoint):
         decision = original(endpoint, s, choices, temperature, token_length_normalized)
-        meta = dict(decision.meta_info or {})
-        meta.update(_plain_meta(choices, meta, method.accept, note="server without the sglang-rksc plugin"))
-        meta["confidence"] = conf
-        return ChoicesDecision(_plain_verdict(choices, decision.decision, meta, method), meta)
+        return _plain_decision(choices, decision, method, note="server without the sglang-rksc plugin", confidence=conf)
     meta: dict[str, Any] = {"cgee": True, "skipped": skip, "confidence": conf, "note": None}
     info, tokens = _verify_on_server(endpoint, s, choices, method)
     verdict = info["verdict_index"]
