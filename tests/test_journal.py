@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sglang_rksc.bench.journal import Journal, JournalError, combine_counters
+from sglang_rksc.bench.journal import Journal, JournalError, combine_counters, read_records
 
 CONFIG = {"program": "tree_of_thought", "start": 300, "modes": [("radix", ["--x"], [])]}
 
@@ -57,19 +57,25 @@ def test_another_configuration_is_refused_and_a_fresh_run_keeps_the_old_journal(
         Journal(path, CONFIG, resume=True)
 
 
-def test_a_resumed_run_may_add_a_mode_but_not_drop_or_change_one(tmp_path: Path):
+def test_a_resumed_run_may_add_or_leave_out_a_mode_but_not_change_one(tmp_path: Path):
     path = tmp_path / "journal.jsonl"
     Journal(path, CONFIG, resume=False).segment("radix#0").row(1, {"index": 1}, 1.0, {})
     wider = {**CONFIG, "modes": [("radix", ["--x"], []), ("rksc-full", ["--y"], ["--z"])]}
     added = Journal(path, wider, resume=True)
     assert added.done("radix#0") == {1} and added.done("rksc-full#0") == set()
     added.segment("rksc-full#0").row(1, {"index": 1}, 1.0, {})
-    # The journal now holds both modes: naming only the first drops one, and a changed mode is another mode.
-    with pytest.raises(JournalError, match="other settings \\(modes\\); .*may add modes, not drop"):
-        Journal(path, CONFIG, resume=True)
+    # Naming only rksc-full leaves radix out: its rows stay, and the configuration keeps it, first.
+    narrow = Journal(path, {**CONFIG, "modes": [("rksc-full", ["--y"], ["--z"])]}, resume=True)
+    assert narrow.done("radix#0") == {1} and narrow.done("rksc-full#0") == {1}
+    config = read_records(path)[0]["config"]
+    assert [mode[0] for mode in config["modes"]] == ["radix", "rksc-full"]
+    # A mode under a recorded name with other flags is another mode: refused, the journal untouched.
     changed = {**CONFIG, "modes": [("radix", ["--x"], []), ("rksc-full", ["--other"], ["--z"])]}
-    with pytest.raises(JournalError, match="\\(modes\\)"):
+    with pytest.raises(JournalError, match="other settings \\(modes\\); .*add modes or leave some out, not change"):
         Journal(path, changed, resume=True)
+    with pytest.raises(JournalError, match="other settings \\(modes, start\\)"):
+        Journal(path, {**changed, "start": 400}, resume=True)
+    assert read_records(path)[0]["config"] == config
     assert Journal(path, wider, resume=True).done("rksc-full#0") == {1}
 
 

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run whose journal.jsonl is in --output-dir (the same settings; it may add modes): "
+        help="continue the run whose journal.jsonl is in --output-dir (the same settings; it may add modes, "
+        "or leave recorded ones out, whose rows stay): "
         "only the problems it has not recorded run",
     )
     parser.add_argument(

@@ -5,7 +5,7 @@ configuration; then, for every finished problem, the row under its key (a mode a
 budget) with the server time and counters of its segment so far (a segment: one server's share of a key);
 a segment that ends normally closes with its final time and counters. With `--resume` a run reads the
 journal back, refuses one written under another configuration (it may add modes, which then run on every
-problem), and runs only the problems it lacks. Time
+problem, and leave recorded ones out, whose rows stay), and runs only the problems it lacks. Time
 and counters are summed over segments; a killed segment counts up to its last recorded problem (work on
 problems then in flight is counted there and again when they rerun).
 """
@@ -75,15 +75,18 @@ class Journal:
     def _read(self, config: dict[str, Any]) -> list[dict[str, Any]]:
         records = read_records(self.path)
         stored = records[0]["config"]
+        modes = merged_modes(stored.get("modes"), config.get("modes"))
+        if modes is not None:
+            config = {**config, "modes": modes}
         differ = sorted(
             k
             for k in set(config) | set(stored)
-            if config.get(k) != stored.get(k) and not (k == "modes" and adds_modes(stored.get(k), config.get(k)))
+            if config.get(k) != stored.get(k) and not (k == "modes" and modes is not None)
         )
         if differ:
             raise JournalError(
                 f"{self.path} was written by a run with other settings ({', '.join(differ)}); "
-                "rerun with those settings (a resumed run may add modes, not drop or change one), "
+                "rerun with those settings (a resumed run may add modes or leave some out, not change one), "
                 "or without --resume to start afresh"
             )
         # The configuration takes in any added modes. Rewrite without a cut-off last line, so appends start on
@@ -118,11 +121,18 @@ class Journal:
         return key_totals(self._records, key)
 
 
-def adds_modes(stored: Any, wanted: Any) -> bool:
-    """Whether a resumed run's modes keep every recorded mode as it was, adding others: an added mode runs on
-    the problems already recorded, and is paired with the others' rows there (a float32 run gains a mechanism
-    without running `radix` again)."""
-    return isinstance(stored, list) and isinstance(wanted, list) and all(mode in wanted for mode in stored)
+def merged_modes(stored: Any, wanted: Any) -> list[Any] | None:
+    """A resumed run's modes joined to the recorded ones: the recorded, then those it adds; None when a mode
+    both name differs (the same name with other flags is another mode). An added mode runs on the problems
+    already recorded, paired with the others' rows there (a float32 run gains a mechanism without running
+    `radix` again); a recorded mode the run leaves out keeps its rows and runs on no problem this run adds
+    (a mode already measured stops costing hours)."""
+    if not (isinstance(stored, list) and isinstance(wanted, list)):
+        return None
+    recorded = {mode[0]: mode for mode in stored}
+    if any(mode[0] in recorded and mode != recorded[mode[0]] for mode in wanted):
+        return None
+    return stored + [mode for mode in wanted if mode[0] not in recorded]
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
