@@ -44,7 +44,9 @@ def test_costs_from_a_journal_still_filling_in(tmp_path: Path, capsys):
         for i, p in enumerate(predictions):
             usc = {"prediction": p, "full": {"prediction": p if i else "0"}} if mode == "rksc-packets" else None
             text = [f"work {p}"] if mode != "radix-rerun" or i else ["other rounding, same answer"]
-            segment.row(300 + i, _row(300 + i, p, GOLD[300 + i], usc=usc, solutions=text), 1.0, {})
+            merges = int(mode == "rksc-merge" and i == 1)  # merge's texts differ on 301-303, merged only on 301
+            row = _row(300 + i, p, GOLD[300 + i], usc=usc, solutions=text, merged_samples=merges)
+            segment.row(300 + i, row, 1.0, {})
     with open(tmp_path / "journal.jsonl", "a") as f:
         f.write('{"kind": "row", "key": "rksc-merge#0", "ind')  # a line a kill cut short is not read
     config, totals = answer_costs.load_totals(tmp_path)
@@ -60,9 +62,10 @@ def test_costs_from_a_journal_still_filling_in(tmp_path: Path, capsys):
     assert answer_costs.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| tree_of_thought | rksc-merge | 4 | 3 of 4" in out and "packets against the same gather" in out
-    assert "| 1 of 2 (50.0%, 9.5-90.5); 1 of 2; rerun 0 and 1 | 1 of 4 (2) |" in out
+    assert "| 1 of 2 (50.0%, 9.5-90.5); 1 of 2; rerun 0 and 1 | 1 of 4 (2); 2 without a merge |" in out
     # Texts: merge generated radix's only on 300; the rerun on 301 and 302 (300 its rounding, 303 its answer).
     assert (merge.same_texts, merge.drift_same_texts, packets.same_texts) == (1, 2, 3)
+    assert (merge.unmerged_differ, packets.unmerged_differ) == (2, 0)
     tot_row = {"branches": [{"plan": "p", "solution": "s", "reflection": "r", "score": 3}]}
     assert answer_costs.texts(tot_row) == [["p", "s", "r"]] and answer_costs.texts({}) == []
 

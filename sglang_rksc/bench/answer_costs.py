@@ -55,6 +55,9 @@ class Cost:
     # all, so there a mode's other problems are exactly where its mechanisms moved the computation.
     same_texts: int = 0
     drift_same_texts: int = 0
+    # Of the others, those where the mode merged nothing: their texts moved by a mechanism other than merging
+    # (a merged branch's texts are left out of its row, so a merge alone makes a row differ).
+    unmerged_differ: int = 0
 
 
 def load_totals(folder: Path) -> tuple[dict[str, Any], dict[str, KeyTotals]]:
@@ -98,9 +101,9 @@ def decisions(
         forks = int(server.get("forks_alias", 0) + server.get("forks_probe", 0))
         parts.append(f"ASKS forks {forks}, follow-ups from a donor {int(server.get('followups_hit', 0))}")
     if getattr(options, "merge_branches", None) is not None:
-        merged = sum(int(r.get("merged_branches", r.get("merged_samples")) or 0) for r in rows.values())
+        merged_away = sum(merged(r) for r in rows.values())
         kept = sum(len(r.get("branch_answers", r.get("sample_answers")) or []) for r in rows.values())
-        parts.append(f"merged {merged} of {merged + kept} branches")
+        parts.append(f"merged {merged_away} of {merged_away + kept} branches")
     if verification.as_verifier(getattr(options, "verifier", "select")).gated:
         calls = [v for r in rows.values() for v in r.get("verifications") or []]
         parts.append(f"gate skipped {sum(bool(v['skipped']) for v in calls)} of {len(calls)} verifications")
@@ -141,6 +144,7 @@ def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> 
                 drift_gained=_flipped(rerun, set(shared) - right, to=True),
                 same_texts=sum(texts(mine[i]) == texts(ref[i]) for i in shared),
                 drift_same_texts=sum(texts(rerun[i]) == texts(ref[i]) for i in shared),
+                unmerged_differ=sum(texts(mine[i]) != texts(ref[i]) and not merged(mine[i]) for i in shared),
             )
         )
     return out
@@ -152,6 +156,11 @@ def texts(row: Mapping[str, Any]) -> list[Any]:
     if "solutions" in row:
         return list(row["solutions"])
     return [[b.get(k) for k in ("plan", "solution", "reflection")] for b in row.get("branches") or []]
+
+
+def merged(row: Mapping[str, Any]) -> int:
+    """How many branches (tree-of-thought) or samples (self-consistency) a problem's row merged away."""
+    return int(row.get("merged_branches", row.get("merged_samples")) or 0)
 
 
 def _flipped(rows: Mapping[int, Mapping[str, Any]], problems: set[int], *, to: bool) -> int:
@@ -192,7 +201,8 @@ def markdown(
     head = (
         "| program | mode | problems | answers changed vs radix (95% CI) | radix-rerun's drift | beyond drift, points "
         "(95% paired bootstrap) | accuracy (radix) | radix's right answers lost (95% CI); wrong ones made right; "
-        "radix-rerun's | problems with radix's texts token for token (radix-rerun's) |\n"
+        "radix-rerun's | problems with radix's texts token for token (radix-rerun's); of the others, those without a "
+        "merge |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
@@ -203,7 +213,7 @@ def markdown(
             f"{_share(c.drift, c.problems)} | {100 * diff:+.1f} ({100 * low:+.1f} to {100 * high:+.1f}) | "
             f"{c.accuracy:.2f} ({c.reference_accuracy:.2f}) | {_share(c.lost, c.solved) if c.solved else '-'}; "
             f"{c.gained} of {c.problems - c.solved}; rerun {c.drift_lost} and {c.drift_gained} | "
-            f"{c.same_texts} of {c.problems} ({c.drift_same_texts}) |"
+            f"{c.same_texts} of {c.problems} ({c.drift_same_texts}); {c.unmerged_differ} without a merge |"
         )
     for program, k, n in packets:
         lines.append(f"\n{program}, rksc-packets: gather answers changed by packets against the same gather in full, "
