@@ -89,8 +89,8 @@ class Journal:
                 "rerun with those settings (a resumed run may add modes or leave some out, not change one), "
                 "or without --resume to start afresh"
             )
-        # The configuration takes in any added modes. Rewrite without a cut-off last line, so appends start on
-        # a fresh line.
+        # The configuration keeps the modes left out and takes in the added. Rewrite without a cut-off last line,
+        # so appends start on a fresh line.
         records[0] = {"kind": "config", "config": config}
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
@@ -123,7 +123,7 @@ class Journal:
 
 def merged_modes(stored: Any, wanted: Any) -> list[Any] | None:
     """A resumed run's modes joined to the recorded ones: the recorded, then those it adds; None when a mode
-    both name differs (the same name with other flags is another mode). An added mode runs on the problems
+    named in both differs (the same name with other flags is another mode). An added mode runs on the problems
     already recorded, paired with the others' rows there (a float32 run gains a mechanism without running
     `radix` again); a recorded mode the run leaves out keeps its rows and runs on no problem this run adds
     (a mode already measured stops costing hours)."""
