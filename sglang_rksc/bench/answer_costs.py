@@ -127,6 +127,7 @@ def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> 
         changed = [float(mine[i]["prediction"] != ref[i]["prediction"]) for i in shared]
         drift = [float(rerun[i]["prediction"] != ref[i]["prediction"]) for i in shared]
         right = {i for i in shared if ref[i]["correct"]}
+        moved = [i for i in shared if texts(mine[i]) != texts(ref[i])]  # problems whose texts are not radix's
         out.append(
             Cost(
                 program,
@@ -142,9 +143,9 @@ def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> 
                 gained=_flipped(mine, set(shared) - right, to=True),
                 drift_lost=_flipped(rerun, right, to=False),
                 drift_gained=_flipped(rerun, set(shared) - right, to=True),
-                same_texts=sum(texts(mine[i]) == texts(ref[i]) for i in shared),
+                same_texts=len(shared) - len(moved),
                 drift_same_texts=sum(texts(rerun[i]) == texts(ref[i]) for i in shared),
-                unmerged_differ=sum(texts(mine[i]) != texts(ref[i]) and not merged(mine[i]) for i in shared),
+                unmerged_differ=sum(not merged(mine[i]) for i in moved),
             )
         )
     return out
