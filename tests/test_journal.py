@@ -82,3 +82,20 @@ def test_a_resumed_run_may_add_or_leave_out_a_mode_but_not_change_one(tmp_path: 
 def test_peaks_take_the_largest_and_the_tree_the_last():
     parts = [{"a": 1.0, "x_max": 5.0, "tree_tokens": 10.0}, {"a": 2.0, "x_max": 3.0, "tree_tokens": 4.0}]
     assert combine_counters(parts) == {"a": 3.0, "x_max": 5.0, "tree_tokens": 4.0}
+
+
+def test_a_growable_setting_may_be_raised_on_resume_but_not_lowered(tmp_path: Path):
+    path = tmp_path / "journal.jsonl"
+    config = {**CONFIG, "num_problems": 8}
+    Journal(path, config, resume=False, growable=("num_problems",)).segment("k").row(300, {"index": 300}, 1.0, {})
+    grown = Journal(path, {**config, "num_problems": 20}, resume=True, growable=("num_problems",))
+    assert grown.done("k") == {300}
+    assert read_records(path)[0]["config"]["num_problems"] == 20
+    # Lowered, or raised where the benchmark names nothing growable, or given as something else: refused.
+    with pytest.raises(JournalError, match="other settings \\(num_problems\\); .*raise num_problems, not change"):
+        Journal(path, config, resume=True, growable=("num_problems",))
+    with pytest.raises(JournalError, match="other settings \\(num_problems\\)"):
+        Journal(path, {**config, "num_problems": 30}, resume=True)
+    with pytest.raises(JournalError, match="other settings \\(num_problems\\)"):
+        Journal(path, {**config, "num_problems": "30"}, resume=True, growable=("num_problems",))
+    assert read_records(path)[0]["config"]["num_problems"] == 20

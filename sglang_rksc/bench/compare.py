@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the run whose journal.jsonl is in --output-dir (the same settings; it may add modes, "
-        "or leave recorded ones out, whose rows stay): "
+        "or leave recorded ones out, whose rows stay, and raise --num-problems to grow the slice): "
         "only the problems it has not recorded run",
     )
     parser.add_argument(
@@ -183,6 +183,11 @@ def run_mode(
         segment.end(*server_stats.since(server.url, before, started))
 
 
+# A resumed run may raise the number of problems: the slice grows from the same start, the rows recorded stay,
+# and the chunks stay aligned with those of the run it continues.
+GROWABLE = ("num_problems",)
+
+
 def journal_config(args: argparse.Namespace, modes: list[modes_mod.Mode]) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (not --resume, --output-dir or --cost-model)."""
     kept = ("program", "start", "num_problems", "repeats", "temperature", "program_args", "parallel")
@@ -234,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     try:
-        journal = Journal(out_dir / FILE_NAME, journal_config(args, modes), resume=args.resume)
+        journal = Journal(out_dir / FILE_NAME, journal_config(args, modes), resume=args.resume, growable=GROWABLE)
     except JournalError as exc:
         parser.error(str(exc))
     chunk = args.chunk or len(problems)

@@ -5,7 +5,8 @@ configuration; then, for every finished problem, the row under its key (a mode a
 budget) with the server time and counters of its segment so far (a segment: one server's share of a key);
 a segment that ends normally closes with its final time and counters. With `--resume` a run reads the
 journal back, refuses one written under another configuration (it may add modes, which then run on every
-problem, and leave recorded ones out, whose rows stay), and runs only the problems it lacks. Time
+problem, leave recorded ones out, whose rows stay, and raise a setting the benchmark names growable, such as
+`compare`'s number of problems), and runs only the problems it lacks. Time
 and counters are summed over segments; a killed segment counts up to its last recorded problem (work on
 problems then in flight is counted there and again when they rerun).
 """
@@ -56,10 +57,14 @@ def _canonical(value: Any) -> Any:
 
 
 class Journal:
-    """Appends records to `path`; with `resume`, first reads back what an earlier run recorded there."""
+    """Appends records to `path`; with `resume`, first reads back what an earlier run recorded there.
 
-    def __init__(self, path: Path, config: dict[str, Any], *, resume: bool) -> None:
+    `growable` names numeric settings a resumed run may raise (never lower): the journal then holds the
+    larger value, and the rows already recorded stay."""
+
+    def __init__(self, path: Path, config: dict[str, Any], *, resume: bool, growable: tuple[str, ...] = ()) -> None:
         self.path = path
+        self.growable = growable
         self._lock = threading.Lock()
         self._records: list[dict[str, Any]] = []
         config = _canonical(config)
@@ -81,13 +86,16 @@ class Journal:
         differ = sorted(
             k
             for k in set(config) | set(stored)
-            if config.get(k) != stored.get(k) and not (k == "modes" and modes is not None)
+            if config.get(k) != stored.get(k)
+            and not (k == "modes" and modes is not None)
+            and not (k in self.growable and _raised(stored.get(k), config.get(k)))
         )
         if differ:
+            grow = "".join(f", raise {k}" for k in self.growable)
             raise JournalError(
                 f"{self.path} was written by a run with other settings ({', '.join(differ)}); "
-                "rerun with those settings (a resumed run may add modes or leave some out, not change one), "
-                "or without --resume to start afresh"
+                f"rerun with those settings (a resumed run may add modes or leave some out{grow}, not change "
+                "one), or without --resume to start afresh"
             )
         # The configuration keeps the modes left out and takes in the added. Rewrite without a cut-off last line,
         # so appends start on a fresh line.
@@ -119,6 +127,12 @@ class Journal:
     def totals(self, key: str) -> KeyTotals:
         """`key`'s rows (the first recorded per problem) and its segments' time and counters added up."""
         return key_totals(self._records, key)
+
+
+def _raised(stored: Any, wanted: Any) -> bool:
+    """Whether `wanted` is a number at least `stored` (a growable setting kept or raised)."""
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (stored, wanted))
+    return numbers and wanted >= stored
 
 
 def merged_modes(stored: Any, wanted: Any) -> list[Any] | None:
