@@ -12,7 +12,7 @@ import torch
 
 from sglang_rksc import config
 from sglang_rksc.audits.recorder import sampled, spread
-from sglang_rksc.srt.launcher import LaunchError, plan_launch
+from sglang_rksc.srt.launcher import plan_launch
 from sglang_rksc.tools.audits import replay
 from tests.conftest import STRICT_MEMORY_ENV, assert_idle_and_clean, flush_cache
 from tests.test_launcher import isolated_runtime  # noqa: F401  (a fixture)
@@ -49,8 +49,9 @@ def test_a_wrong_audit_rate_is_refused_in_one_line(isolated_runtime):  # noqa: F
         with pytest.raises(config.ConfigError) as info:
             config.split_args(["--rksc-audit-rate", value])
         assert "--rksc-audit-rate" in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(LaunchError, match="--rksc-audit-rate does not run with --rksc-drafts on"):
-        plan_launch(["--rksc-audit-rate", "0.5", "--rksc-drafts", "on"], cuda=False)
+    # Audits read drafts' verify steps too (tests/test_drafts_e2e.py): the two launch together.
+    plan = plan_launch(["--rksc-audit-rate", "0.5", "--rksc-drafts", "on"], cuda=False)
+    assert plan.rksc.audit.rate == 0.5 and plan.rksc.drafts.on and "--speculative-algorithm" in plan.argv
 
 
 PROMPTS = [

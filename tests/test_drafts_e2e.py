@@ -8,6 +8,7 @@ one-token decode round differently, and a near tie of SmolLM2 can then flip (see
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -40,8 +41,16 @@ RETRACTING_ENV = {**STRICT_MEMORY_ENV, "SGLANG_TEST_RETRACT": "1", "SGLANG_RKSC_
 
 
 @pytest.fixture(scope="module")
-def drafts_server(default_model_dir: Path, launch_module_server) -> Iterator[LaunchedServer]:
-    with launch_module_server([*COMMON, *DRAFTS], env=RETRACTING_ENV, log_name="drafts") as server:
+def audit_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("audits") / "audits.jsonl"
+
+
+@pytest.fixture(scope="module")
+def drafts_server(default_model_dir: Path, launch_module_server, audit_log: Path) -> Iterator[LaunchedServer]:
+    # Every generation audited, every position kept: the tests below compare its tokens with the plain server's,
+    # so they also show that audits under drafts change no output.
+    audits = ["--rksc-audit-rate", "1", "--rksc-audit-log", str(audit_log), "--rksc-audit-positions", "4096"]
+    with launch_module_server([*COMMON, *DRAFTS, *audits], env=RETRACTING_ENV, log_name="drafts") as server:
         yield server
 
 
@@ -78,6 +87,29 @@ def test_greedy_outputs_are_the_tokens_of_the_server_without_drafts(drafts_serve
     tokens = sum(r["meta_info"]["completion_tokens"] for r in with_drafts)
     assert accepted > 0 and steps < tokens  # drafts were accepted: fewer decode steps than tokens
     assert drafts_state(drafts_server)["length"]["profile"] == "gpu"
+
+
+def audit_records(log: Path, outputs: list[list[int]]) -> list[dict]:
+    """The audit records of these outputs, in their order (each written as its request finished)."""
+    deadline = time.monotonic() + 30
+    while True:
+        records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        by_output = {tuple(r["output_ids"]): r for r in records}
+        if all(tuple(o) in by_output for o in outputs) or time.monotonic() > deadline:
+            return [by_output.get(tuple(o)) for o in outputs]
+        time.sleep(0.5)
+
+
+def test_audits_read_every_position_of_an_accepted_run(drafts_server, audit_log):
+    """A verify step gives several tokens per request: the audit keeps each one's distribution, the row of the
+    step that produced it (greedy: its top token is the token)."""
+    replies = generate(drafts_server, [f"{text} (audit)" for text in REPEATING], 32)
+    assert sum(sum(drafts_of(r)["accepted"].values()) for r in replies) > 0
+    outputs = [r["output_ids"] for r in replies]
+    for output, record in zip(outputs, audit_records(audit_log, outputs), strict=True):
+        assert record is not None and record["mechanisms"] == ["none"]
+        assert record["positions"] == list(range(len(output)))
+        assert [ids[0] for ids in record["top_ids"]] == output
 
 
 def test_greedy_outputs_survive_retraction(drafts_server, plain_server):

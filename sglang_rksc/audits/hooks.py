@@ -1,7 +1,9 @@
 """The scheduler seams of audits: the batch about to run, its logits before sampling, its result.
 
-On the scheduler's thread these run in order for one batch (CPU and non-overlapped GPU scheduling), so
-the rows chosen before the forward are those whose logits the forward produces.
+On the scheduler's thread these run in order for one batch (CPU and non-overlapped GPU scheduling; drafts
+never overlap), so the requests chosen before the forward are those whose logits the forward produces: one
+row each, or under drafts one row per verified position (the step's width), of which the accepted run's are
+kept.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _start() -> AuditRecorder:
 
 
 def choose_rows(original: Any, scheduler: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
-    """AROUND hook on `Scheduler.run_batch`: the audited requests of a one-token decode or prefill batch."""
+    """AROUND hook on `Scheduler.run_batch`: the audited requests of a decode (drafts: verify) or prefill batch."""
     mode = getattr(batch, "forward_mode", None)
     if mode is not None and (mode.is_decode() or mode.is_extend()) and not mode.is_target_verify():
         audits = _start()
@@ -38,7 +40,7 @@ def choose_rows(original: Any, scheduler: Any, batch: Any, *args: Any, **kwargs:
             if audit is not None and not req.finished():
                 audit.length_before = len(req.output_ids)
                 rows.append((row, req))
-        audits.rows = rows
+        audits.rows, audits.batch_size = rows, len(batch.reqs)
     try:
         return original(scheduler, batch, *args, **kwargs)
     finally:
@@ -52,9 +54,18 @@ def read_logits(original: Any, processor: Any, *args: Any, **kwargs: Any) -> Any
     audits = _Active.recorder
     if audits is not None and audits.rows:
         logits = getattr(output, "next_token_logits", None)
-        if logits is not None and logits.dim() == 2 and logits.shape[0] > max(row for row, _ in audits.rows):
-            audits.keep_rows(logits)
+        width = step_width(kwargs.get("logits_metadata", args[3] if len(args) > 3 else None))
+        if logits is not None and logits.dim() == 2 and logits.shape[0] >= audits.batch_size * width:
+            audits.keep_rows(logits, width)
     return output
+
+
+def step_width(forward_batch: Any) -> int:
+    """Logits rows per request of this forward: a verify step's width under drafts, else one."""
+    mode = getattr(forward_batch, "forward_mode", None)
+    if mode is None or not mode.is_target_verify():
+        return 1
+    return int(getattr(getattr(forward_batch, "spec_info", None), "draft_token_num", 1) or 1)
 
 
 def commit_result(original: Any, scheduler: Any, batch: Any, result: Any, *args: Any, **kwargs: Any) -> Any:

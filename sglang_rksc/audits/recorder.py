@@ -52,6 +52,14 @@ def client_prompt(req: Any) -> list[int]:
     return [int(t) for t in ids]
 
 
+def emitted(req: Any) -> list[int]:
+    """The tokens the client receives: a finish may cut the output short of what the request holds (a stop
+    string, or under drafts a verify step's accepted run that crossed `max_new_tokens`)."""
+    cut = getattr(req, "finished_len", None)
+    ids = req.output_ids if cut is None else req.output_ids[:cut]
+    return [int(t) for t in ids]
+
+
 def spread(positions: list[int], keep: int) -> list[int]:
     """At most `keep` of `positions`, evenly spread from the first to the last."""
     if len(positions) <= keep:
@@ -67,7 +75,9 @@ class RequestAudit:
 
     mechanisms: list[str]
     top: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)  # position -> (ids, logprobs)
-    pending: tuple[list[int], list[float]] | None = None  # this step's row, until its token is committed
+    # This step's rows (one, or a verify step's width under drafts), until its tokens are committed: row j
+    # is the distribution of the step's j-th token.
+    pending: list[tuple[list[int], list[float]]] = field(default_factory=list)
     length_before: int = 0
 
 
@@ -96,7 +106,8 @@ class AuditRecorder:
         path = settings.log or os.path.join(tempfile.gettempdir(), f"sglang-rksc-audits-{os.getpid()}.jsonl")
         self.stats = AuditStats(rate=settings.rate, log=path)
         self._lock = threading.Lock()
-        self.rows: list[tuple[int, Any]] = []  # (row, request) of the batch about to run
+        self.rows: list[tuple[int, Any]] = []  # (index in the batch, request) of the batch about to run
+        self.batch_size = 0  # requests in that batch
 
     def admit(self, req: Any) -> RequestAudit | None:
         """The request's audit, decided the first time it runs: None if it is not audited."""
@@ -115,37 +126,44 @@ class AuditRecorder:
         self.stats.requests_audited += 1
         return audit
 
-    def keep_rows(self, logits: torch.Tensor) -> None:
-        """This batch's logits, read before sampling: the top tokens of each audited row."""
+    def keep_rows(self, logits: torch.Tensor, width: int = 1) -> None:
+        """This batch's logits, read before sampling: the top tokens of each audited request's rows
+        (`width` consecutive rows per request: a verify step's under drafts)."""
         if not self.rows:
             return
-        index = torch.tensor([row for row, _ in self.rows], dtype=torch.long, device=logits.device)
+        rows = [i * width + j for i, _ in self.rows for j in range(width)]
+        index = torch.tensor(rows, dtype=torch.long, device=logits.device)
         logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
         values, ids = torch.topk(logprobs, k=min(self.settings.top_k, logprobs.shape[-1]), dim=-1)
-        for (_, req), row_ids, row_values in zip(self.rows, ids.tolist(), values.tolist(), strict=True):
-            getattr(req, AUDIT_ATTR).pending = (row_ids, [round(v, 5) for v in row_values])
+        kept = [(i, [round(v, 5) for v in v_row]) for i, v_row in zip(ids.tolist(), values.tolist(), strict=True)]
+        for n, (_, req) in enumerate(self.rows):
+            getattr(req, AUDIT_ATTR).pending = kept[n * width : (n + 1) * width]
         self.rows = []
 
     def commit(self, req: Any) -> None:
-        """After the batch's result: the row becomes the position of the token it produced, if one was."""
+        """After the batch's result: each row becomes the position of the token it produced, if one was (under
+        drafts the accepted run's; a prefill chunk that samples nothing keeps none)."""
         audit: RequestAudit = getattr(req, AUDIT_ATTR)
-        if audit.pending is not None and len(req.output_ids) == audit.length_before + 1:
-            audit.top[audit.length_before] = audit.pending
-        audit.pending = None
+        produced = len(req.output_ids) - audit.length_before
+        for j, row in enumerate(audit.pending[: max(produced, 0)]):
+            audit.top[audit.length_before + j] = row
+        audit.pending = []
         if req.finished():
             self.finish(req, audit)
 
     def finish(self, req: Any, audit: RequestAudit) -> None:
         """Append the request's record (evenly spread positions) to the log, once."""
         delattr(req, AUDIT_ATTR)
-        if not audit.top:
+        output = emitted(req)
+        kept = [p for p in audit.top if p < len(output)]
+        if not kept:
             return  # answered without a forward (replay), or aborted before its first token
-        captured = spread(sorted(audit.top), self.settings.positions)
+        captured = spread(sorted(kept), self.settings.positions)
         record = {
             "rid": str(req.rid),
             "mechanisms": audit.mechanisms,
             "prompt_ids": client_prompt(req),
-            "output_ids": [int(t) for t in req.output_ids],
+            "output_ids": output,
             "positions": captured,
             "top_ids": [audit.top[p][0] for p in captured],
             "top_logprobs": [audit.top[p][1] for p in captured],

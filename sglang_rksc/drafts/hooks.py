@@ -58,8 +58,6 @@ def launch_refusal(settings: RkscConfig, argv: list[str]) -> str | None:
             "--rksc-drafts on does not run with --rksc-head-compression: head compression keeps its windows through "
             "SGLang's one-token decode allocation, which speculative decoding replaces"
         )
-    if settings.audit.rate > 0:
-        return "--rksc-audit-rate does not run with --rksc-drafts on: audits read one-token decode steps' logits"
     for flag in ("--speculative-algorithm", "--speculative-num-draft-tokens", "--enable-mixed-chunk"):
         if has_flag(argv, flag):
             return f"--rksc-drafts on sets SGLang's speculative settings itself; drop {flag}"
