@@ -1,4 +1,4 @@
-"""`tools.asks.probe_pairs`: which pairs it scores, and its figures on the default model's probe."""
+"""`bench.probe_pairs`: which pairs it scores, and its figures on the default model's probe."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from sglang_rksc.asks.planning import SpanRules
+from sglang_rksc.bench import probe_pairs
 from sglang_rksc.bench.journal import Journal
-from sglang_rksc.tools.asks import probe_pairs
 
 ROWS = {
     300: {"question": "aaaa", "solutions": ["xx", "xy", "xxxxxxx"], "sample_answers": ["1", "2", "1"]},

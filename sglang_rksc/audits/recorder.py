@@ -135,7 +135,7 @@ class AuditRecorder:
         index = torch.tensor(rows, dtype=torch.long, device=logits.device)
         logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
         values, ids = torch.topk(logprobs, k=min(self.settings.top_k, logprobs.shape[-1]), dim=-1)
-        kept = [(i, [round(v, 5) for v in v_row]) for i, v_row in zip(ids.tolist(), values.tolist(), strict=True)]
+        kept = [(top, [round(v, 5) for v in row]) for top, row in zip(ids.tolist(), values.tolist(), strict=True)]
         for n, (_, req) in enumerate(self.rows):
             getattr(req, AUDIT_ATTR).pending = kept[n * width : (n + 1) * width]
         self.rows = []

@@ -11,7 +11,7 @@ pairs taken from a `bench.compare` journal of `self_consistency_verify`, one mod
 Only pairs the span rules allow (`--rksc-length-ratio`) count. Per kind: the pairs, the median and largest
 score, and how many reach the threshold. A probe with signal scores the first and third kinds below it.
 
-    python -m sglang_rksc.tools.asks.probe_pairs results/answers/scv-fp32 --model qwen2.5-coder-1.5b
+    python -m sglang_rksc.bench.probe_pairs results/answers/scv-fp32 --model qwen2.5-coder-1.5b
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sglang_rksc.asks.planning import SpanRules
+from sglang_rksc.bench.journal import FILE_NAME, JournalError, key_totals, read_records
 from sglang_rksc.config import SemanticSettings
 
 EMBEDDING_KEY = "model.embed_tokens.weight"
@@ -77,28 +78,17 @@ def load_embedding(folder: Path) -> Any:
 
 
 def journal_rows(folder: Path, mode: str) -> dict[int, dict[str, Any]]:
-    """A `bench.compare` journal's rows of `mode` (its first repeat), the first recorded per problem. Read
-    here line by line (a line a kill cut short is skipped): tools stay out of `bench`, which imports them."""
-    lines = (folder / "journal.jsonl").read_text(encoding="utf-8").splitlines()
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    if not records or records[0].get("config", {}).get("program") != "self_consistency_verify":
-        raise ValueError(f"{folder}: not a self_consistency_verify run")
-    rows: dict[int, dict[str, Any]] = {}
-    for record in records[1:]:
-        if record.get("kind") == "row" and record.get("key") == f"{mode}#0":
-            rows.setdefault(record["index"], record["row"])
-    return rows
+    """A `bench.compare` journal's rows of `mode` (its first repeat), the first recorded per problem."""
+    records = read_records(folder / FILE_NAME)
+    if records[0]["config"].get("program") != "self_consistency_verify":
+        raise JournalError(f"{folder}: not a self_consistency_verify run")
+    return key_totals(records[1:], f"{mode}#0").rows
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SemanticSettings()
     parser = argparse.ArgumentParser(
-        prog="python -m sglang_rksc.tools.asks.probe_pairs",
+        prog="python -m sglang_rksc.bench.probe_pairs",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -116,7 +106,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(None if argv is None else list(argv))
     try:
         rows = journal_rows(args.folder, args.mode)
-    except (OSError, ValueError) as exc:
+    except (OSError, JournalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not rows:
