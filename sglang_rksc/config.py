@@ -46,7 +46,13 @@ class SemanticSettings:
     min_span: int = setting(8, "shortest span that may fork or dedupe", low=1)
     length_ratio: float = setting(1.5, "largest length ratio between a span and its donor", low=1.0)
     dedupe: bool = setting(True, "deduplicate finished spans into similar siblings (frees their KV)")
-    probe: bool = setting(True, "fork unseen spans by the zero-forward input-embedding probe")
+    # Off by default: a mean of input embeddings scores questions of different GSM8K problems at up to 0.984 and
+    # forked one onto another's answer on the quality model (docs/mechanisms/asks.md).
+    probe: bool = setting(
+        False,
+        "fork unseen spans by the zero-forward input-embedding probe (default off: it "
+        "cannot tell GSM8K questions apart)",
+    )
     pooling: str = setting(
         "last",
         "span pooling: 'last' (final-normed last layer) or 'layers' (several layers, per-layer cosines "

@@ -89,9 +89,11 @@ def test_what_each_mechanism_did_is_read_from_the_mode_flags_rows_and_counters()
         {1: {}, 2: {}},
         {"forks_alias": 3.0, "forks_probe": 1.0, "followups_hit": 2.0},
     )
-    assert asks == "ASKS forks 4, follow-ups from a donor 2 (2 problems)"  # an ASKS mode that never forked says 0
+    assert (
+        asks == "ASKS forks 4 (1 by the probe), follow-ups from a donor 2 (2 problems)"
+    )  # an ASKS mode that never forked says 0
     assert answer_costs.decisions("tree_of_thought", ["--rksc-semantic", "on"], [], {1: {}}, {}).startswith(
-        "ASKS forks 0,"
+        "ASKS forks 0 (0 by the probe),"
     )
     rows = {
         1: {"merged_branches": 1, "branch_answers": ["1", "2", "3"], "verifications": [{"skipped": True}]},

@@ -16,7 +16,8 @@ QUESTION = "Question: What is the capital city of France?\nAnswer:"
 PARAPHRASE = "Question: What is the capital of France?\nAnswer:"
 UNRELATED = "Question: How many legs does a spider have?\nAnswer:"
 ASKS_ARGS = [
-    "--rksc-semantic", "on", "--rksc-threshold", "0.7", "--rksc-probe-threshold", "0.9", "--rksc-min-span", "4",
+    "--rksc-semantic", "on", "--rksc-threshold", "0.7", "--rksc-probe", "on", "--rksc-probe-threshold", "0.9",
+    "--rksc-min-span", "4",
 ]  # fmt: skip
 
 

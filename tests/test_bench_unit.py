@@ -9,6 +9,7 @@ import pytest
 from sglang_rksc.bench import modes, report, server_stats
 from sglang_rksc.bench.compare import check_slice, server_log_path
 from sglang_rksc.bench.report import Run
+from sglang_rksc.config import RkscConfig
 from sglang_rksc.runtime import cost_model
 
 
@@ -135,11 +136,31 @@ def test_agreement_needs_the_same_problems():
         report.agreement([{"index": 5, "prediction": "1"}], [{"index": 6, "prediction": "1"}])
 
 
+def _probe(mode: modes.Mode) -> str:
+    """The value of `--rksc-probe` in a mode's server flags (the server's default when absent)."""
+    args = list(mode.server_args)
+    return args[args.index("--rksc-probe") + 1] if "--rksc-probe" in args else "default"
+
+
+def test_the_probe_is_off_and_named_in_the_default_set_and_on_in_its_own_modes():
+    """The probe left the default set (one GSM8K answer taken from another problem, issue 34). Its flag is named
+    in every mode with ASKS, so a journal written while it defaulted on cannot be resumed under the same name."""
+    for name in ("rksc-asks", "rksc-full", "rksc-full+heads", "rksc-full+drafts"):
+        assert _probe(modes.MODES[name]) == "off", name
+    assert RkscConfig().semantic.probe is False
+    for name in ("rksc-asks", "rksc-full"):
+        base, probed = modes.MODES[name], modes.MODES[name + "+probe"]
+        assert _probe(probed) == "on" and probed.program_args == base.program_args
+        assert [a for a in probed.server_args if a != "on"] == [a for a in base.server_args if a not in ("off", "on")]
+
+
 def test_threshold_variants_of_the_semantic_mode():
     plain, strict = modes.resolve(["rksc-asks", "rksc-asks@0.9/0.95"])
     assert strict.name == "rksc-asks@0.9/0.95"
     assert strict.server_args[-4:] == ("--rksc-threshold", "0.9", "--rksc-probe-threshold", "0.95")
     assert "--rksc-threshold" not in plain.server_args
+    # A probe threshold turns the probe on; one threshold leaves it off, as in rksc-asks.
+    assert _probe(strict) == "on" and _probe(plain) == "off" and _probe(modes.resolve(["rksc-asks@0.9"])[0]) == "off"
     with pytest.raises(ValueError, match="takes no thresholds"):
         modes.resolve(["radix@0.9"])
     with pytest.raises(ValueError, match="cosines"):

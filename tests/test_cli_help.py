@@ -44,6 +44,7 @@ COMMANDS = {
     ],
     "sglang_rksc.bench.answer_costs": ["folders"],
     "sglang_rksc.tools.audits.replay": ["--model", "--limit", "--answers", "--output"],
+    "sglang_rksc.bench.rename_mode": ["old", "new", "--was"],
     "sglang_rksc.bench.probe_pairs": ["--mode", "--model", "--threshold", "--length-ratio", "--output"],
     "sglang_rksc.tools.cgee.threshold": ["--calibrate", "--report", "--min-layer"],
     "sglang_rksc.bench.decode_throughput": ["--max-new-tokens", "--repeats", "--url", "--model", "--cost-model"],

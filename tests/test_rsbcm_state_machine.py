@@ -42,7 +42,7 @@ def documented_priority(node, now):
 class RsbcmCacheMachine(SemanticCacheMachine):
     def __init__(self) -> None:
         super().__init__()
-        config = asks_config(threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
+        config = asks_config(threshold=0.8, probe=True, probe_threshold=0.8, min_span=8, length_ratio=1.5)
         self.h = PoolHarness(config, slots=320, rows=8, eviction_policy=POLICY_NAME)
 
     @precondition(lambda self: self.h.released)

@@ -28,7 +28,7 @@ META_KEY = Meta.SEMANTIC
 
 
 def settings(**overrides) -> SemanticSettings:
-    values = dict(on=True, threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
+    values = dict(on=True, threshold=0.8, probe=True, probe_threshold=0.8, min_span=8, length_ratio=1.5)
     return SemanticSettings(**{**values, **overrides})
 
 

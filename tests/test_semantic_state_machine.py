@@ -31,7 +31,7 @@ REACHED = {"dedupes": 0, "forks_alias": 0, "forks_probe": 0, "evicted": 0}  # ov
 class SemanticCacheMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        config = asks_config(threshold=0.8, probe_threshold=0.8, min_span=8, length_ratio=1.5)
+        config = asks_config(threshold=0.8, probe=True, probe_threshold=0.8, min_span=8, length_ratio=1.5)
         self.h = PoolHarness(config, slots=320, rows=8)
         self.locks = []  # (lock, node) held by the test itself
 

@@ -98,8 +98,11 @@ def decisions(
     options = common.program_options(PROGRAMS[program], program_args)
     parts = []
     if "--rksc-semantic" in server_args:
-        forks = int(server.get("forks_alias", 0) + server.get("forks_probe", 0))
-        parts.append(f"ASKS forks {forks}, follow-ups from a donor {int(server.get('followups_hit', 0))}")
+        probe = int(server.get("forks_probe", 0))
+        forks = int(server.get("forks_alias", 0)) + probe
+        parts.append(
+            f"ASKS forks {forks} ({probe} by the probe), follow-ups from a donor {int(server.get('followups_hit', 0))}"
+        )
     if getattr(options, "merge_branches", None) is not None:
         merged_away = sum(merged(r) for r in rows.values())
         kept = sum(len(r.get("branch_answers", r.get("sample_answers")) or []) for r in rows.values())

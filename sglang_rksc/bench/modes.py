@@ -32,10 +32,13 @@ PACKETS_FLAGS = ("--rksc-packets", "on")
 # rksc-full, the default set: every mechanism but head compression and packets, whose prices in answers on the
 # quality model are beyond the 2-point aim (head compression: 7 of 20 self-consistency answers against radix's
 # drift of 4; packets: 7 of 28 gather answers against the same gather in full; docs/answer-costs.md). Both stay
-# opt-in (`rksc-heads`, `rksc-packets`, and `rksc-full+heads`, which turns on every mechanism).
+# opt-in (`rksc-heads`, `rksc-packets`, and `rksc-full+heads`, which turns on every mechanism). ASKS's
+# zero-forward probe is off too, and named so: journals written while it was on by default record those rows
+# under `+probe` modes, and a resume must not mix the two under one name (docs/mechanisms/asks.md).
+PROBE_FLAG = "--rksc-probe"
+ASKS_SERVER_ARGS = ("--radix-cache-backend", "rksc", "--rksc-semantic", "on", PROBE_FLAG, "off")
 FULL_SERVER_ARGS = (
-    "--radix-cache-backend", "rksc", "--rksc-semantic", "on", "--radix-eviction-policy", "rsbcm",
-    "--rksc-reuse", "on", "--rksc-span-embeddings", "on",
+    *ASKS_SERVER_ARGS, "--radix-eviction-policy", "rsbcm", "--rksc-reuse", "on", "--rksc-span-embeddings", "on",
 )  # fmt: skip
 FULL_PROGRAM_ARGS = ("--verifier", "cgee", "--merge-branches", MERGE_THRESHOLD)
 
@@ -64,8 +67,8 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "rksc-asks",
-            "semantic sharing (ASKS): dedupe at release, fork at admission",
-            ("--radix-cache-backend", "rksc", "--rksc-semantic", "on"),
+            "semantic sharing (ASKS): dedupe at release, fork at admission onto deduplicated spans",
+            ASKS_SERVER_ARGS,
         ),
         Mode(
             "rksc-verify",
@@ -138,6 +141,12 @@ MODES: dict[str, Mode] = {
 DRAFTS_FLAGS = ("--rksc-drafts", "on")
 
 
+def _with_probe(args: tuple[str, ...]) -> tuple[str, ...]:
+    """`args` with ASKS's zero-forward probe turned on."""
+    i = args.index(PROBE_FLAG)
+    return (*args[: i + 1], "on", *args[i + 2 :])
+
+
 def _without_flag(args: tuple[str, ...], flag: str) -> tuple[str, ...]:
     """`args` less `flag` and its value."""
     if flag not in args:
@@ -164,6 +173,18 @@ MODES.update(
             MODES["rksc-full"],
             "rksc-full plus drafts (speculative decoding from the program's own branches): ASKS, CGEE, RSBCM "
             "with marks, reuse, merging, drafts",
+        ),
+        Mode(
+            "rksc-asks+probe",
+            "ASKS with its zero-forward probe: also forks unseen spans by their input embeddings at admission",
+            _with_probe(MODES["rksc-asks"].server_args),
+        ),
+        Mode(
+            "rksc-full+probe",
+            "rksc-full with ASKS's zero-forward probe, the default set until the probe answered one GSM8K problem "
+            "with another's solutions",
+            _with_probe(MODES["rksc-full"].server_args),
+            MODES["rksc-full"].program_args,
         ),
     )
 )
@@ -222,7 +243,7 @@ def _with_sparsity(mode: Mode, spec: str) -> Mode:
 
 
 def _with_thresholds(mode: Mode, spec: str) -> Mode:
-    """`rksc-asks@0.9` (hidden-state threshold) or `rksc-asks@0.9/0.95` (and probe threshold)."""
+    """`rksc-asks@0.9` (hidden-state threshold) or `rksc-asks@0.9/0.95` (and the probe, on at that threshold)."""
     parts = spec.split("/")
     try:
         values = [float(p) for p in parts]
@@ -232,7 +253,7 @@ def _with_thresholds(mode: Mode, spec: str) -> Mode:
         raise ValueError(f"mode {mode.name}@{spec}: give one or two cosines in [-1, 1]")
     args = [*mode.server_args, "--rksc-threshold", parts[0]]
     if len(values) == 2:
-        args += ["--rksc-probe-threshold", parts[1]]
+        args = [*_with_probe(tuple(args)), "--rksc-probe-threshold", parts[1]]
     return Mode(f"{mode.name}@{spec}", f"{mode.description}, thresholds {spec}", tuple(args), mode.program_args)
 
 
