@@ -35,6 +35,8 @@ from tests.fuzz_payloads import generate_bodies, internal_state_bodies
 EVERY_FEATURE = [
     "--rksc-semantic",
     "on",
+    "--rksc-probe",  # off by default since 2026-12-07; still served, so still fuzzed
+    "on",
     "--rksc-reuse",
     "on",
     "--rksc-span-embeddings",

@@ -136,3 +136,24 @@ def test_console_script_is_installed():
 
     (script,) = entry_points(group="console_scripts", name="sglang-rksc-server")
     assert script.load() is launcher.main
+
+
+def test_a_port_taken_before_the_server_binds_it_is_chosen_again(launch_server, monkeypatch: pytest.MonkeyPatch):
+    """`free_port`'s answer can be taken by another process before SGLang binds it (servers starting side by
+    side). SGLang then logs the failed bind and stays up without serving; the launcher reads that in the log and
+    starts again on another port instead of waiting out its startup timeout."""
+    import socket
+
+    import requests
+
+    from sglang_rksc.runtime import server_process
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))  # bound, not listening: our own check passes, SGLang's bind fails
+        taken = holder.getsockname()[1]
+        first = iter([taken])
+        choose = server_process.free_port
+        monkeypatch.setattr(server_process, "free_port", lambda host="127.0.0.1": next(first, None) or choose(host))
+        with launch_server(log_name="taken", startup_timeout_s=300) as server:
+            assert server.port != taken
+            assert requests.get(server.url + "/health", timeout=30).status_code == 200

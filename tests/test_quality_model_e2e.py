@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(
 
 # One server with every feature that composes (one Qwen load: a minute or more on 2 cores).
 EVERY_FEATURE = [
-    "--rksc-semantic", "on", "--rksc-reuse", "on", "--rksc-span-embeddings", "on", "--radix-eviction-policy", "rsbcm",
-    "--rksc-head-compression", "0.4",
+    "--rksc-semantic", "on", "--rksc-probe", "on", "--rksc-reuse", "on", "--rksc-span-embeddings", "on",
+    "--radix-eviction-policy", "rsbcm", "--rksc-head-compression", "0.4",
 ]  # fmt: skip
 
 

@@ -125,7 +125,7 @@ MODES: dict[str, Mode] = {
         Mode(
             "rksc-full",
             "the default set (the mechanisms whose answer price is within radix's drift, docs/answer-costs.md): "
-            "ASKS, CGEE, RSBCM with marks, reuse, merging",
+            "ASKS without its probe, CGEE, RSBCM with marks, reuse, merging",
             FULL_SERVER_ARGS,
             program_args=FULL_PROGRAM_ARGS,
         ),
@@ -171,8 +171,8 @@ MODES.update(
         _with_drafts(
             "rksc-full+drafts",
             MODES["rksc-full"],
-            "rksc-full plus drafts (speculative decoding from the program's own branches): ASKS, CGEE, RSBCM "
-            "with marks, reuse, merging, drafts",
+            "rksc-full plus drafts (speculative decoding from the program's own branches): ASKS without its "
+            "probe, CGEE, RSBCM with marks, reuse, merging, drafts",
         ),
         Mode(
             "rksc-asks+probe",

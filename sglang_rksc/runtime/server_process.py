@@ -26,6 +26,16 @@ class ServerStartError(RuntimeError):
     """The server exited or did not become healthy in time."""
 
 
+class PortTakenError(ServerStartError):
+    """Another process bound the server's port between our check and SGLang's bind."""
+
+
+# What the server logs when its port was taken after our check: SGLang then stays up without serving, and the
+# health check would wait out its whole timeout. A port we chose is chosen again instead.
+PORT_TAKEN = "address already in use"
+PORT_TRIES = 3
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that nothing listens on right now (SGLang also takes a few above it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -73,6 +83,7 @@ class LaunchedServer:
         module: str = "sglang_rksc.launch_server",
     ) -> None:
         self.host = host
+        self.own_port = port is None  # ours to choose again if another process takes it first
         self.port = port or free_port(host)
         self.server_args = list(server_args)
         self.startup_timeout_s = startup_timeout_s
@@ -103,6 +114,17 @@ class LaunchedServer:
 
     def start(self) -> LaunchedServer:
         assert self.proc is None, "already started"
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                return self._start_once()
+            except PortTakenError:
+                if not self.own_port or attempt == PORT_TRIES:
+                    raise
+                self.proc = None
+                self.port = free_port(self.host)
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> LaunchedServer:
         if port_in_use(self.host, self.port):  # else the health check would be answered by that other process
             raise ServerStartError(f"something already listens on {self.host}:{self.port}")
         env = dict(os.environ if self.env is None else self.env)
@@ -122,8 +144,15 @@ class LaunchedServer:
     def _wait_healthy(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + self.startup_timeout_s
+        read = 0  # bytes of the log already searched for PORT_TAKEN
         while time.monotonic() < deadline:
             code = self.proc.poll()
+            read, taken = self._log_says_port_taken(read)
+            if taken:
+                raise PortTakenError(
+                    f"port {self.port} was taken before the server bound it; log {self.log_path}:\n"
+                    + _tail(self.log_path)
+                )
             if code is not None:
                 raise ServerStartError(
                     f"server exited with status {code} before it was ready; log {self.log_path}:\n"
@@ -139,6 +168,18 @@ class LaunchedServer:
         raise ServerStartError(
             f"server not healthy after {self.startup_timeout_s:.0f} s; log {self.log_path}:\n" + _tail(self.log_path)
         )
+
+    def _log_says_port_taken(self, start: int) -> tuple[int, bool]:
+        """Whether the log, from byte `start` on (less a marker's length, in case one was cut), says the port
+        was taken; and where to start next time."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(0, start - len(PORT_TAKEN)))
+                text = log.read()
+        except OSError:
+            return start, False
+        end = max(0, start - len(PORT_TAKEN)) + len(text)
+        return end, PORT_TAKEN in text.decode(errors="replace").lower()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Terminate the server's process group; kill it if it does not go in time."""
