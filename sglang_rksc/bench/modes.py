@@ -147,7 +147,7 @@ def _with_probe(args: tuple[str, ...]) -> tuple[str, ...]:
     return (*args[: i + 1], "on", *args[i + 2 :])
 
 
-def _without_flag(args: tuple[str, ...], flag: str) -> tuple[str, ...]:
+def without_flag(args: tuple[str, ...], flag: str) -> tuple[str, ...]:
     """`args` less `flag` and its value."""
     if flag not in args:
         return args
@@ -157,7 +157,7 @@ def _without_flag(args: tuple[str, ...], flag: str) -> tuple[str, ...]:
 
 def _with_drafts(name: str, mode: Mode, description: str) -> Mode:
     """`mode` plus drafts (`--rksc-drafts on`), less head compression, which drafts are refused with at launch."""
-    return Mode(name, description, (*_without_flag(mode.server_args, HEADS_FLAG), *DRAFTS_FLAGS), mode.program_args)
+    return Mode(name, description, (*without_flag(mode.server_args, HEADS_FLAG), *DRAFTS_FLAGS), mode.program_args)
 
 
 MODES.update(

@@ -31,14 +31,6 @@ class RenameError(ValueError):
     """A rename that would not name what ran: one line."""
 
 
-def _without(args: list[str], flag: str) -> list[str]:
-    """`args` less `flag` and its value."""
-    if flag not in args:
-        return args
-    i = args.index(flag)
-    return args[:i] + args[i + 2 :]
-
-
 def renamed_key(key: str, old: str, new: str) -> str:
     """`key` under `new` when it is a key of mode `old`, else `key`."""
     if key.startswith(old) and _KEY_TAIL.fullmatch(key[len(old) :]):
@@ -61,7 +53,11 @@ def rename_records(records: list[dict[str, Any]], old: str, new: str, was: tuple
     if flag in server_args:
         raise RenameError(f"{old} was launched with {flag} given, so no default of it changed what ran")
     wanted = list(target.server_args)
-    if wanted.count(flag) != 1 or wanted[wanted.index(flag) + 1] != value or _without(wanted, flag) != server_args:
+    if (
+        wanted.count(flag) != 1
+        or wanted[wanted.index(flag) + 1] != value
+        or list(modes_mod.without_flag(target.server_args, flag)) != server_args
+    ):
         raise RenameError(
             f"{new}'s flags ({' '.join(target.server_args)}) are not {old}'s recorded ones "
             f"({' '.join(server_args)}) plus {flag} {value}"

@@ -114,15 +114,15 @@ class LaunchedServer:
 
     def start(self) -> LaunchedServer:
         assert self.proc is None, "already started"
-        for attempt in range(1, PORT_TRIES + 1):
+        for _ in range(PORT_TRIES - 1):
             try:
                 return self._start_once()
             except PortTakenError:
-                if not self.own_port or attempt == PORT_TRIES:
+                if not self.own_port:
                     raise
                 self.proc = None
                 self.port = free_port(self.host)
-        raise AssertionError("unreachable")
+        return self._start_once()  # the last try: a taken port now fails the start
 
     def _start_once(self) -> LaunchedServer:
         if port_in_use(self.host, self.port):  # else the health check would be answered by that other process
@@ -172,14 +172,14 @@ class LaunchedServer:
     def _log_says_port_taken(self, start: int) -> tuple[int, bool]:
         """Whether the log, from byte `start` on (less a marker's length, in case one was cut), says the port
         was taken; and where to start next time."""
+        begin = max(0, start - len(PORT_TAKEN))
         try:
             with open(self.log_path, "rb") as log:
-                log.seek(max(0, start - len(PORT_TAKEN)))
+                log.seek(begin)
                 text = log.read()
         except OSError:
             return start, False
-        end = max(0, start - len(PORT_TAKEN)) + len(text)
-        return end, PORT_TAKEN in text.decode(errors="replace").lower()
+        return begin + len(text), PORT_TAKEN in text.decode(errors="replace").lower()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Terminate the server's process group; kill it if it does not go in time."""
