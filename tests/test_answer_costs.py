@@ -113,3 +113,26 @@ def test_what_each_mechanism_did_is_read_from_the_mode_flags_rows_and_counters()
     # The reference modes turn nothing approximate on: nothing to say.
     assert answer_costs.decisions("tree_of_thought", ["--radix-cache-backend", "default"], [], rows, {}) == ""
     assert answer_costs.decisions("tree_of_thought", [], ["--verifier", "select"], rows, {}) == ""
+
+
+def test_a_mode_is_judged_on_problems_the_rerun_left_out_with_no_drift_counted_there(tmp_path: Path, capsys):
+    answers = {
+        "radix": ["1", "2", "3", "4", "5"],
+        "radix-rerun": ["1", "7"],  # ran on the first two only, and drifted on 301
+        "rksc-full": ["1", "2", "3", "8", "5"],  # changed 303, where the rerun did not run
+    }
+    config = {"program": "self_consistency_verify", "modes": [(mode, [], []) for mode in answers]}
+    journal = Journal(tmp_path / "journal.jsonl", config, resume=False)
+    for mode, predictions in answers.items():
+        segment = journal.segment(f"{mode}#0")
+        for i, p in enumerate(predictions):
+            segment.row(300 + i, _row(300 + i, p, solutions=[f"work {p}"]), 1.0, {})
+    config, totals = answer_costs.load_totals(tmp_path)
+    (full,) = answer_costs.costs(config["program"], answer_costs.rows_of(totals))
+    assert (full.problems, full.rerun_problems, full.changed, full.drift) == (5, 2, 1, 1)
+    assert full.beyond[0] == pytest.approx(0.0)  # 1 of 5 changed, against 1 drift counted over the same 5
+    assert (full.same_texts, full.drift_same_texts) == (4, 1)
+    assert answer_costs.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 of 2 (50.0%, 9.5-90.5), rerun on 2 (none counted on the rest) |" in out
+    assert "| 4 of 5 (1 of 2); 1 without a merge |" in out
