@@ -132,7 +132,7 @@ def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> 
         if mode in (REFERENCE, RERUN):
             continue
         shared = sorted(set(mine) & set(ref))
-        rerun_shared = [i for i in shared if i in rerun]
+        rerun_shared = set(shared) & set(rerun)  # the problems drift is measured on
         if not rerun_shared:
             continue
         changed = [float(mine[i]["prediction"] != ref[i]["prediction"]) for i in shared]
@@ -153,8 +153,8 @@ def costs(program: str, rows: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> 
                 solved=len(right),
                 lost=_flipped(mine, right, to=False),
                 gained=_flipped(mine, set(shared) - right, to=True),
-                drift_lost=_flipped(rerun, right & set(rerun), to=False),
-                drift_gained=_flipped(rerun, set(rerun_shared) - right, to=True),
+                drift_lost=_flipped(rerun, right & rerun_shared, to=False),
+                drift_gained=_flipped(rerun, rerun_shared - right, to=True),
                 same_texts=len(shared) - len(moved),
                 drift_same_texts=sum(texts(rerun[i]) == texts(ref[i]) for i in rerun_shared),
                 unmerged_differ=sum(not merged(mine[i]) for i in moved),
