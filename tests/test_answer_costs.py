@@ -110,6 +110,11 @@ def test_what_each_mechanism_did_is_read_from_the_mode_flags_rows_and_counters()
         {},
     )
     assert both == "merged 2 of 4 branches; gather prompts with packets 1 (1 problem)"
+    # In self-consistency auto merges nothing, so merging is not among what a mode at auto decided.
+    auto = ["--verifier", "cgee", "--merge-branches", "auto"]
+    assert answer_costs.decisions("self_consistency_verify", [], auto, samples, {}) == (
+        "gate skipped 0 of 0 verifications (1 problem)"
+    )
     # The reference modes turn nothing approximate on: nothing to say.
     assert answer_costs.decisions("tree_of_thought", ["--radix-cache-backend", "default"], [], rows, {}) == ""
     assert answer_costs.decisions("tree_of_thought", [], ["--verifier", "select"], rows, {}) == ""

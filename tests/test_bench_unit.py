@@ -46,8 +46,12 @@ def test_merge_threshold_in_the_mode_name():
         modes.resolve(["rksc-merge@1.5"])
     with pytest.raises(ValueError, match="number"):
         modes.resolve(["rksc-merge@high"])
+    # Any mode that merges takes one: rksc-full@0.9 merges at 0.9 in every program, self-consistency included.
+    (full,) = modes.resolve(["rksc-full@0.9"])
+    assert full.program_args == ("--verifier", "cgee", "--merge-branches", "0.9")
+    assert full.server_args == modes.MODES["rksc-full"].server_args and "self-consistency included" in full.description
     with pytest.raises(ValueError, match="takes no thresholds"):
-        modes.resolve(["rksc-full@0.9"])
+        modes.resolve(["rksc-cgee@0.9"])
     with pytest.raises(ValueError, match="takes no thresholds"):
         modes.resolve(["radix@0.9"])
 
@@ -237,7 +241,7 @@ def test_the_drafts_modes():
         "rksc-full+drafts",
     ]
     with pytest.raises(ValueError, match="takes no thresholds"):
-        modes.resolve(["rksc-full+drafts@0.9"])
+        modes.resolve(["radix+drafts@0.9"])
     assert server_log_path(Path("out"), "rksc-full+drafts", 0) == Path("out/server-rksc-full+drafts-0.log")
 
 

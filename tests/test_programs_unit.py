@@ -231,3 +231,9 @@ def test_budgets_and_the_merge_threshold_follow_the_served_model():
         Endpoint("some/other-model"), Namespace(max_tokens=50, merge_branches=None), "game_of_24"
     )
     assert (flagged.profile, flagged.max_tokens, flagged.merge_threshold) == ("smollm2-135m", 50, None)
+    # Self-consistency's solutions are finished when they merge: auto merges none, a threshold given still does.
+    qwen_sc = common.resolve_for_model(Endpoint("Qwen2.5-Coder-1.5B"), auto, "self_consistency_verify")
+    assert qwen_sc.merge_threshold is None and qwen_sc.max_tokens == 384
+    given = Namespace(max_tokens=None, merge_branches=0.85)
+    qwen_sc_given = common.resolve_for_model(Endpoint("Qwen2.5-Coder-1.5B"), given, "self_consistency_verify")
+    assert qwen_sc_given.merge_threshold == 0.85

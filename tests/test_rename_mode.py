@@ -98,3 +98,38 @@ def test_the_report_is_renamed_and_written_again(tmp_path: Path):
     assert (tmp_path / "serve.md").read_text().splitlines() == [
         "| 3,072 | rksc-full+probe | one server |", "| 3,072 | rksc-full+heads | x |"
     ]  # fmt: skip
+
+
+def _merge_journal(path: Path, model: str, program_args: list[str]) -> None:
+    config = {"program": "self_consistency_verify", "model": model, "start": 300, "repeats": 1}
+    config["modes"] = [["rksc-full", list(modes.MODES["rksc-full"].server_args), program_args]]
+    journal = Journal(path / "journal.jsonl", config, resume=False)
+    seg = journal.segment("rksc-full#0")
+    seg.row(300, {"index": 300, "prediction": "18"}, 1.0, {})
+    seg.end(2.0, {})
+
+
+def test_rows_run_when_auto_merged_self_consistency_move_to_the_threshold_it_stood_for(tmp_path: Path):
+    _merge_journal(tmp_path, "qwen2.5-coder-1.5b", PROGRAM)
+    rename_mode.main([str(tmp_path), "rksc-full", "rksc-full@0.9", "--merge-auto"])
+    after = read_records(tmp_path / "journal.jsonl")
+    assert after[0]["config"]["modes"][0] == [
+        "rksc-full@0.9", list(modes.MODES["rksc-full"].server_args), ["--verifier", "cgee", "--merge-branches", "0.9"]
+    ]  # fmt: skip
+    assert [r.get("key") for r in after[1:]] == ["rksc-full@0.9#0", "rksc-full@0.9#0"]
+
+
+@pytest.mark.parametrize(
+    ("model", "program_args", "new", "match"),
+    [
+        ("smollm2-135m", PROGRAM, "rksc-full@0.9", "stood for on smollm2-135m"),  # auto was 0.8 there
+        ("qwen2.5-coder-1.5b", ["--verifier", "cgee", "--merge-branches", "0.8"], "rksc-full@0.8", "did not merge"),
+        ("qwen2.5-coder-1.5b", PROGRAM, "rksc-merge@0.9", "is not rksc-full with auto named"),
+    ],
+)
+def test_a_merge_auto_rename_that_would_not_name_what_ran_is_refused(tmp_path: Path, model, program_args, new, match):
+    _merge_journal(tmp_path, model, program_args)
+    text = (tmp_path / "journal.jsonl").read_text()
+    with pytest.raises(rename_mode.RenameError, match=match):
+        rename_mode.rename(tmp_path, "rksc-full", new, (rename_mode.MERGE_AUTO, ""))
+    assert (tmp_path / "journal.jsonl").read_text() == text

@@ -109,7 +109,7 @@ def decisions(
         parts.append(
             f"ASKS forks {forks} ({probe} by the probe), follow-ups from a donor {int(server.get('followups_hit', 0))}"
         )
-    if getattr(options, "merge_branches", None) is not None:
+    if common.merge_threshold_for(program, getattr(options, "merge_branches", None), 1.0) is not None:
         merged_away = sum(merged(r) for r in rows.values())
         kept = sum(len(r.get("branch_answers", r.get("sample_answers")) or []) for r in rows.values())
         parts.append(f"merged {merged_away} of {merged_away + kept} branches")

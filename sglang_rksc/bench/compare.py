@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--modes",
         default=",".join(modes_mod.DEFAULT_MODES),
         help=f"comma-separated modes, from: {', '.join(modes_mod.MODES)} "
-        "(rksc-asks@T[/P] sets ASKS thresholds, rksc-merge@T the merge threshold; +drafts: with --rksc-drafts on)",
+        "(rksc-asks@T[/P] sets ASKS thresholds, rksc-merge@T and rksc-full@T the merge threshold, "
+        "self-consistency included; +drafts: with --rksc-drafts on)",
     )
     parser.add_argument(
         "--repeats",

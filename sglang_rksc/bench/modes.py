@@ -23,7 +23,11 @@ MERGE_FLAG = "--merge-branches"
 
 
 def _merge_description(threshold: float | str) -> str:
-    similarity = "the model's calibrated similarity" if threshold == "auto" else f"similarity {threshold}"
+    similarity = (
+        "the model's calibrated similarity; none in self-consistency"
+        if threshold == "auto"
+        else f"similarity {threshold}"
+    )
     return f"near-duplicate branches merged in the frontend ({similarity}), by the server's span embeddings"
 
 
@@ -125,7 +129,8 @@ MODES: dict[str, Mode] = {
         Mode(
             "rksc-full",
             "the default set (the mechanisms whose answer price is within radix's drift, docs/answer-costs.md): "
-            "ASKS without its probe, CGEE, RSBCM with marks, reuse, merging",
+            "ASKS without its probe, CGEE, RSBCM with marks, reuse, merging (not of self-consistency's finished "
+            "solutions, where it would save only their verification)",
             FULL_SERVER_ARGS,
             program_args=FULL_PROGRAM_ARGS,
         ),
@@ -201,13 +206,19 @@ def _number(mode: Mode, spec: str, what: str) -> float:
 
 
 def _with_merge_threshold(mode: Mode, spec: str) -> Mode:
-    """`rksc-merge@0.9`: the programs merge branches at this similarity."""
+    """`rksc-merge@0.9`, `rksc-full@0.9`: the programs merge branches at this similarity, self-consistency's
+    finished solutions too (which `auto` leaves alone)."""
     value = _number(mode, spec, "the merge threshold")
     if not -1.0 <= value <= 1.0:
         raise ValueError(f"mode {mode.name}@{spec}: the merge threshold must be a similarity in [-1, 1]")
     args = list(mode.program_args)
     args[args.index(MERGE_FLAG) + 1] = spec
-    return Mode(f"{mode.name}@{spec}", _merge_description(spec), mode.server_args, tuple(args))
+    description = (
+        _merge_description(spec)
+        if mode.name == "rksc-merge"
+        else f"{mode.description}; merging at similarity {spec} in every program, self-consistency included"
+    )
+    return Mode(f"{mode.name}@{spec}", description, mode.server_args, tuple(args))
 
 
 def _with_sparsity(mode: Mode, spec: str) -> Mode:
@@ -258,8 +269,9 @@ def _with_thresholds(mode: Mode, spec: str) -> Mode:
 
 
 def resolve(names: list[str]) -> list[Mode]:
-    """Modes by name, in the order given; `rksc-asks@t[/p]` sets ASKS thresholds, `rksc-merge@t` the merge
-    threshold, `rksc-heads@s` the head-compression sparsity. Unknown names raise ValueError."""
+    """Modes by name, in the order given; `rksc-asks@t[/p]` sets ASKS thresholds, `rksc-merge@t` (and any mode
+    that merges: `rksc-full@t`) the merge threshold, `rksc-heads@s` the head-compression sparsity. Unknown names
+    raise ValueError."""
     base = [n.split("@", 1)[0] for n in names]
     unknown = [n for n in base if n not in MODES]
     if unknown:
@@ -271,7 +283,7 @@ def resolve(names: list[str]) -> list[Mode]:
         mode = MODES[root]
         if "@" in name:
             spec = name.split("@", 1)[1]
-            if root == "rksc-merge":
+            if MERGE_FLAG in mode.program_args:
                 mode = _with_merge_threshold(mode, spec)
             elif root == "rksc-heads":
                 mode = _with_sparsity(mode, spec)

@@ -7,6 +7,14 @@ the value the old default had. Its program flags must be the recorded ones. A re
 under its old name and new flags, and each name keeps one meaning.
 
     python -m sglang_rksc.bench.rename_mode results/answers/scv-fp32 rksc-full rksc-full+probe --was rksc-probe on
+
+The same for a program default that changed under an unchanged flag: `--merge-branches auto` merged
+self-consistency's finished solutions until 2026-12-07, and no longer does. Rows from then move to the mode that
+names the threshold auto stood for on the journal's model (`--merge-auto`: `rksc-full` becomes `rksc-full@0.9`
+on Qwen2.5-Coder-1.5B). Since the flags did not change, a journal left unrenamed would resume under the new
+meaning unrefused: every journal in `results/answers` that merged self-consistency was renamed.
+
+    python -m sglang_rksc.bench.rename_mode results/answers/scv-fp32 rksc-full rksc-full@0.9 --merge-auto
 """
 
 from __future__ import annotations
@@ -38,17 +46,14 @@ def renamed_key(key: str, old: str, new: str) -> str:
     return key
 
 
-def rename_records(records: list[dict[str, Any]], old: str, new: str, was: tuple[str, str]) -> list[dict[str, Any]]:
-    """The journal's records with mode `old` (run while flag `was[0]` defaulted to `was[1]`) under mode `new`."""
-    config = records[0]["config"]
-    entries = config.get("modes") or []
-    names = [entry[0] for entry in entries]
-    if old not in names:
-        raise RenameError(f"the journal has no mode {old} (it has {', '.join(names) or 'none'})")
-    if new in names:
-        raise RenameError(f"the journal already has a mode {new}")
-    target = modes_mod.resolve([new])[0]
-    _, server_args, program_args = entries[names.index(old)]
+# `--merge-branches auto` before it stopped merging self-consistency's finished solutions
+# (`programs.common.AUTO_MERGES_NOTHING`): rows from then name the threshold auto stood for (`rksc-full@0.9`).
+MERGE_AUTO = "merge-auto"
+
+
+def _server_args_with_default(old: str, new: str, target: modes_mod.Mode, entry: list, was: tuple[str, str]) -> list:
+    """`new`'s server flags, checked to be `old`'s recorded ones plus the flag whose default they ran under."""
+    _, server_args, program_args = entry
     flag, value = was
     if flag in server_args:
         raise RenameError(f"{old} was launched with {flag} given, so no default of it changed what ran")
@@ -64,8 +69,47 @@ def rename_records(records: list[dict[str, Any]], old: str, new: str, was: tuple
         )
     if list(target.program_args) != program_args:
         raise RenameError(f"{new}'s program flags differ from {old}'s recorded ones")
-    out = [{**records[0], "config": {**config, "modes": [list(entry) for entry in entries]}}]
-    out[0]["config"]["modes"][names.index(old)] = [new, wanted, program_args]
+    return wanted
+
+
+def _program_args_with_auto_named(old: str, new: str, target: modes_mod.Mode, entry: list, model: str | None) -> list:
+    """`new`'s program flags, checked to be `old`'s recorded ones with `--merge-branches auto` replaced by the
+    threshold auto stood for on the journal's model, when it merged in every program."""
+    from sglang_rksc.programs.model_profiles import profile_for
+
+    _, server_args, program_args = entry
+    flag = modes_mod.MERGE_FLAG
+    if flag not in program_args or program_args[program_args.index(flag) + 1] != "auto":
+        raise RenameError(f"{old} did not merge at {flag} auto")
+    named = list(program_args)
+    named[named.index(flag) + 1] = str(profile_for(model).merge_threshold)
+    if list(target.program_args) != named or list(target.server_args) != server_args:
+        raise RenameError(
+            f"{new} ({' '.join(target.server_args)}; {' '.join(target.program_args)}) is not {old} with auto "
+            f"named as the threshold it stood for on {model or 'the default model'} ({' '.join(named)})"
+        )
+    return list(server_args)
+
+
+def rename_records(records: list[dict[str, Any]], old: str, new: str, was: tuple[str, str]) -> list[dict[str, Any]]:
+    """The journal's records with mode `old` under mode `new`: run while server flag `was[0]` defaulted to
+    `was[1]`, or (`was` `("merge-auto", "")`) while `--merge-branches auto` merged in every program."""
+    config = records[0]["config"]
+    entries = config.get("modes") or []
+    names = [entry[0] for entry in entries]
+    if old not in names:
+        raise RenameError(f"the journal has no mode {old} (it has {', '.join(names) or 'none'})")
+    if new in names:
+        raise RenameError(f"the journal already has a mode {new}")
+    target = modes_mod.resolve([new])[0]
+    entry = entries[names.index(old)]
+    if was[0] == MERGE_AUTO:
+        server_args = _program_args_with_auto_named(old, new, target, entry, config.get("model"))
+        program_args = list(target.program_args)
+    else:
+        server_args, program_args = _server_args_with_default(old, new, target, entry, was), entry[2]
+    out = [{**records[0], "config": {**config, "modes": [list(e) for e in entries]}}]
+    out[0]["config"]["modes"][names.index(old)] = [new, server_args, program_args]
     for record in records[1:]:
         if "key" in record:
             record = {**record, "key": renamed_key(record["key"], old, new)}
@@ -119,16 +163,23 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="a bench.compare or bench.serve output folder (with journal.jsonl)")
     parser.add_argument("old", help="the mode's recorded name")
     parser.add_argument("new", help="the mode that names what ran (its flags: the recorded ones plus --was)")
-    parser.add_argument(
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
         "--was",
         nargs=2,
         metavar=("FLAG", "VALUE"),
-        required=True,
         help="the default the rows ran under: a server flag without its dashes and its value (rksc-probe on)",
     )
+    what.add_argument(
+        "--merge-auto",
+        action="store_true",
+        help="the rows ran when --merge-branches auto merged self-consistency's solutions too: the new mode names "
+        "the threshold it stood for on the journal's model (rksc-full@0.9)",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
+    was = (MERGE_AUTO, "") if args.merge_auto else ("--" + args.was[0].lstrip("-"), args.was[1])
     try:
-        written = rename(args.folder, args.old, args.new, ("--" + args.was[0].lstrip("-"), args.was[1]))
+        written = rename(args.folder, args.old, args.new, was)
     except (RenameError, JournalError, ValueError, OSError) as exc:
         parser.error(str(exc))
     print("wrote " + ", ".join(map(str, written)))

@@ -226,16 +226,30 @@ def served_profile(backend: Any) -> Any:
 YES_NO_VERIFIERS = ("self_consistency_verify", "verifier_check")
 
 
+# Programs whose branches are finished when they merge, after all the generation a merge could spare: there a
+# merge saves only the short call that judges the branch (self-consistency: a verification whose prompt is
+# cached, 0.1% of the GPU-projected time), and the merged branch votes with another's verdict, which tipped one
+# float32 answer in 144 (docs/answer-costs.md#merging-finished-solutions). `auto` merges nothing in them; a
+# threshold given still merges.
+AUTO_MERGES_NOTHING = ("self_consistency_verify",)
+
+
+def merge_threshold_for(program: str, merge: float | str | None, profile_threshold: float) -> float | None:
+    """The similarity `program` merges at under `--merge-branches merge` (None: no merging)."""
+    if merge != "auto":
+        return merge  # type: ignore[return-value]  # a number, or None for the flag not given
+    return None if program in AUTO_MERGES_NOTHING else profile_threshold
+
+
 def resolve_for_model(backend: Any, options: argparse.Namespace, program: str) -> ModelBudget:
     """`program`'s budget on the served model: its flags where given, the model's profile otherwise."""
     profile = served_profile(backend)
     given = vars(options)
     max_tokens = (options.max_tokens or profile.max_tokens[program]) if "max_tokens" in given else None
-    merge = given.get("merge_branches")
     return ModelBudget(
         profile.name,
         max_tokens,
-        profile.merge_threshold if merge == "auto" else merge,
+        merge_threshold_for(program, given.get("merge_branches"), profile.merge_threshold),
         profile.gate,
         profile.exit_params,
         profile.verdict_threshold if program in YES_NO_VERIFIERS else None,
@@ -294,7 +308,8 @@ def add_branch_arguments(
             type=merge_threshold,
             default=None,
             metavar="SIMILARITY|auto",
-            help=f"merge {merge_what} whose generated text is this similar ('auto': the served model's profile; "
+            help=f"merge {merge_what} whose generated text is this similar ('auto': the served model's profile, "
+            "nothing in self-consistency, where a merge would save only a verification; "
             "pooled hidden states, from a server started "
             "with --rksc-span-embeddings on): one branch per group is continued and its vote weighs the group's "
             "size (approximate; default off; does nothing against other servers)",
