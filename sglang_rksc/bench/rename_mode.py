@@ -88,7 +88,7 @@ def _program_args_with_auto_named(old: str, new: str, target: modes_mod.Mode, en
             f"{new} ({' '.join(target.server_args)}; {' '.join(target.program_args)}) is not {old} with auto "
             f"named as the threshold it stood for on {model or 'the default model'} ({' '.join(named)})"
         )
-    return list(server_args)
+    return named
 
 
 def rename_records(records: list[dict[str, Any]], old: str, new: str, was: tuple[str, str]) -> list[dict[str, Any]]:
@@ -104,8 +104,8 @@ def rename_records(records: list[dict[str, Any]], old: str, new: str, was: tuple
     target = modes_mod.resolve([new])[0]
     entry = entries[names.index(old)]
     if was[0] == MERGE_AUTO:
-        server_args = _program_args_with_auto_named(old, new, target, entry, config.get("model"))
-        program_args = list(target.program_args)
+        server_args = entry[1]
+        program_args = _program_args_with_auto_named(old, new, target, entry, config.get("model"))
     else:
         server_args, program_args = _server_args_with_default(old, new, target, entry, was), entry[2]
     out = [{**records[0], "config": {**config, "modes": [list(e) for e in entries]}}]
