@@ -109,6 +109,7 @@ def decisions(
         parts.append(
             f"ASKS forks {forks} ({probe} by the probe), follow-ups from a donor {int(server.get('followups_hit', 0))}"
         )
+    # Whether the program merged at all; the model's threshold does not matter here (1.0 stands in for it).
     if common.merge_threshold_for(program, getattr(options, "merge_branches", None), 1.0) is not None:
         merged_away = sum(merged(r) for r in rows.values())
         kept = sum(len(r.get("branch_answers", r.get("sample_answers")) or []) for r in rows.values())
