@@ -61,19 +61,21 @@ PROMPTS = [
 ]
 
 
-def _rid(audited: bool, prompt_index: int, rate: float) -> str:
-    """A request id that the rate's draw audits, or leaves alone (the draw hashes the id only)."""
-    return next(rid for n in range(1000) if sampled(rid := f"audits-{prompt_index}-{n}", rate) == audited)
+AUDIT_RATE = 0.5
 
 
-def _generate(url: str, *, audited: bool, rate: float) -> list[list[int]]:
+def _rids(audited: bool) -> list[str]:
+    """A request id per prompt that the draw at `AUDIT_RATE` audits, or leaves alone (it hashes the id only)."""
+    return [
+        next(rid for n in range(1000) if sampled(rid := f"audits-{index}-{n}", AUDIT_RATE) == audited)
+        for index in range(len(PROMPTS))
+    ]
+
+
+def _generate(url: str, rids: list[str]) -> list[list[int]]:
     out = []
-    for index, prompt in enumerate(PROMPTS):
-        body = {
-            "rid": _rid(audited, index, rate),
-            "text": prompt,
-            "sampling_params": {"max_new_tokens": 40, "temperature": 0},
-        }
+    for rid, prompt in zip(rids, PROMPTS, strict=True):
+        body = {"rid": rid, "text": prompt, "sampling_params": {"max_new_tokens": 40, "temperature": 0}}
         resp = requests.post(url + "/generate", json=body, timeout=300)
         resp.raise_for_status()
         out.append(resp.json()["output_ids"])
@@ -84,13 +86,15 @@ def test_audits_change_no_output_and_their_records_add_up(launch_server, default
     # Head compression with a small window, so that the prompts reach past it and the mechanism is real.
     heads = ["--rksc-head-compression", "0.4", "--rksc-window", "16"]
     log = tmp_path / "audits.jsonl"
-    # One server at rate 0.5: the same prompts under ids the draw leaves alone, then under ids it audits
-    # (the cache flushed between, so that both compute every token the same way).
-    flags = [*heads, "--rksc-audit-rate", "0.5", "--rksc-audit-log", str(log), "--rksc-audit-positions", "8"]
+    # One server: the same prompts under ids the draw leaves alone, then under ids it audits (the cache
+    # flushed between, so that both compute every token the same way).
+    rate = str(AUDIT_RATE)
+    flags = [*heads, "--rksc-audit-rate", rate, "--rksc-audit-log", str(log), "--rksc-audit-positions", "8"]
+    left_alone, drawn = _rids(audited=False), _rids(audited=True)
     with launch_server(flags, env=STRICT_MEMORY_ENV, log_name="audited") as server:
-        plain = _generate(server.url, audited=False, rate=0.5)
+        plain = _generate(server.url, left_alone)
         flush_cache(server)
-        audited = _generate(server.url, audited=True, rate=0.5)
+        audited = _generate(server.url, drawn)
         flush_cache(server)
         assert_idle_and_clean(server)  # its /health probes are not audited
         stats = requests.get(server.url + "/server_info", timeout=30).json()["internal_states"][0]["rksc"]["audits"]
@@ -101,9 +105,8 @@ def test_audits_change_no_output_and_their_records_add_up(launch_server, default
     assert stats["positions_written"] == sum(len(r["positions"]) for r in records)
     assert stats["by_mechanism"] == {"heads": len(records)}
     # The draw is the rate's: every id it picked has its record, none of those it left alone.
-    rids = {r["rid"] for r in records}
-    assert not rids & {_rid(False, i, 0.5) for i in range(len(PROMPTS))}
-    ours = [r for r in records if r["rid"] in {_rid(True, i, 0.5) for i in range(len(PROMPTS))}]
+    assert not {r["rid"] for r in records} & set(left_alone)
+    ours = [r for r in records if r["rid"] in drawn]
     assert len(ours) == len(PROMPTS) and [r["output_ids"] for r in ours] == plain
     for record in ours:
         assert 1 <= len(record["positions"]) <= 8 and record["positions"][-1] == len(record["output_ids"]) - 1
